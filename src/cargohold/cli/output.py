@@ -1,0 +1,70 @@
+"""How the CLI talks: data on stdout, logs and progress on stderr, --json for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+class Output:
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        verbosity: int = 0,
+        progress: bool = True,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.json_mode = json_mode
+        self.verbosity = verbosity
+        self.out = stdout or sys.stdout
+        self.err = stderr or sys.stderr
+        #: live progress only on a TTY, never with --json or --no-progress
+        self.live = progress and not json_mode and self.err.isatty()
+
+    # -- data (stdout)
+    def data(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def json(self, obj: Any) -> None:
+        print(json.dumps(obj, sort_keys=True, default=str), file=self.out, flush=True)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """A newline-delimited JSON event (only in --json mode)."""
+        if self.json_mode:
+            self.json({"event": kind, **fields})
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+        for r in cells:
+            self.data("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+    # -- logs (stderr)
+    def info(self, msg: str) -> None:
+        if self.verbosity >= 0:
+            print(msg, file=self.err, flush=True)
+
+    def debug(self, msg: str) -> None:
+        if self.verbosity >= 1:
+            print(msg, file=self.err, flush=True)
+
+    def warn(self, msg: str) -> None:
+        if self.verbosity >= -1:
+            print(f"warning: {msg}", file=self.err, flush=True)
+
+    def error(self, msg: str, hint: str = "") -> None:
+        print(f"error: {msg}", file=self.err, flush=True)
+        if hint and self.verbosity >= 0:
+            print(f"hint: {hint}", file=self.err, flush=True)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,143 @@
+"""The one error tree of cargohold.
+
+Library code raises these and never exits or prints; only the CLI maps them to
+exit codes (documented in the README) and one-line messages with a hint.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CargoholdError(Exception):
+    """Base of every error cargohold reports on purpose."""
+
+    exit_code: ClassVar[int] = 1
+    hint: ClassVar[str] = "run with -v for details"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.instance_hint = hint
+
+    @property
+    def kind(self) -> str:
+        """A stable machine-readable name, used in --json output."""
+        name = type(self).__name__
+        out = []
+        for i, ch in enumerate(name.removesuffix("Error")):
+            if ch.isupper() and i:
+                out.append("_")
+            out.append(ch.lower())
+        return "".join(out)
+
+    def hint_text(self) -> str:
+        return getattr(self, "instance_hint", self.hint)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInputError(CargoholdError):
+    """Malformed reference, digest, platform, manifest, spec or argument."""
+
+    exit_code = 2
+    hint = "check the argument or file named in the message"
+
+
+class UnsupportedError(InvalidInputError):
+    """Well-formed input that cargohold refuses to handle (e.g. Docker schema1)."""
+
+    exit_code = 3
+    hint = "re-push the image with a current tool (OCI or Docker schema2)"
+
+
+class NotFoundError(CargoholdError):
+    exit_code = 4
+    hint = "check the reference, tag or digest; `cargohold images ls` lists what is stored"
+
+
+class UnauthorizedError(CargoholdError):
+    exit_code = 5
+    hint = "log in (docker login) or pass --authfile with credentials for this registry"
+
+
+class DigestMismatchError(CargoholdError):
+    """Content whose bytes do not match its digest or size."""
+
+    exit_code = 6
+    hint = "the registry or mirror served corrupt or tampered content; nothing was stored"
+
+
+class UnavailableError(CargoholdError):
+    """A registry, daemon or mirror could not be reached or kept failing."""
+
+    exit_code = 7
+    hint = "check the network, the registry's health and mirrors in hosts.toml; rerun to resume"
+
+
+class ConflictError(CargoholdError):
+    """Something exists already, or is locked or in use."""
+
+    exit_code = 8
+    hint = "another cargohold may be running on this root, or the name is taken"
+
+
+class OutOfSpaceError(CargoholdError):
+    exit_code = 9
+    hint = "free disk space or lower the reserve; what was stored is kept, rerun to resume"
+
+
+class UnsafeContentError(CargoholdError):
+    """A layer that tries to escape its root or bomb the disk."""
+
+    exit_code = 10
+    hint = "the layer is hostile or broken; nothing was written outside the snapshot"
+
+
+class BudgetError(CargoholdError):
+    exit_code = 11
+    hint = "raise the budget, drop images, or mark fewer images critical"
+
+
+class PartialFailureError(CargoholdError):
+    """Some items of a batch failed; the others were kept."""
+
+    exit_code = 12
+    hint = "the successful images were kept; fix the failures listed above and rerun"
+
+
+class InterruptedError_(CargoholdError):
+    """Stopped by a signal; work done so far is kept and a rerun resumes."""
+
+    exit_code = 130
+    hint = "rerun the same command to resume"
+
+    @property
+    def kind(self) -> str:
+        return "interrupted"
+
+
+# The public name; the underscore avoids shadowing the builtin InterruptedError.
+Interrupted = InterruptedError_
+
+#: Exit codes not tied to an error class.
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+
+ALL_ERRORS: tuple[type[CargoholdError], ...] = (
+    InvalidInputError,
+    UnsupportedError,
+    NotFoundError,
+    UnauthorizedError,
+    DigestMismatchError,
+    UnavailableError,
+    ConflictError,
+    OutOfSpaceError,
+    UnsafeContentError,
+    BudgetError,
+    PartialFailureError,
+    InterruptedError_,
+)

@@ -1,0 +1,178 @@
+"""The store's nouns as small interfaces, shaped after containerd's services.
+
+Content, images, leases (this file's first half), snapshots and the applier (second half)
+have one implementation each in ``store.embedded`` and in ``store.containerd``; everything
+above them (fetch, unpack, bake, gc callers) talks only to these Protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.digest import Digest
+
+# ---------------------------------------------------------------- content
+
+
+@dataclass(frozen=True)
+class ContentInfo:
+    digest: Digest
+    size: int
+    created_at: datetime
+    updated_at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    ref: str
+    offset: int
+    total: int
+    expected: Digest | None
+    started_at: datetime
+    updated_at: datetime
+
+
+@runtime_checkable
+class ContentWriter(Protocol):
+    """An open ingest. Write bytes, then commit; abort or close leaves a resumable ingest."""
+
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far (where a resumed download continues)."""
+        ...
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def truncate(self, size: int) -> None:
+        """Drop written data back to ``size`` (only 0 is required to work)."""
+        ...
+
+    def digest(self) -> Digest:
+        """Digest of what was written so far."""
+        ...
+
+    def commit(
+        self, size: int, expected: Digest, labels: Mapping[str, str] | None = None
+    ) -> ContentInfo:
+        """Verify size and digest, fsync, atomically move into the store.
+
+        Raises DigestMismatchError (the ingest is discarded) or ConflictError
+        (``AlreadyExists``: the blob was committed by someone else meanwhile; the
+        ingest is discarded and the caller may treat it as success).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the writer without committing; the ingest stays for resume."""
+        ...
+
+    def __enter__(self) -> ContentWriter: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class ContentStore(Protocol):
+    def info(self, digest: Digest) -> ContentInfo:
+        """Raises NotFoundError."""
+        ...
+
+    def update(self, digest: Digest, labels: Mapping[str, str | None]) -> ContentInfo:
+        """Set labels (a None value removes the label)."""
+        ...
+
+    def walk(self) -> Iterator[ContentInfo]: ...
+
+    def delete(self, digest: Digest) -> None: ...
+
+    def reader(self, digest: Digest) -> AbstractContextManager[BinaryIO]:
+        """A readable, seekable stream over a committed blob (ReaderAt)."""
+        ...
+
+    def writer(
+        self, ref: str, *, total: int = 0, expected: Digest | None = None
+    ) -> ContentWriter:
+        """Open (or resume) the ingest named ``ref``. ConflictError if it is held
+        by another writer; AlreadyExists-type ConflictError if expected is stored."""
+        ...
+
+    def status(self, ref: str) -> IngestStatus:
+        """Raises NotFoundError."""
+        ...
+
+    def list_statuses(self) -> list[IngestStatus]: ...
+
+    def abort(self, ref: str) -> None: ...
+
+
+# ---------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    target: Descriptor
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    def get(self, name: str) -> Image:
+        """Raises NotFoundError."""
+        ...
+
+    def list(self) -> list[Image]: ...
+
+    def create(self, image: Image) -> Image:
+        """Raises ConflictError if the name exists."""
+        ...
+
+    def update(self, image: Image) -> Image:
+        """Replace target and labels of an existing record; NotFoundError otherwise."""
+        ...
+
+    def delete(self, name: str) -> None: ...
+
+
+# ---------------------------------------------------------------- leases
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: str
+    created_at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeaseResource:
+    """A resource protected by a lease: type is 'content', 'ingest' or 'snapshots/<name>'."""
+
+    type: str
+    id: str
+
+
+@runtime_checkable
+class LeaseManager(Protocol):
+    def create(self, *, labels: Mapping[str, str] | None = None, lease_id: str = "") -> Lease: ...
+
+    def delete(self, lease_id: str) -> None: ...
+
+    def list(self) -> list[Lease]: ...
+
+    def add_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
+
+    def delete_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
+
+    def list_resources(self, lease_id: str) -> list[LeaseResource]: ...

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.rig.services import Registry, start_registry
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One real docker-registry for the whole session (tests use distinct repo names)."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def fresh_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry of the test's own, for tests that stop or break it."""
+    reg = start_registry(tmp_path / "registry")
+    yield reg
+    reg.stop()

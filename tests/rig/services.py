@@ -1,0 +1,135 @@
+"""Real services for tests, started on loopback with their own state under a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_binary(name: str, package: str) -> str:
+    """Path of ``name``; under CI=true a missing binary fails, elsewhere it skips."""
+    path = shutil.which(name)
+    if path is None:
+        for d in ("/usr/sbin", "/sbin", "/usr/bin"):
+            cand = Path(d) / name
+            if cand.exists():
+                return str(cand)
+        msg = f"{name} not found: install Debian's {package} (apt-get install {package})"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited early:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+@dataclass
+class Registry:
+    """A running CNCF distribution registry."""
+
+    host: str  # "127.0.0.1:PORT"
+    root: Path
+    proc: subprocess.Popen[bytes]
+    config: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = _spawn(self.config, self.log)
+        wait_http(f"{self.url}/v2/", self.proc, self.log)
+
+
+def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    binary = require_binary("docker-registry", "docker-registry")
+    logf = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(
+        [binary, "serve", str(config)], stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def start_registry(base: Path, *, proxy_remote: str | None = None, port: int = 0) -> Registry:
+    """Start ``docker-registry`` on a free loopback port with storage under ``base``.
+
+    ``proxy_remote`` makes it a pull-through cache of another registry (a mirror).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    storage = base / "storage"
+    storage.mkdir(exist_ok=True)
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {storage}",
+        "  delete:",
+        "    enabled: true",
+        "  maintenance:",
+        "    uploadpurging:",
+        "      enabled: false",
+        "http:",
+        f"  addr: 127.0.0.1:{port}",
+        "  secret: cargohold-test-secret",
+    ]
+    if proxy_remote:
+        lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
+    config = base / "config.yml"
+    config.write_text("\n".join(lines) + "\n")
+    log = base / "registry.log"
+    proc = _spawn(config, log)
+    reg = Registry(f"127.0.0.1:{port}", storage, proc, config, log)
+    try:
+        wait_http(f"{reg.url}/v2/", proc, log)
+    except Exception:
+        reg.stop()
+        raise
+    return reg
