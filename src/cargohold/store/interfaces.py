@@ -7,14 +7,28 @@ above them (fetch, unpack, bake, gc callers) talks only to these Protocols.
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
+
+#: The lease that new content, ingests and snapshots are attached to (containerd puts it in
+#: the request context; so do we). Both backends read it. Threads do not inherit context
+#: variables: submit work with ``contextvars.copy_context().run``.
+active_lease: ContextVar[str | None] = ContextVar("cargohold_active_lease", default=None)
+
+#: Label prefixes containerd's garbage collector follows; the embedded gc follows the same.
+GC_REF_CONTENT = "containerd.io/gc.ref.content"
+GC_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot"
+LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
+LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source"
 
 # ---------------------------------------------------------------- content
 
@@ -109,7 +123,7 @@ class ContentStore(Protocol):
         """Raises NotFoundError."""
         ...
 
-    def list_statuses(self) -> list[IngestStatus]: ...
+    def list_statuses(self) -> builtins.list[IngestStatus]: ...
 
     def abort(self, ref: str) -> None: ...
 
@@ -132,7 +146,7 @@ class ImageStore(Protocol):
         """Raises NotFoundError."""
         ...
 
-    def list(self) -> list[Image]: ...
+    def list(self) -> builtins.list[Image]: ...
 
     def create(self, image: Image) -> Image:
         """Raises ConflictError if the name exists."""
@@ -169,10 +183,10 @@ class LeaseManager(Protocol):
 
     def delete(self, lease_id: str) -> None: ...
 
-    def list(self) -> list[Lease]: ...
+    def list(self) -> builtins.list[Lease]: ...
 
     def add_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
 
     def delete_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
 
-    def list_resources(self, lease_id: str) -> list[LeaseResource]: ...
+    def list_resources(self, lease_id: str) -> builtins.list[LeaseResource]: ...
