@@ -84,6 +84,12 @@ class ConflictError(CargoholdError):
     hint = "another cargohold may be running on this root, or the name is taken"
 
 
+class AlreadyExistsError(ConflictError):
+    """The thing to create is there already (e.g. a blob committed meanwhile): often fine."""
+
+    hint = "nothing to do: it is already present"
+
+
 class OutOfSpaceError(CargoholdError):
     exit_code = 9
     hint = "free disk space or lower the reserve; what was stored is kept, rerun to resume"
@@ -135,6 +141,7 @@ ALL_ERRORS: tuple[type[CargoholdError], ...] = (
     DigestMismatchError,
     UnavailableError,
     ConflictError,
+    AlreadyExistsError,
     OutOfSpaceError,
     UnsafeContentError,
     BudgetError,

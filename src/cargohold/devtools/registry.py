@@ -1,0 +1,160 @@
+"""Start Debian's ``docker-registry`` (CNCF distribution) on loopback with its own storage."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cargohold.errors import NotFoundError, UnavailableError
+
+PACKAGE = "docker-registry"
+
+
+def find_binary(name: str = "docker-registry") -> str:
+    path = shutil.which(name)
+    if path is None:
+        for d in ("/usr/bin", "/usr/sbin", "/sbin"):
+            if (Path(d) / name).exists():
+                return str(Path(d) / name)
+        raise NotFoundError(
+            f"{name} not found", hint=f"install Debian's {PACKAGE}: apt-get install {PACKAGE}"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """Wait until ``url`` answers with a non-5xx status, or the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UnavailableError(f"{url}: process exited early:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise UnavailableError(f"{url} did not answer within {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+@dataclass
+class LocalRegistry:
+    """A running registry; ``stop()`` ends it, ``restart()`` starts it again on the same port."""
+
+    host: str  # "127.0.0.1:PORT"
+    root: Path  # its storage directory
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def start(self) -> None:
+        self.proc = _spawn(self.config, self.log)
+        wait_http(f"{self.url}/v2/", self.proc, self.log)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    binary = find_binary()
+    logf = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    try:
+        return subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        logf.close()
+
+
+def registry_config(
+    storage: Path,
+    port: int,
+    *,
+    proxy_remote: str | None = None,
+    extra: list[str] | None = None,
+) -> str:
+    """The YAML config of a loopback test registry (``extra``: more top-level YAML lines)."""
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {storage}",
+        "  delete:",
+        "    enabled: true",
+        "  maintenance:",
+        "    uploadpurging:",
+        "      enabled: false",
+        "http:",
+        f"  addr: 127.0.0.1:{port}",
+        "  secret: cargohold-local-secret",
+    ]
+    if proxy_remote:
+        lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
+    lines += extra or []
+    return "\n".join(lines) + "\n"
+
+
+def start_registry(
+    base: Path,
+    *,
+    proxy_remote: str | None = None,
+    port: int = 0,
+    extra_config: list[str] | None = None,
+) -> LocalRegistry:
+    """Start a registry on a free loopback port with storage under ``base``.
+
+    ``proxy_remote`` makes it a pull-through cache (a mirror) of another registry.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    storage = base / "storage"
+    storage.mkdir(exist_ok=True)
+    config = base / "config.yml"
+    config.write_text(registry_config(storage, port, proxy_remote=proxy_remote, extra=extra_config))
+    log = base / "registry.log"
+    proc = _spawn(config, log)
+    reg = LocalRegistry(f"127.0.0.1:{port}", storage, config, log, proc)
+    try:
+        wait_http(f"{reg.url}/v2/", proc, log)
+    except BaseException:
+        reg.stop()
+        raise
+    return reg
