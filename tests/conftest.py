@@ -22,3 +22,7 @@ def fresh_registry(tmp_path: Path) -> Iterator[Registry]:
     reg = start_registry(tmp_path / "registry")
     yield reg
     reg.stop()
+
+
+# containerd fixtures (tests/rig/containerd.py)
+from tests.rig.containerd import containerd, fresh_containerd  # noqa: E402, F401

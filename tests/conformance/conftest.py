@@ -2,9 +2,9 @@
 
 Tests in this package talk to a store only through the Protocols of
 ``cargohold.store.interfaces`` (plus an optional ``gc`` hook), so the same tests run against
-every backend. Today that is the embedded store; a containerd-backed one will be added to
-``BACKENDS``. Tests use unique names and random content, so a shared backend (a running
-containerd) is fine.
+every backend: the embedded store and a real containerd (started by the session fixture in
+``tests/rig/containerd.py``, one fresh namespace per test). Tests use unique names and random
+content, so a shared backend is fine.
 """
 
 from __future__ import annotations
@@ -41,14 +41,31 @@ def _embedded(tmp_path: Path) -> Iterator[StoreUnderTest]:
         yield StoreUnderTest("embedded", s.content, s.images, s.leases, gc)
 
 
-BACKENDS: dict[str, Callable[[Path], Iterator[StoreUnderTest]]] = {
-    "embedded": _embedded,
-}
+def _containerd(request: pytest.FixtureRequest) -> Iterator[StoreUnderTest]:
+    from datetime import timedelta
+
+    from cargohold.store.containerd import ContainerdStore
+
+    ctrd = request.getfixturevalue("containerd")
+    with ContainerdStore(ctrd.address, ctrd.unique_namespace("conf")) as s:
+
+        def gc() -> None:
+            # containerd collects when a lease is deleted synchronously.
+            lease = s.leases.create(expire=timedelta(hours=1))
+            s.leases.delete(lease.id, sync=True)
+
+        yield StoreUnderTest("containerd", s.content, s.images, s.leases, gc)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+BACKENDS = ("containerd", "embedded")
+
+
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    yield from BACKENDS[request.param](tmp_path)
+    if request.param == "embedded":
+        yield from _embedded(tmp_path)
+    else:
+        yield from _containerd(request)
 
 
 @pytest.fixture

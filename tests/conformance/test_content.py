@@ -104,7 +104,9 @@ def test_resume_keeps_offset_and_commit_verifies(store: StoreUnderTest, unique: 
     with store.content.writer(ref, total=len(data), expected=d) as w:
         w.write(data[:half])
     st = store.content.status(ref)
-    assert (st.ref, st.offset, st.total, st.expected) == (ref, half, len(data), d)
+    assert (st.ref, st.offset, st.total) == (ref, half, len(data))
+    # containerd 1.6 does not record an ingest's expected digest; the embedded store does.
+    assert st.expected in ((d, None) if store.backend == "containerd" else (d,))
     assert ref in {s.ref for s in store.content.list_statuses()}
 
     with store.content.writer(ref, total=len(data), expected=d) as w:

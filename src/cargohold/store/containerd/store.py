@@ -1,0 +1,84 @@
+"""The containerd backend: content, images, leases, snapshots and the applier of one namespace
+of a real containerd."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cargohold.store.containerd.client import (
+    DEFAULT_ADDRESS,
+    DEFAULT_NAMESPACE,
+    ContainerdClient,
+    ServerVersion,
+)
+from cargohold.store.containerd.content import ContainerdContentStore
+from cargohold.store.containerd.diff import ContainerdApplier
+from cargohold.store.containerd.images import ContainerdImageStore
+from cargohold.store.containerd.leases import ContainerdLeaseManager
+from cargohold.store.containerd.snapshots import ContainerdSnapshotter
+
+if TYPE_CHECKING:
+    from cargohold.settings import Settings
+    from cargohold.store.interfaces import (
+        Applier,
+        ContentStore,
+        ContentWriter,
+        ImageStore,
+        LeaseManager,
+        Snapshotter,
+    )
+
+
+class ContainerdStore:
+    """containerd reached over its gRPC socket, behind cargohold's store interfaces.
+
+    Creating it connects lazily (nothing is sent until the first call; :meth:`version`
+    checks the socket). It is a context manager; :meth:`close` closes the channel.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        namespace: str = DEFAULT_NAMESPACE,
+        snapshotter: str = "overlayfs",
+        *,
+        timeout: float | None = 300.0,
+    ) -> None:
+        self.client = ContainerdClient(address, namespace, timeout=timeout)
+        self.address = address
+        self.namespace = namespace
+        self.snapshotter = snapshotter
+        self.content = ContainerdContentStore(self.client)
+        self.images = ContainerdImageStore(self.client)
+        self.leases = ContainerdLeaseManager(self.client)
+        self.snapshots = ContainerdSnapshotter(self.client, snapshotter)
+        self.applier = ContainerdApplier(self.client, self.content)
+
+    def snapshotter_named(self, name: str) -> ContainerdSnapshotter:
+        """Another of containerd's snapshotters (e.g. ``native``) in the same namespace."""
+        return ContainerdSnapshotter(self.client, name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ContainerdStore:
+        return cls(settings.address, settings.namespace, settings.snapshotter)
+
+    def version(self) -> ServerVersion:
+        return self.client.version()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ContainerdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if TYPE_CHECKING:
+
+    def _conforms(
+        s: ContainerdStore,
+    ) -> tuple[ContentStore, ContentWriter, ImageStore, LeaseManager, Snapshotter, Applier]:
+        """mypy checks here that the classes satisfy the store protocols."""
+        return s.content, s.content.writer("r"), s.images, s.leases, s.snapshots, s.applier
