@@ -104,7 +104,7 @@ def _register_commands() -> None:
 
 
 #: Modules under cargohold.cli that define commands (kept in one place).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("fetch_cmd", "images_cmd", "content_cmd", "gc_cmd")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,10 +32,10 @@ class Output:
     def json(self, obj: Any) -> None:
         print(json.dumps(obj, sort_keys=True, default=str), file=self.out, flush=True)
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, name: str, /, **fields: Any) -> None:
         """A newline-delimited JSON event (only in --json mode)."""
         if self.json_mode:
-            self.json({"event": kind, **fields})
+            self.json({"event": name, **fields})
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]

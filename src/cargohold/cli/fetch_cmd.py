@@ -1,0 +1,109 @@
+"""`cargohold fetch`: compressed content + image record, like `ctr content fetch`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from cargohold.cli.main import App, cli, pass_app
+from cargohold.cli.output import human_bytes
+from cargohold.cli.progress import FetchProgress
+from cargohold.cli.resources import open_store, registry_client
+from cargohold.errors import PartialFailureError
+from cargohold.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.oci.reference import parse_reference
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def registry_options(f: F) -> F:
+    """Options shared by every command that talks to a registry."""
+    for opt in reversed([
+        click.option("--plain-http", is_flag=True, default=None,
+                     help="Use HTTP instead of HTTPS for the registry."),
+        click.option("--insecure-skip-verify", is_flag=True, default=None,
+                     help="Do not verify the registry's TLS certificate."),
+        click.option("--hosts-dir", default=None,
+                     help="containerd hosts.toml directory [default: /etc/containerd/certs.d]."),
+        click.option("--authfile", default=None,
+                     help="Docker config.json with credentials [default: $REGISTRY_AUTH_FILE, ~/.docker/config.json]."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def apply_registry_options(app: App, **kw: object) -> None:
+    for k, v in kw.items():
+        if v is not None:
+            setattr(app.settings, k, v)
+            app.settings.sources[k] = "flag"
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--platform", "platforms", multiple=True,
+              help="os/arch[/variant] to fetch (repeatable) [default: this host's].")
+@click.option("--all-platforms", is_flag=True, help="Fetch every platform of an index.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Parallel downloads [default: 4].")
+@registry_options
+@pass_app
+def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platforms: bool,
+          jobs: int | None, plain_http: bool | None, insecure_skip_verify: bool | None,
+          hosts_dir: str | None, authfile: str | None) -> None:
+    """Fetch images' compressed content and register them (no unpack)."""
+    apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
+                           hosts_dir=hosts_dir, authfile=authfile)
+    s = app.settings
+    parsed = [parse_reference(r) for r in refs]
+    plats = [parse_platform(p) for p in (platforms or s.platforms)] or [host_platform()]
+    out = app.out
+    start = time.monotonic()
+    with open_store(s) as store, FetchProgress(out) as progress:
+        fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=progress)
+        try:
+            results = fetcher.fetch_all(parsed, platforms=plats, all_platforms=all_platforms)
+        finally:
+            fetcher.close()
+    elapsed = time.monotonic() - start
+    report_fetch(app, results, elapsed)
+
+
+def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: float) -> None:
+    out = app.out
+    ok = [r for r in results if isinstance(r, FetchResult)]
+    failed = [r for r in results if isinstance(r, FetchFailure)]
+    transferred = sum(r.bytes_transferred for r in ok)
+    if out.json_mode:
+        out.json({
+            "event": "summary",
+            "images": [r.to_json() for r in ok],
+            "failed": [f.to_json() for f in failed],
+            "bytes_transferred": transferred,
+            "seconds": round(elapsed, 3),
+        })
+    else:
+        for r in ok:
+            what = ("already present, nothing transferred" if r.transferred_nothing
+                    else f"{human_bytes(r.bytes_transferred)} transferred")
+            out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
+                     f"{human_bytes(r.bytes_total)}  ({what})")
+        for f in failed:
+            out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
+        rate = transferred / elapsed / (1 << 20) if elapsed > 0 else 0.0
+        out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)} ({rate:.1f} MiB/s)")
+    if failed:
+        if len(results) == 1:
+            raise failed[0].error
+        codes = {f.error.exit_code for f in failed}
+        err = PartialFailureError(
+            f"{len(failed)} of {len(results)} images failed: "
+            + ", ".join(str(f.ref) for f in failed)
+        )
+        if len(codes) == 1 and not ok:
+            raise failed[0].error
+        raise err

@@ -1,0 +1,112 @@
+"""`cargohold images ls | inspect | rm | tag`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cargohold.cli.main import App, cli, pass_app
+from cargohold.cli.output import human_bytes
+from cargohold.cli.resources import open_store
+from cargohold.errors import NotFoundError
+from cargohold.fetch import image_name
+from cargohold.imagecontent import image_contents
+from cargohold.oci.reference import parse_reference
+from cargohold.store.interfaces import Image
+
+
+def lookup_name(store: Any, text: str) -> str:
+    """An image record name from what the user typed (normalised ref, or the exact name)."""
+    try:
+        store.images.get(text)
+        return text
+    except NotFoundError:
+        pass
+    name = image_name(parse_reference(text))
+    store.images.get(name)  # NotFoundError naming the normalised ref
+    return name
+
+
+@cli.group()
+def images() -> None:
+    """List, inspect, remove and tag image records."""
+
+
+@images.command("ls")
+@pass_app
+def images_ls(app: App) -> None:
+    """List image records with their size in the store."""
+    with open_store(app.settings) as store:
+        rows = []
+        for img in sorted(store.images.list(), key=lambda i: i.name):
+            c = image_contents(store.content, img.target)
+            rows.append((img, c))
+    if app.out.json_mode:
+        app.out.json([
+            {"name": img.name, "digest": str(img.target.digest), "media_type": img.target.media_type,
+             "size": c.present_bytes, "complete": c.complete, "platforms": c.platforms,
+             "labels": dict(img.labels)}
+            for img, c in rows
+        ])
+        return
+    app.out.table(
+        ["REF", "DIGEST", "SIZE", "PLATFORMS", "COMPLETE"],
+        [(img.name, img.target.digest.short, human_bytes(c.present_bytes),
+          ",".join(c.platforms), "yes" if c.complete else "no") for img, c in rows],
+    )
+
+
+@images.command("inspect")
+@click.argument("ref")
+@pass_app
+def images_inspect(app: App, ref: str) -> None:
+    """Show an image record and the blobs it references."""
+    with open_store(app.settings) as store:
+        name = lookup_name(store, ref)
+        img = store.images.get(name)
+        c = image_contents(store.content, img.target)
+    doc = {
+        "name": img.name,
+        "target": img.target.to_json(),
+        "labels": dict(img.labels),
+        "created_at": str(img.created_at),
+        "updated_at": str(img.updated_at),
+        "platforms": c.platforms,
+        "complete": c.complete,
+        "blobs": [
+            {"digest": str(d.digest), "media_type": d.media_type, "size": d.size, "present": p}
+            for d, p in c.blobs
+        ],
+    }
+    app.out.json(doc)
+
+
+@images.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@pass_app
+def images_rm(app: App, refs: tuple[str, ...]) -> None:
+    """Remove image records (content goes at the next `cargohold gc`)."""
+    with open_store(app.settings) as store:
+        for r in refs:
+            name = lookup_name(store, r)
+            store.images.delete(name)
+            app.out.data(name)
+
+
+@images.command("tag")
+@click.argument("source")
+@click.argument("targets", nargs=-1, required=True)
+@pass_app
+def images_tag(app: App, source: str, targets: tuple[str, ...]) -> None:
+    """Create new records pointing at SOURCE's target."""
+    with open_store(app.settings) as store:
+        img = store.images.get(lookup_name(store, source))
+        for t in targets:
+            name = image_name(parse_reference(t))
+            try:
+                old = store.images.get(name)
+                store.images.update(Image(name=name, target=img.target, labels=dict(old.labels)))
+            except NotFoundError:
+                store.images.create(Image(name=name, target=img.target, labels=dict(img.labels)))
+            app.out.data(name)

@@ -1,0 +1,499 @@
+"""Fetch: bring an image's compressed content into a store and register its record.
+
+The first half of the seed's trade, what ``ctr content fetch`` does: resolve the reference,
+walk index -> manifests (selected platforms) -> config + layers, download every missing blob
+into the content store (verified, resumable, each blob once even when images share it), then
+write the image record, only once every blob of the image is present and verified.
+
+All of it happens under a lease, so a concurrent ``gc`` never collects half-fetched content;
+the lease expires by itself if the job is killed, and a rerun resumes from the ingests.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from cargohold.errors import (
+    AlreadyExistsError,
+    CargoholdError,
+    ConflictError,
+    Interrupted,
+    NotFoundError,
+    UnsupportedError,
+)
+from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor, Platform
+from cargohold.oci.manifest import (
+    Index,
+    Manifest,
+    check_config,
+    parse_config,
+    parse_manifest_or_index,
+    select_manifests,
+)
+from cargohold.oci.reference import Reference
+from cargohold.singleflight import SingleFlight
+from cargohold.store.interfaces import (
+    GC_REF_CONTENT,
+    LABEL_DISTRIBUTION_SOURCE,
+    ContentStore,
+    Image,
+    ImageStore,
+    LeaseManager,
+    active_lease,
+)
+
+#: How long a fetch lease protects partial content after a crash (containerd uses 24h).
+LEASE_EXPIRY = timedelta(hours=24)
+LABEL_GC_EXPIRE = "containerd.io/gc.expire"
+
+
+class Registry(Protocol):
+    """What fetch needs of a registry client (``cargohold.registry.client.RegistryClient``)."""
+
+    def resolve(self, ref: Reference) -> Descriptor: ...
+
+    def fetch_manifest(self, ref: Reference, desc: Descriptor) -> bytes: ...
+
+    def download_blob(
+        self,
+        ref: Reference,
+        desc: Descriptor,
+        write: Callable[[Any], object],
+        *,
+        offset: int = 0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None: ...
+
+
+class StoreLike(Protocol):
+    @property
+    def content(self) -> ContentStore: ...
+
+    @property
+    def images(self) -> ImageStore: ...
+
+    @property
+    def leases(self) -> LeaseManager: ...
+
+
+class FetchEvents:
+    """Progress callbacks; the CLI subclasses this. Called from worker threads."""
+
+    def resolved(self, ref: Reference, desc: Descriptor) -> None: ...
+
+    def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None: ...
+
+    def blob_progress(self, desc: Descriptor, nbytes: int) -> None: ...
+
+    def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
+        """state: 'done' (downloaded), 'exists' (already in the store), 'failed'."""
+
+    def image_done(self, result: FetchResult) -> None: ...
+
+
+@dataclass
+class FetchResult:
+    ref: Reference
+    name: str
+    target: Descriptor
+    platforms: list[str] = field(default_factory=list)
+    blobs: int = 0
+    bytes_total: int = 0
+    bytes_transferred: int = 0
+    seconds: float = 0.0
+    record: str = "created"  # created | updated | unchanged
+
+    @property
+    def transferred_nothing(self) -> bool:
+        return self.bytes_transferred == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": str(self.ref),
+            "name": self.name,
+            "digest": str(self.target.digest),
+            "media_type": self.target.media_type,
+            "platforms": self.platforms,
+            "blobs": self.blobs,
+            "bytes_total": self.bytes_total,
+            "bytes_transferred": self.bytes_transferred,
+            "seconds": round(self.seconds, 3),
+            "record": self.record,
+        }
+
+
+@dataclass
+class FetchFailure:
+    ref: Reference | str
+    error: CargoholdError
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": str(self.ref),
+            "error": self.error.kind,
+            "message": self.error.message,
+            "exit_code": self.error.exit_code,
+        }
+
+
+def image_name(ref: Reference) -> str:
+    """The image record's name: the normalised reference as given (tag and/or digest)."""
+    return str(ref)
+
+
+def source_label(ref: Reference) -> tuple[str, str]:
+    return f"{LABEL_DISTRIBUTION_SOURCE}.{ref.domain}", ref.path
+
+
+def child_labels(desc: Descriptor, children: Sequence[Descriptor]) -> dict[str, str]:
+    """containerd's gc.ref.content labels of an index or manifest blob."""
+    labels: dict[str, str] = {}
+    if mediatypes.is_index(desc.media_type):
+        for i, c in enumerate(children):
+            labels[f"{GC_REF_CONTENT}.m.{i}"] = str(c.digest)
+    elif mediatypes.is_manifest(desc.media_type):
+        layer_i = 0
+        for c in children:
+            if mediatypes.is_config(c.media_type) or c.media_type == mediatypes.OCI_EMPTY:
+                labels[f"{GC_REF_CONTENT}.config"] = str(c.digest)
+            else:
+                labels[f"{GC_REF_CONTENT}.l.{layer_i}"] = str(c.digest)
+                layer_i += 1
+    return labels
+
+
+class Fetcher:
+    """Fetches images into a store. Thread-safe; one instance per command run."""
+
+    def __init__(
+        self,
+        store: StoreLike,
+        registry: Registry,
+        *,
+        jobs: int = 4,
+        events: FetchEvents | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.jobs = max(1, jobs)
+        self.events = events or FetchEvents()
+        self.cancel = cancel or threading.Event()
+        self._flight = SingleFlight()
+        self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="fetch")
+        self._transferred_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ public
+
+    def fetch_all(
+        self,
+        refs: Sequence[Reference],
+        *,
+        platforms: Sequence[Platform],
+        all_platforms: bool = False,
+    ) -> list[FetchResult | FetchFailure]:
+        """Fetch several images concurrently; failures are reported, successes kept."""
+        lease = self.store.leases.create(
+            labels={LABEL_GC_EXPIRE: (datetime.now(UTC) + LEASE_EXPIRY).isoformat()}
+        )
+        token = active_lease.set(lease.id)
+        ok = False
+        try:
+            with ThreadPoolExecutor(
+                max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
+            ) as images_pool:
+                futs = [
+                    images_pool.submit(
+                        contextvars.copy_context().run,
+                        self._fetch_one_safe,
+                        ref,
+                        platforms,
+                        all_platforms,
+                    )
+                    for ref in refs
+                ]
+                results = [self._wait(f) for f in futs]
+            ok = all(isinstance(r, FetchResult) for r in results)
+            return results
+        finally:
+            active_lease.reset(token)
+            # On success every blob is reachable from an image record, so the lease can go.
+            # On failure keep it: it protects verified blobs for reuse until it expires.
+            if ok:
+                self.store.leases.delete(lease.id)
+
+    def fetch(
+        self, ref: Reference, *, platforms: Sequence[Platform], all_platforms: bool = False
+    ) -> FetchResult:
+        (res,) = self.fetch_all([ref], platforms=platforms, all_platforms=all_platforms)
+        if isinstance(res, FetchFailure):
+            raise res.error
+        return res
+
+    # ------------------------------------------------------------ internals
+
+    def _wait(self, fut: Future[FetchResult | FetchFailure]) -> FetchResult | FetchFailure:
+        while True:
+            try:
+                return fut.result(timeout=0.2)
+            except TimeoutError:
+                continue
+            except KeyboardInterrupt:
+                self.cancel.set()
+                raise
+
+    def _fetch_one_safe(
+        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool
+    ) -> FetchResult | FetchFailure:
+        try:
+            return self._fetch_one(ref, platforms, all_platforms)
+        except CargoholdError as e:
+            return FetchFailure(ref, e)
+
+    def _fetch_one(
+        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool
+    ) -> FetchResult:
+        start = time.monotonic()
+        root = self.registry.resolve(ref)
+        self.events.resolved(ref, root)
+        transferred = [0]
+
+        def count(n: int) -> None:
+            with self._transferred_lock:
+                transferred[0] += n
+
+        blobs: dict[str, Descriptor] = {}
+        chosen_platforms: list[str] = []
+
+        # Walk manifests (small; sequential per image, each fetched once).
+        root_children = self._manifest_children(ref, root, count)
+        blobs[str(root.digest)] = root
+        manifests: list[tuple[Descriptor, Manifest]] = []
+        if isinstance(root_children, Index):
+            selected = select_manifests(root_children, platforms, all_platforms)
+            if not selected:
+                wanted = ", ".join(str(p) for p in platforms) or "any"
+                available = ", ".join(
+                    str(d.platform) for d in root_children.manifests if d.platform
+                )
+                raise NotFoundError(
+                    f"{ref}: no manifest for platform {wanted} (index has: {available or 'none'})"
+                )
+            for d in selected:
+                m = self._manifest_children(ref, d, count)
+                if not isinstance(m, Manifest):
+                    raise UnsupportedError(f"{ref}: nested index {d.digest} is not supported")
+                manifests.append((d, m))
+                blobs[str(d.digest)] = d
+                if d.platform:
+                    chosen_platforms.append(str(d.platform))
+        else:
+            manifests.append((root, root_children))
+
+        # Config blobs first (small, and needed to validate the layer count), then layers.
+        config_futs = [
+            self._pool.submit(
+                contextvars.copy_context().run, self._ensure_blob, ref, m.config, count
+            )
+            for _, m in manifests
+        ]
+        for f in config_futs:
+            f.result()
+        for mdesc, m in manifests:
+            with self.store.content.reader(m.config.digest) as r:
+                data = r.read(m.config.size + 1)
+            cfg = parse_config(data)
+            check_config(m, cfg)
+            if not mdesc.platform:
+                chosen_platforms.append(
+                    str(Platform(cfg.os, cfg.architecture, cfg.variant))
+                )
+            blobs[str(m.config.digest)] = m.config
+            for layer in m.layers:
+                blobs[str(layer.digest)] = layer
+
+        layer_descs = [
+            d for _, m in manifests for d in m.layers if mediatypes.is_distributable(d.media_type)
+        ]
+        layer_futs = [
+            self._pool.submit(contextvars.copy_context().run, self._ensure_blob, ref, d, count)
+            for d in layer_descs
+        ]
+        self._gather(layer_futs)
+
+        # Every blob is present and verified: only now write the image record.
+        record = self._write_record(ref, root)
+        result = FetchResult(
+            ref=ref,
+            name=image_name(ref),
+            target=root,
+            platforms=sorted(set(chosen_platforms)),
+            blobs=len(blobs),
+            bytes_total=sum(d.size for d in blobs.values()),
+            bytes_transferred=transferred[0],
+            seconds=time.monotonic() - start,
+            record=record,
+        )
+        self.events.image_done(result)
+        return result
+
+    def _gather(self, futs: Iterable[Future[None]]) -> None:
+        """Wait for all; raise the first error after the others finished (keeping them)."""
+        first: BaseException | None = None
+        for f in futs:
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                if first is None:
+                    first = e
+                self.cancel.set() if isinstance(e, KeyboardInterrupt | Interrupted) else None
+        if first is not None:
+            raise first
+
+    def _manifest_children(
+        self, ref: Reference, desc: Descriptor, count: Callable[[int], None]
+    ) -> Manifest | Index:
+        """Get a manifest or index (from the store, else the registry), store it labelled."""
+        mediatypes.refuse_unsupported_manifest(desc.media_type, f"{ref} ({desc.digest})")
+        data = self._read_local(desc)
+        state = "exists"
+        if data is None:
+            data = self.registry.fetch_manifest(ref, desc)
+        parsed = parse_manifest_or_index(data, desc.media_type)
+        children = parsed.manifests if isinstance(parsed, Index) else [parsed.config, *parsed.layers]
+        labels = child_labels(desc, children)
+        k, v = source_label(ref)
+        labels[k] = v
+        if self._read_local(desc) is None:
+            self.events.blob_started(ref, desc, 0)
+            self._commit_bytes(desc, data, labels)
+            count(len(data))
+            state = "done"
+        else:
+            self.store.content.update(desc.digest, dict(labels))
+        self.events.blob_done(desc, state, len(data) if state == "done" else 0)
+        return parsed
+
+    def _read_local(self, desc: Descriptor) -> bytes | None:
+        try:
+            info = self.store.content.info(desc.digest)
+        except NotFoundError:
+            return None
+        if info.size != desc.size:
+            return None
+        with self.store.content.reader(desc.digest) as r:
+            return r.read(desc.size + 1)
+
+    def _commit_bytes(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
+        try:
+            with self.store.content.writer(
+                ingest_ref(desc), total=desc.size, expected=desc.digest
+            ) as w:
+                w.truncate(0)
+                w.write(data)
+                w.commit(desc.size, desc.digest, labels)
+        except AlreadyExistsError:
+            self.store.content.update(desc.digest, dict(labels))
+
+    def _ensure_blob(self, ref: Reference, desc: Descriptor, count: Callable[[int], None]) -> None:
+        """Make one blob present and verified; concurrent callers share one download."""
+        k, v = source_label(ref)
+        key = str(desc.digest)
+
+        def work() -> int:
+            try:
+                info = self.store.content.info(desc.digest)
+            except NotFoundError:
+                pass
+            else:
+                if info.size == desc.size:
+                    if info.labels.get(k) != v:
+                        self.store.content.update(desc.digest, {k: v})
+                    self.events.blob_done(desc, "exists", 0)
+                    return 0
+            return self._download(ref, desc, {k: v})
+
+        n, shared = self._flight.do_shared(key, work)
+        if not shared:
+            count(n)
+        # A waiter that did not download still needs its own source label.
+        try:
+            info = self.store.content.info(desc.digest)
+            if info.labels.get(k) != v:
+                self.store.content.update(desc.digest, {k: v})
+        except NotFoundError:
+            pass
+
+    def _download(self, ref: Reference, desc: Descriptor, labels: dict[str, str]) -> int:
+        if self.cancel.is_set():
+            raise Interrupted("fetch interrupted")
+        try:
+            w = self.store.content.writer(ingest_ref(desc), total=desc.size, expected=desc.digest)
+        except AlreadyExistsError:
+            self.events.blob_done(desc, "exists", 0)
+            return 0
+        with w:
+            offset = w.offset
+            if offset > desc.size:
+                w.truncate(0)
+                offset = 0
+            start_offset = offset
+            self.events.blob_started(ref, desc, offset)
+            cancel = self.cancel
+            write = w.write
+            progress = self.events.blob_progress
+
+            def sink(chunk: Any) -> None:
+                if cancel.is_set():
+                    raise Interrupted("fetch interrupted")
+                write(chunk)
+                progress(desc, len(chunk))
+
+            if offset < desc.size:
+                try:
+                    self.registry.download_blob(ref, desc, sink, offset=offset)
+                except BaseException:
+                    self.events.blob_done(desc, "failed", w.offset - start_offset)
+                    raise
+            try:
+                w.commit(desc.size, desc.digest, labels)
+            except AlreadyExistsError:
+                pass
+            except CargoholdError:
+                self.events.blob_done(desc, "failed", desc.size - start_offset)
+                raise
+        transferred = desc.size - start_offset
+        self.events.blob_done(desc, "done", transferred)
+        return transferred
+
+    def _write_record(self, ref: Reference, root: Descriptor) -> str:
+        name = image_name(ref)
+        images = self.store.images
+        try:
+            existing = images.get(name)
+        except NotFoundError:
+            try:
+                images.create(Image(name=name, target=root, labels={}))
+                return "created"
+            except ConflictError:
+                existing = images.get(name)
+        if existing.target == root:
+            return "unchanged"
+        images.update(Image(name=name, target=root, labels=dict(existing.labels)))
+        return "updated"
+
+
+def ingest_ref(desc: Descriptor) -> str:
+    """The ingest name of a blob download (one per digest, so a rerun resumes it)."""
+    return f"fetch-{desc.digest.algorithm}-{desc.digest.hex}"

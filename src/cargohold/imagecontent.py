@@ -1,0 +1,112 @@
+"""What an image record references in a content store, and whether it is all there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest_or_index
+from cargohold.store.interfaces import ContentStore
+
+
+@dataclass
+class ImageContents:
+    """Blobs reachable from an image target that this store holds (or misses)."""
+
+    blobs: list[tuple[Descriptor, bool]] = field(default_factory=list)
+    platforms: list[str] = field(default_factory=list)
+    manifests: list[tuple[Descriptor, Manifest]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """At least one platform's manifest is present with its config and every layer."""
+        return bool(self.manifests) and not self.problems
+
+    @property
+    def present_bytes(self) -> int:
+        return sum(d.size for d, present in self.blobs if present)
+
+
+def read_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
+    try:
+        info = content.info(desc.digest)
+    except NotFoundError:
+        return None
+    if info.size != desc.size:
+        return None
+    with content.reader(desc.digest) as r:
+        return r.read(desc.size + 1)
+
+
+def image_contents(content: ContentStore, target: Descriptor) -> ImageContents:
+    """Walk index -> manifests present -> config + layers; note what is missing.
+
+    An index's manifests that are not in the store are not problems (other platforms are
+    usually not fetched); a present manifest's missing config or layer is.
+    """
+    out = ImageContents()
+    seen: set[str] = set()
+
+    def add(desc: Descriptor, present: bool) -> None:
+        if str(desc.digest) not in seen:
+            seen.add(str(desc.digest))
+            out.blobs.append((desc, present))
+
+    data = read_blob(content, target)
+    add(target, data is not None)
+    if data is None:
+        out.problems.append(f"missing {mediatypes.kind(target.media_type)} {target.digest}")
+        return out
+    try:
+        parsed = parse_manifest_or_index(data, target.media_type)
+    except CargoholdError as e:
+        out.problems.append(f"{target.digest}: {e}")
+        return out
+    todo: list[tuple[Descriptor, Manifest]] = []
+    if isinstance(parsed, Index):
+        for d in parsed.manifests:
+            mdata = read_blob(content, d)
+            if mdata is None:
+                continue
+            add(d, True)
+            try:
+                child = parse_manifest_or_index(mdata, d.media_type)
+            except CargoholdError as e:
+                out.problems.append(f"{d.digest}: {e}")
+                continue
+            if isinstance(child, Manifest):
+                todo.append((d, child))
+    else:
+        todo.append((target, parsed))
+    for mdesc, m in todo:
+        out.manifests.append((mdesc, m))
+        cfg_data = read_blob(content, m.config)
+        add(m.config, cfg_data is not None)
+        if cfg_data is None:
+            out.problems.append(f"missing config {m.config.digest}")
+        elif mdesc.platform is not None:
+            out.platforms.append(str(mdesc.platform))
+        else:
+            try:
+                cfg = parse_config(cfg_data)
+                plat = f"{cfg.os}/{cfg.architecture}" + (f"/{cfg.variant}" if cfg.variant else "")
+                out.platforms.append(plat)
+            except CargoholdError as e:
+                out.problems.append(f"{m.config.digest}: {e}")
+        for layer in m.layers:
+            present = _present(content, layer)
+            add(layer, present)
+            if not present and mediatypes.is_distributable(layer.media_type):
+                out.problems.append(f"missing layer {layer.digest}")
+    out.platforms = sorted(set(out.platforms))
+    return out
+
+
+def _present(content: ContentStore, desc: Descriptor) -> bool:
+    try:
+        return content.info(desc.digest).size == desc.size
+    except NotFoundError:
+        return False

@@ -1,0 +1,60 @@
+"""The CLI's contract: commands listed, version, errors mapped to documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cargohold import errors
+
+CLI = [sys.executable, "-m", "cargohold"]
+
+
+def run(*args: str, root: Path | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--root", str(root)] if root else []
+    return subprocess.run([*CLI, *extra, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_help_lists_commands() -> None:
+    p = run("--help")
+    assert p.returncode == 0
+    for cmd in ("fetch", "images", "content", "gc", "version"):
+        assert f"  {cmd}" in p.stdout
+
+
+def test_version_text_and_json() -> None:
+    p = run("version")
+    assert p.returncode == 0 and p.stdout.startswith("cargohold 0.")
+    assert "zstandard" in p.stdout and "isal" in p.stdout
+    j = json.loads(run("--json", "version").stdout)
+    assert j["cargohold"] and j["python"] == sys.version.split()[0]
+
+
+def test_invalid_reference_exit_code_and_message(tmp_path: Path) -> None:
+    p = run("fetch", "Docker.io/Library/NGINX", root=tmp_path)
+    assert p.returncode == errors.InvalidInputError.exit_code
+    assert "lowercase" in p.stderr and p.stdout == ""
+
+
+def test_json_error_object(tmp_path: Path) -> None:
+    p = run("--json", "content", "rm", "sha256:xyz", root=tmp_path)
+    assert p.returncode == errors.InvalidInputError.exit_code
+    obj = json.loads(p.stdout.splitlines()[-1])
+    assert obj["error"] == "invalid_input" and obj["exit_code"] == 2
+
+
+def test_usage_error_is_2() -> None:
+    p = run("no-such-command")
+    assert p.returncode == 2
+
+
+def test_exit_codes_are_distinct_and_documented() -> None:
+    codes = {e.exit_code for e in errors.ALL_ERRORS if e is not errors.AlreadyExistsError}
+    assert len(codes) == len(errors.ALL_ERRORS) - 1
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for e in errors.ALL_ERRORS:
+        if e is errors.AlreadyExistsError:
+            continue
+        assert f"| {e.exit_code} |" in readme, f"exit code {e.exit_code} of {e.__name__} not in README"
