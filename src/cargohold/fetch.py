@@ -354,7 +354,7 @@ class Fetcher:
         for f in futs:
             try:
                 f.result()
-            except BaseException as e:  # noqa: BLE001 - re-raised below
+            except BaseException as e:
                 if first is None:
                     first = e
                 self.cancel.set() if isinstance(e, KeyboardInterrupt | Interrupted) else None

@@ -60,6 +60,8 @@ class Settings:
     insecure_skip_verify: bool = False
     platforms: list[str] = field(default_factory=list)
     reserve: str = "1GiB"
+    retries: int = 5
+    backoff: float = 0.5
     sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     def source_of(self, name: str) -> str:
@@ -69,6 +71,11 @@ class Settings:
 def _coerce(name: str, value: Any, template: Any, where: str) -> Any:
     if isinstance(template, bool):
         return _parse_bool(value, where) if isinstance(value, str) else bool(value)
+    if isinstance(template, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"{where}: {name} must be a number, got {value!r}") from None
     if isinstance(template, int):
         try:
             return int(value)

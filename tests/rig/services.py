@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -38,13 +39,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 20.0,
+    *,
+    context: ssl.SSLContext | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: process exited early:\n{log.read_text(errors='replace')}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 if r.status < 500:
                     return
         except urllib.error.HTTPError as e:
@@ -65,10 +73,11 @@ class Registry:
     proc: subprocess.Popen[bytes]
     config: Path
     log: Path
+    scheme: str = "http"  # "https" when started with tls=
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -82,7 +91,27 @@ class Registry:
     def restart(self) -> None:
         self.stop()
         self.proc = _spawn(self.config, self.log)
-        wait_http(f"{self.url}/v2/", self.proc, self.log)
+        wait_http(f"{self.url}/v2/", self.proc, self.log, context=_unverified(self.scheme))
+
+
+def _unverified(scheme: str) -> ssl.SSLContext | None:
+    """For waiting on a TLS registry with a test certificate."""
+    if scheme != "https":
+        return None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass
+class TokenAuth:
+    """``auth: token`` settings: the registry trusts JWTs signed by ``rootcertbundle``'s key."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
 
 
 def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -93,10 +122,20 @@ def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def start_registry(base: Path, *, proxy_remote: str | None = None, port: int = 0) -> Registry:
+def start_registry(
+    base: Path,
+    *,
+    proxy_remote: str | None = None,
+    port: int = 0,
+    htpasswd: Path | None = None,
+    token_auth: TokenAuth | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Registry:
     """Start ``docker-registry`` on a free loopback port with storage under ``base``.
 
     ``proxy_remote`` makes it a pull-through cache of another registry (a mirror).
+    ``htpasswd`` (a file of bcrypt entries) turns on basic auth, ``token_auth`` bearer
+    tokens; ``tls`` = (certificate, key) serves HTTPS.
     """
     base.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -120,15 +159,29 @@ def start_registry(base: Path, *, proxy_remote: str | None = None, port: int = 0
         f"  addr: 127.0.0.1:{port}",
         "  secret: cargohold-test-secret",
     ]
+    if tls is not None:
+        lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
     if proxy_remote:
         lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
+    if htpasswd is not None:
+        lines += ["auth:", "  htpasswd:", "    realm: cargohold-test", f"    path: {htpasswd}"]
+    elif token_auth is not None:
+        lines += [
+            "auth:",
+            "  token:",
+            f"    realm: {token_auth.realm}",
+            f"    service: {token_auth.service}",
+            f"    issuer: {token_auth.issuer}",
+            f"    rootcertbundle: {token_auth.rootcertbundle}",
+        ]
     config = base / "config.yml"
     config.write_text("\n".join(lines) + "\n")
     log = base / "registry.log"
     proc = _spawn(config, log)
-    reg = Registry(f"127.0.0.1:{port}", storage, proc, config, log)
+    scheme = "https" if tls is not None else "http"
+    reg = Registry(f"127.0.0.1:{port}", storage, proc, config, log, scheme)
     try:
-        wait_http(f"{reg.url}/v2/", proc, log)
+        wait_http(f"{reg.url}/v2/", proc, log, context=_unverified(scheme))
     except Exception:
         reg.stop()
         raise

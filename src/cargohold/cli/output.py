@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -22,15 +23,22 @@ class Output:
         self.verbosity = verbosity
         self.out = stdout or sys.stdout
         self.err = stderr or sys.stderr
+        self._lock = threading.Lock()
         #: live progress only on a TTY, never with --json or --no-progress
         self.live = progress and not json_mode and self.err.isatty()
 
     # -- data (stdout)
+    def _write(self, stream: TextIO, text: str) -> None:
+        # One write per line under a lock: worker threads never interleave lines.
+        with self._lock:
+            stream.write(text + "\n")
+            stream.flush()
+
     def data(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        self._write(self.out, text)
 
     def json(self, obj: Any) -> None:
-        print(json.dumps(obj, sort_keys=True, default=str), file=self.out, flush=True)
+        self._write(self.out, json.dumps(obj, sort_keys=True, default=str))
 
     def event(self, name: str, /, **fields: Any) -> None:
         """A newline-delimited JSON event (only in --json mode)."""
@@ -46,20 +54,20 @@ class Output:
     # -- logs (stderr)
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
-            print(msg, file=self.err, flush=True)
+            self._write(self.err, msg)
 
     def debug(self, msg: str) -> None:
         if self.verbosity >= 1:
-            print(msg, file=self.err, flush=True)
+            self._write(self.err, msg)
 
     def warn(self, msg: str) -> None:
         if self.verbosity >= -1:
-            print(f"warning: {msg}", file=self.err, flush=True)
+            self._write(self.err, f"warning: {msg}")
 
     def error(self, msg: str, hint: str = "") -> None:
-        print(f"error: {msg}", file=self.err, flush=True)
+        self._write(self.err, f"error: {msg}")
         if hint and self.verbosity >= 0:
-            print(f"hint: {hint}", file=self.err, flush=True)
+            self._write(self.err, f"hint: {hint}")
 
 
 def human_bytes(n: float) -> str:

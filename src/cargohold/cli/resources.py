@@ -33,4 +33,6 @@ def registry_client(s: Settings):  # type: ignore[no-untyped-def]
         authfile=s.authfile or None,
         plain_http=True if s.plain_http else None,
         insecure=s.insecure_skip_verify,
+        retries=s.retries,
+        backoff=s.backoff,
     )

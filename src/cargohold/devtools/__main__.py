@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
@@ -38,10 +39,8 @@ def registry(directory: Path) -> None:
 def stop_registry(directory: Path) -> None:
     """Stop a registry started by `registry DIRECTORY`."""
     pid = int((directory / "pid").read_text())
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 @main.command("push-samples")

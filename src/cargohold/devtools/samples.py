@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cargohold.errors import CargoholdError
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.image import ImageSpec
 from cargohold.oci.descriptor import Descriptor
@@ -24,10 +26,8 @@ def demo_specs(big_size: int) -> dict[str, ImageSpec]:
     specs["critical"] = samples.critical_image()
     if big_size > 0:
         specs["big"] = samples.big_image(big_size)
-    try:
+    with contextlib.suppress(CargoholdError):  # busybox-static is optional for the demo
         specs["busybox"] = samples.busybox()
-    except Exception:  # noqa: BLE001 - busybox-static is optional for the demo
-        pass
     return specs
 
 

@@ -8,7 +8,6 @@ above them (fetch, unpack, bake, gc callers) talks only to these Protocols.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
@@ -190,3 +189,138 @@ class LeaseManager(Protocol):
     def delete_resource(self, lease_id: str, resource: LeaseResource) -> None: ...
 
     def list_resources(self, lease_id: str) -> builtins.list[LeaseResource]: ...
+
+
+# ---------------------------------------------------------------- snapshots
+
+#: What a snapshot is: "active" (writable, from prepare), "view" (read-only, from view) or
+#: "committed" (immutable, from commit; may be a parent).
+SnapshotKind = str
+KIND_ACTIVE = "active"
+KIND_VIEW = "view"
+KIND_COMMITTED = "committed"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount as plain data (containerd's ``mount.Mount``): ``mount -t type -o options
+    source target``. Options starting with ``x-`` are hints for userspace (``mount(8)`` and
+    cargohold's mount helper never pass them to the kernel)."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    kind: SnapshotKind
+    #: The key (active, view) or name (committed).
+    name: str
+    #: Name of the committed parent, "" for none.
+    parent: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Disk use of a snapshot's own directory (its diff for overlay, all of it for a copy)."""
+
+    size: int
+    inodes: int
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """containerd's snapshots service (keys of active snapshots and views, names of committed
+    ones share one namespace per snapshotter)."""
+
+    @property
+    def name(self) -> str:
+        """The snapshotter's name, as in lease resources ``snapshots/<name>``."""
+        ...
+
+    @property
+    def standalone_layers(self) -> bool:
+        """Whether ``commit(..., parent=P)`` may give a snapshot prepared *without* a parent
+        its parent P at commit time.  When true (overlay: a layer's directory does not depend
+        on its parents), the layers of one image can be prepared without parents, applied
+        concurrently and then committed in chain order; when false, prepare each layer on
+        its committed parent, in order."""
+        ...
+
+    def stat(self, key: str) -> SnapshotInfo:
+        """Raises NotFoundError."""
+        ...
+
+    def update(self, key: str, labels: Mapping[str, str | None]) -> SnapshotInfo:
+        """Set labels (a None value removes the label)."""
+        ...
+
+    def usage(self, key: str) -> Usage: ...
+
+    def mounts(self, key: str) -> builtins.list[Mount]:
+        """Mounts of an active snapshot or a view. NotFoundError; InvalidInputError if
+        committed."""
+        ...
+
+    def prepare(
+        self, key: str, parent: str = "", *, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        """A new active (writable) snapshot on the committed ``parent``. AlreadyExistsError
+        if ``key`` is taken; NotFoundError / InvalidInputError for a missing or uncommitted
+        parent."""
+        ...
+
+    def view(
+        self, key: str, parent: str = "", *, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        """A new read-only snapshot of the committed ``parent``."""
+        ...
+
+    def commit(
+        self,
+        name: str,
+        key: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        parent: str | None = None,
+    ) -> None:
+        """Turn the active snapshot ``key`` into the immutable committed snapshot ``name``
+        (``key`` is gone afterwards).  ``parent`` None keeps the parent given to prepare; a
+        different one needs ``standalone_layers`` and a snapshot prepared without a parent
+        (UnsupportedError / InvalidInputError otherwise).  AlreadyExistsError if ``name`` is
+        taken, InvalidInputError if ``key`` is not active."""
+        ...
+
+    def remove(self, key: str) -> None:
+        """Remove a snapshot and its files.  ConflictError if it has children."""
+        ...
+
+    def walk(self) -> Iterator[SnapshotInfo]: ...
+
+
+# ---------------------------------------------------------------- diff / apply
+
+
+@runtime_checkable
+class Applier(Protocol):
+    """containerd's diff service, applying side."""
+
+    def apply(
+        self,
+        desc: Descriptor,
+        mounts: builtins.list[Mount],
+        *,
+        reader: BinaryIO,
+        diff_id: Digest | None = None,
+    ) -> Descriptor:
+        """Apply the layer blob ``desc`` (read from ``reader``, compressed as its media type
+        and magic bytes say) onto the snapshot ``mounts`` and return the descriptor of the
+        uncompressed layer (digest = diff_id, size = tar size).  DigestMismatchError when
+        ``diff_id`` is given and differs; UnsafeContentError, OutOfSpaceError,
+        InvalidInputError for hostile, too big or broken layers.  On error the caller removes
+        the snapshot."""
+        ...

@@ -1,0 +1,1080 @@
+"""The disk-budget planner: which images to pull, which to fetch only, which to skip.
+
+Pure: no I/O. The caller measures what the plan needs (blob sizes, chain IDs, unpacked
+sizes or :func:`estimate_unpacked`, the store's unpack throughput) and applies the plan.
+
+Cost model
+==========
+
+An image is a set of **blobs** (index, manifests, configs, layers: ``(digest,
+compressed size)``, shared across images by digest) and a set of **chains** (its layers'
+chain IDs with each layer's unpacked size; shared across images by chain ID, which names
+a layer *and everything below it*).
+
+* **Disk** = the union of the blobs of every kept (pulled or fetched) image + the union
+  of the chains of every pulled image. A blob or chain several images share is counted
+  once. The budget is the final disk use of the planned images: everything they keep
+  counts, whether it is on disk already or not (the caller subtracts what else lives on
+  the file system, e.g. the reserve, before calling).
+* **First-start penalty** (seconds) of an image, with ``u`` = the unpacked bytes of its
+  chains that no pulled image has unpacked (a fetched image sharing a pulled image's base
+  only unpacks its own upper layers):
+
+  - pulled: ``0``;
+  - fetched: ``per_image_overhead + u / unpack_throughput`` (``0`` when ``u == 0``);
+  - skipped: ``skip_latency + d / skip_bandwidth`` + the fetched penalty, where ``d`` is
+    the compressed bytes of its blobs no kept image holds: it must be downloaded at first
+    start. ``skip_latency`` (30 s by default) stands for what a registry pull at node
+    start risks besides bandwidth (throttling, queueing behind other pulls, a registry
+    that is down or unreachable from an isolated node); it makes skipping the last
+    resort: in practice only large, rarely started images are skipped, to make room for
+    pulling many others. ``allow_skip=False`` forbids skipping auto images altogether.
+
+  Two fetched images sharing a chain no pulled image has are *both* charged for it:
+  which one starts first is unknown, so each is charged as if it did (conservative).
+* **Objective**: minimise ``sum(priority x penalty)`` over all images subject to disk <=
+  budget; ties are broken by fewer skipped images, then less disk.
+
+Constraints: critical images are always pulled; ``mode_request = "pull"`` images are
+always pulled (like critical ones, but the caller does not pin them);
+``mode_request = "fetch"`` images are always fetched (never pulled, never skipped). Only
+``auto`` images are decided. If the forced images alone exceed the budget, :func:`plan`
+returns a :class:`Plan` with ``feasible=False``, a ``reason`` naming them and the
+shortfall, and every auto image skipped (fetched, with ``allow_skip=False``, which also
+counts them in the check); :meth:`Plan.require_feasible` turns that into a
+:class:`~cargohold.errors.BudgetError`. The caller decides.
+
+Algorithm
+=========
+
+* Up to ``exact_limit`` (16) auto images: **branch and bound** over pull / fetch / skip,
+  most valuable images first, seeded with the approximate plan below. Bounds: disk only
+  grows along a branch; the penalty of an image already fetched or skipped can only fall
+  by the chains (and blobs) that images still undecided or pulled could provide; an
+  undecided image that cannot be pulled any more (or not even fetched) pays at least its
+  fetch (skip) penalty; the undecided images' choices must fit in the budget left, which
+  the linear relaxation of a multiple-choice knapsack (skip / fetch / pull, over the
+  bytes only each of them could keep or unpack) bounds. Exact unless
+  ``node_limit`` (200 000, a few seconds) nodes are visited first; then the best plan
+  found (never worse than the approximation) is returned and ``Plan.algorithm`` says so.
+* Larger catalogs (**approximate**): greedy by marginal benefit per marginal byte, from
+  "everything auto skipped" (fetched, with ``allow_skip=False``), considering skip->fetch, skip->pull and fetch->pull moves;
+  benefits and byte costs are recomputed after each move with sharing (pulling an image
+  lowers the penalty of every fetched image sharing its chains; keeping a blob lowers
+  the penalty of every skipped image holding it). Then a local-improvement pass (single
+  changes, pull<->fetch swaps, fetch<->skip swaps) until nothing improves. The three
+  baselines are computed too and, after the same local pass, the best of all is
+  returned, so the planner is never worse than a baseline.
+
+Baselines (same :class:`Plan` output, same constraints): :func:`baseline_fetch_all`,
+:func:`baseline_pull_in_order`, :func:`baseline_size_rule`. They first fetch the auto
+images in list order while they fit (skipping those that do not), then upgrade candidates
+to pulled in list order whenever the total still fits (first fit: a candidate that does
+not fit is passed over, later ones are still tried).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cargohold.errors import BudgetError, InvalidInputError
+from cargohold.spec import format_size
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_UNPACK_RATIO",
+    "EXACT_LIMIT",
+    "NODE_LIMIT",
+    "SIZE_RULE_LIMIT",
+    "CostModel",
+    "Decision",
+    "ImagePlan",
+    "Mode",
+    "Plan",
+    "PlanImage",
+    "baseline_fetch_all",
+    "baseline_pull_in_order",
+    "baseline_size_rule",
+    "estimate_unpacked",
+    "plan",
+]
+
+Mode = Literal["pull", "fetch", "auto"]
+Decision = Literal["pull", "fetch", "skip"]
+
+#: Unpacked / compressed size of a layer when it has not been measured: gzip on typical
+#: image layers gives 2-3x; callers should pass the ratio measured on the store's
+#: already-unpacked images.
+DEFAULT_UNPACK_RATIO = 2.5
+#: Catalogs with at most this many auto images are solved exactly.
+EXACT_LIMIT = 16
+#: Branch-and-bound nodes visited before the exact search gives up (best found kept).
+NODE_LIMIT = 200_000
+#: The size rule's limit: images smaller than this (compressed) are pulled.
+SIZE_RULE_LIMIT = 200 * 2**20
+
+_MODES: tuple[Mode, ...] = ("pull", "fetch", "auto")
+PULL, FETCH, SKIP, OPEN = 0, 1, 2, 3
+_NAMES: tuple[Decision, ...] = ("pull", "fetch", "skip")
+_REL_TOL = 1e-9
+
+
+def estimate_unpacked(compressed: int, ratio: float = DEFAULT_UNPACK_RATIO) -> int:
+    """Unpacked bytes of a layer of ``compressed`` bytes, at ``ratio`` (default 2.5)."""
+    if compressed < 0:
+        raise InvalidInputError(f"compressed size must not be negative (got {compressed})")
+    if not math.isfinite(ratio) or ratio <= 0:
+        raise InvalidInputError(f"unpack ratio must be a number > 0 (got {ratio})")
+    return round(compressed * ratio)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Penalty parameters (see the module docstring).
+
+    Defaults: unpacking runs at 100 MB/s of unpacked data (overlayfs on a cloud SSD,
+    gzip; measure it with the calibrate bench and pass it in); a fetched image's first
+    start pays 0.5 s on top (snapshot preparation, image unpack bookkeeping); a skipped
+    image pays a fixed 30 s (resolve, authenticate, and the risk of a registry pull at
+    node start: throttling, queueing, an unreachable registry) plus its download at
+    25 MB/s (200 Mbit/s, a busy node pulling from a shared registry) before it unpacks.
+    """
+
+    unpack_throughput: float = 100e6
+    per_image_overhead: float = 0.5
+    skip_bandwidth: float = 25e6
+    skip_latency: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("unpack_throughput", "skip_bandwidth"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v <= 0:
+                raise InvalidInputError(f"cost model: {name} must be > 0 (got {v})")
+        for name in ("per_image_overhead", "skip_latency"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise InvalidInputError(f"cost model: {name} must be >= 0 (got {v})")
+
+    def fetch_penalty(self, unpack_bytes: int) -> float:
+        """Seconds a fetched image's first start spends unpacking ``unpack_bytes``."""
+        if unpack_bytes <= 0:
+            return 0.0
+        return self.per_image_overhead + unpack_bytes / self.unpack_throughput
+
+    def skip_penalty(self, download_bytes: int, unpack_bytes: int) -> float:
+        """Seconds a skipped image's first start spends downloading and unpacking."""
+        return (
+            self.skip_latency
+            + download_bytes / self.skip_bandwidth
+            + self.fetch_penalty(unpack_bytes)
+        )
+
+
+DEFAULT_MODEL = CostModel()
+
+
+@dataclass(frozen=True)
+class PlanImage:
+    """One image to plan. ``blobs``: ``(digest, compressed size)`` of its index,
+    manifests, configs and layers; ``chains``: ``(chain ID, unpacked size of that
+    layer)`` of its layers. Lists are accepted and stored as tuples."""
+
+    name: str
+    critical: bool = False
+    priority: float = 1.0
+    mode_request: Mode = "auto"
+    blobs: Sequence[tuple[str, int]] = ()
+    chains: Sequence[tuple[str, int]] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blobs", tuple((str(d), int(s)) for d, s in self.blobs))
+        object.__setattr__(self, "chains", tuple((str(c), int(s)) for c, s in self.chains))
+
+    @property
+    def requested(self) -> Mode:
+        """``pull`` for critical images, else ``mode_request``."""
+        return "pull" if self.critical else self.mode_request
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The decision for one image.
+
+    ``compressed_bytes``: all its blobs; ``shared_compressed_bytes``: those of them that
+    another kept image also holds (a kept image pays only the rest). ``unpacked_bytes``:
+    all its chains; ``shared_unpacked_bytes``: for a pulled image, the chains another
+    pulled image also has; for a fetched or skipped one, the chains pulled images have
+    unpacked already (its first start does not unpack them). ``penalty_seconds``: its
+    expected first-start penalty (not weighted by priority).
+    """
+
+    name: str
+    decision: Decision
+    requested: Mode
+    critical: bool
+    priority: float
+    compressed_bytes: int
+    shared_compressed_bytes: int
+    unpacked_bytes: int
+    shared_unpacked_bytes: int
+    penalty_seconds: float
+    reason: str
+
+    @property
+    def weighted_penalty(self) -> float:
+        return self.priority * self.penalty_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "decision": self.decision,
+            "requested": self.requested,
+            "critical": self.critical,
+            "priority": self.priority,
+            "compressed_bytes": self.compressed_bytes,
+            "shared_compressed_bytes": self.shared_compressed_bytes,
+            "unpacked_bytes": self.unpacked_bytes,
+            "shared_unpacked_bytes": self.shared_unpacked_bytes,
+            "penalty_seconds": self.penalty_seconds,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan: one :class:`ImagePlan` per input image, in input order, and totals.
+
+    ``total_penalty`` is the objective, ``sum(priority x penalty_seconds)``.
+    ``feasible`` is false when the critical and requested images alone exceed the
+    budget (``reason`` says by how much); ``algorithm`` says how the plan was made.
+    """
+
+    images: tuple[ImagePlan, ...]
+    budget: int | None
+    content_bytes: int
+    snapshot_bytes: int
+    total_penalty: float
+    feasible: bool
+    reason: str
+    algorithm: str
+    model: CostModel = field(default=DEFAULT_MODEL, repr=False)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.content_bytes + self.snapshot_bytes
+
+    @property
+    def free_bytes(self) -> int | None:
+        """Budget left (negative when infeasible); None without a budget."""
+        return None if self.budget is None else self.budget - self.total_bytes
+
+    def decision(self, name: str) -> Decision:
+        for img in self.images:
+            if img.name == name:
+                return img.decision
+        raise KeyError(name)
+
+    def names(self, decision: Decision) -> list[str]:
+        return [img.name for img in self.images if img.decision == decision]
+
+    def require_feasible(self) -> Plan:
+        """The plan itself, or BudgetError with the reason if it is infeasible."""
+        if not self.feasible:
+            raise BudgetError(self.reason)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "feasible": self.feasible,
+            "reason": self.reason,
+            "algorithm": self.algorithm,
+            "budget": self.budget,
+            "content_bytes": self.content_bytes,
+            "snapshot_bytes": self.snapshot_bytes,
+            "total_bytes": self.total_bytes,
+            "total_penalty": self.total_penalty,
+            "images": [img.to_json() for img in self.images],
+        }
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _fmt(n: float) -> str:
+    return format_size(n)
+
+
+def _need_free(need: int, free: int) -> str:
+    """ "needs X more, Y free", in bytes when rounding would make them look equal."""
+    a, b = _fmt(need), _fmt(free)
+    if a == b:
+        a, b = f"{need} bytes", f"{free} bytes"
+    return f"needs {a} more, {b} free"
+
+
+class _Catalog:
+    """The images, validated and indexed: blobs and chains as integers."""
+
+    def __init__(
+        self, images: Sequence[PlanImage], model: CostModel, *, allow_skip: bool = True
+    ) -> None:
+        self.model = model
+        self.allow_skip = allow_skip
+        #: What an auto image may become, and the least of it.
+        self.choices = (PULL, FETCH, SKIP) if allow_skip else (PULL, FETCH)
+        self.floor = SKIP if allow_skip else FETCH
+        self.images = list(images)
+        n = len(self.images)
+        self.n = n
+        blob_index: dict[str, int] = {}
+        chain_index: dict[str, int] = {}
+        self.blob_size: list[int] = []
+        self.chain_size: list[int] = []
+        self.blobs: list[tuple[int, ...]] = []
+        self.chains: list[tuple[int, ...]] = []
+        self.w: list[float] = []
+        self.forced: list[int | None] = []
+        seen: set[str] = set()
+        for img in self.images:
+            if img.name in seen:
+                raise InvalidInputError(f"plan: image {img.name!r} is listed twice")
+            seen.add(img.name)
+            p = img.priority
+            if isinstance(p, bool) or not isinstance(p, int | float):
+                raise InvalidInputError(f"plan: {img.name}: priority must be a number")
+            if not math.isfinite(p) or p < 0:
+                raise InvalidInputError(f"plan: {img.name}: priority must be >= 0 (got {p})")
+            if img.mode_request not in _MODES:
+                raise InvalidInputError(
+                    f"plan: {img.name}: mode must be one of pull, fetch, auto "
+                    f"(got {img.mode_request!r})"
+                )
+            if img.critical and img.mode_request == "fetch":
+                raise InvalidInputError(
+                    f"plan: {img.name}: a critical image is always pulled, not fetched"
+                )
+            self.w.append(float(p))
+            req = img.requested
+            self.forced.append(PULL if req == "pull" else FETCH if req == "fetch" else None)
+            self.blobs.append(self._index(img.name, "blob", img.blobs, blob_index, self.blob_size))
+            self.chains.append(
+                self._index(img.name, "chain", img.chains, chain_index, self.chain_size)
+            )
+        self.blob_users: list[list[int]] = [[] for _ in self.blob_size]
+        self.chain_users: list[list[int]] = [[] for _ in self.chain_size]
+        for i in range(n):
+            for b in self.blobs[i]:
+                self.blob_users[b].append(i)
+            for c in self.chains[i]:
+                self.chain_users[c].append(i)
+        self.comp = [sum(self.blob_size[b] for b in self.blobs[i]) for i in range(n)]
+        self.unp = [sum(self.chain_size[c] for c in self.chains[i]) for i in range(n)]
+        self.auto = [i for i in range(n) if self.forced[i] is None]
+
+    @staticmethod
+    def _index(
+        name: str,
+        what: str,
+        items: Iterable[tuple[str, int]],
+        index: dict[str, int],
+        sizes: list[int],
+    ) -> tuple[int, ...]:
+        out: list[int] = []
+        for key, size in items:
+            if size < 0:
+                raise InvalidInputError(f"plan: {name}: {what} {key} has a negative size")
+            k = index.get(key)
+            if k is None:
+                k = index[key] = len(sizes)
+                sizes.append(size)
+            elif sizes[k] != size:
+                raise InvalidInputError(
+                    f"plan: {name}: {what} {key} has size {size}, another image gives it {sizes[k]}"
+                )
+            if k not in out:
+                out.append(k)
+        return tuple(out)
+
+    def penalty(self, d: int, u: int, m: int) -> float:
+        if d == FETCH:
+            return self.model.fetch_penalty(u)
+        if d == SKIP:
+            return self.model.skip_penalty(m, u)
+        return 0.0  # pulled, or undecided in the search
+
+
+Key = tuple[float, int, int]  # (objective, skipped images, disk bytes)
+
+
+def _better(a: Key, b: Key) -> bool:
+    tol = _REL_TOL * max(1.0, abs(a[0]), abs(b[0]))
+    if a[0] < b[0] - tol:
+        return True
+    if a[0] > b[0] + tol:
+        return False
+    return (a[1], a[2]) < (b[1], b[2])
+
+
+class _State:
+    """Decisions plus what follows from them, updated incrementally by :meth:`set`.
+
+    ``kc[b]``: kept images holding blob b; ``pc[c]``: pulled images with chain c;
+    ``u[i]`` / ``m[i]``: unpacked bytes of i's chains nobody pulled / compressed bytes of
+    i's blobs nobody keeps. With ``track`` also the optimistic counterparts for the branch
+    and bound (undecided images counted as pulled) and ``lb``, the sum of the decided
+    images' lowest possible weighted penalties.
+    """
+
+    def __init__(self, cat: _Catalog, dec: Sequence[int], *, track: bool = False) -> None:
+        self.cat = cat
+        self.dec = list(dec)
+        self.track = track
+        self.kc = [0] * len(cat.blob_size)
+        self.pc = [0] * len(cat.chain_size)
+        self.pkc = [0] * len(cat.blob_size)
+        self.ppc = [0] * len(cat.chain_size)
+        for i, d in enumerate(self.dec):
+            if d in (PULL, FETCH):
+                for b in cat.blobs[i]:
+                    self.kc[b] += 1
+            if d == PULL:
+                for c in cat.chains[i]:
+                    self.pc[c] += 1
+            if d != SKIP:
+                for b in cat.blobs[i]:
+                    self.pkc[b] += 1
+            if d in (PULL, OPEN):
+                for c in cat.chains[i]:
+                    self.ppc[c] += 1
+        self.content = sum(s for s, k in zip(cat.blob_size, self.kc, strict=True) if k)
+        self.snap = sum(s for s, k in zip(cat.chain_size, self.pc, strict=True) if k)
+        bs, cs = cat.blob_size, cat.chain_size
+        self.u = [sum(cs[c] for c in cat.chains[i] if not self.pc[c]) for i in range(cat.n)]
+        self.m = [sum(bs[b] for b in cat.blobs[i] if not self.kc[b]) for i in range(cat.n)]
+        self.umin = [sum(cs[c] for c in cat.chains[i] if not self.ppc[c]) for i in range(cat.n)]
+        self.mmin = [sum(bs[b] for b in cat.blobs[i] if not self.pkc[b]) for i in range(cat.n)]
+        self.pen = [cat.penalty(self.dec[i], self.u[i], self.m[i]) for i in range(cat.n)]
+        self.lbpen = [cat.penalty(self.dec[i], self.umin[i], self.mmin[i]) for i in range(cat.n)]
+        self.obj = sum(w * p for w, p in zip(cat.w, self.pen, strict=True))
+        self.lb = sum(w * p for w, p in zip(cat.w, self.lbpen, strict=True))
+        self.skips = sum(1 for d in self.dec if d == SKIP)
+
+    @property
+    def disk(self) -> int:
+        return self.content + self.snap
+
+    def key(self) -> Key:
+        return (self.obj, self.skips, self.disk)
+
+    def set(self, i: int, d: int) -> None:
+        old = self.dec[i]
+        if old == d:
+            return
+        cat = self.cat
+        touched = {i}
+        was_kept, is_kept = old in (PULL, FETCH), d in (PULL, FETCH)
+        if was_kept != is_kept:
+            step = 1 if is_kept else -1
+            for b in cat.blobs[i]:
+                k = self.kc[b]
+                self.kc[b] = k + step
+                if (k == 0) if is_kept else (k == 1):
+                    size = cat.blob_size[b]
+                    self.content += step * size
+                    for j in cat.blob_users[b]:
+                        self.m[j] -= step * size
+                        touched.add(j)
+        was_pulled, is_pulled = old == PULL, d == PULL
+        if was_pulled != is_pulled:
+            step = 1 if is_pulled else -1
+            for c in cat.chains[i]:
+                k = self.pc[c]
+                self.pc[c] = k + step
+                if (k == 0) if is_pulled else (k == 1):
+                    size = cat.chain_size[c]
+                    self.snap += step * size
+                    for j in cat.chain_users[c]:
+                        self.u[j] -= step * size
+                        touched.add(j)
+        if self.track:
+            was_pk, is_pk = old != SKIP, d != SKIP
+            if was_pk != is_pk:
+                step = 1 if is_pk else -1
+                for b in cat.blobs[i]:
+                    k = self.pkc[b]
+                    self.pkc[b] = k + step
+                    if (k == 0) if is_pk else (k == 1):
+                        for j in cat.blob_users[b]:
+                            self.mmin[j] -= step * cat.blob_size[b]
+                            touched.add(j)
+            was_pp, is_pp = old in (PULL, OPEN), d in (PULL, OPEN)
+            if was_pp != is_pp:
+                step = 1 if is_pp else -1
+                for c in cat.chains[i]:
+                    k = self.ppc[c]
+                    self.ppc[c] = k + step
+                    if (k == 0) if is_pp else (k == 1):
+                        for j in cat.chain_users[c]:
+                            self.umin[j] -= step * cat.chain_size[c]
+                            touched.add(j)
+        self.skips += (d == SKIP) - (old == SKIP)
+        self.dec[i] = d
+        w, dec = cat.w, self.dec
+        for j in touched:
+            p = cat.penalty(dec[j], self.u[j], self.m[j])
+            self.obj += w[j] * (p - self.pen[j])
+            self.pen[j] = p
+            if self.track:
+                q = cat.penalty(dec[j], self.umin[j], self.mmin[j])
+                self.lb += w[j] * (q - self.lbpen[j])
+                self.lbpen[j] = q
+
+    def pull_bytes(self, i: int) -> int:
+        """Extra disk if i (not pulled) were pulled."""
+        cat = self.cat
+        extra = sum(cat.chain_size[c] for c in cat.chains[i] if not self.pc[c])
+        if self.dec[i] not in (PULL, FETCH):
+            extra += sum(cat.blob_size[b] for b in cat.blobs[i] if not self.kc[b])
+        return extra
+
+    def keep_bytes(self, i: int) -> int:
+        """Extra disk if i (not kept) were fetched."""
+        cat = self.cat
+        return sum(cat.blob_size[b] for b in cat.blobs[i] if not self.kc[b])
+
+
+@dataclass
+class _Eval:
+    obj: float
+    content: int
+    snap: int
+    skips: int
+    pen: list[float]
+
+    @property
+    def disk(self) -> int:
+        return self.content + self.snap
+
+    def key(self) -> Key:
+        return (self.obj, self.skips, self.disk)
+
+
+def _evaluate(cat: _Catalog, dec: Sequence[int]) -> _Eval:
+    """The objective and disk of complete decisions, from scratch."""
+    kept: set[int] = set()
+    pulled: set[int] = set()
+    for i, d in enumerate(dec):
+        if d in (PULL, FETCH):
+            kept.update(cat.blobs[i])
+        if d == PULL:
+            pulled.update(cat.chains[i])
+    pen: list[float] = []
+    for i, d in enumerate(dec):
+        u = sum(cat.chain_size[c] for c in cat.chains[i] if c not in pulled)
+        m = sum(cat.blob_size[b] for b in cat.blobs[i] if b not in kept)
+        pen.append(cat.penalty(d, u, m))
+    return _Eval(
+        obj=sum(w * p for w, p in zip(cat.w, pen, strict=True)),
+        content=sum(cat.blob_size[b] for b in kept),
+        snap=sum(cat.chain_size[c] for c in pulled),
+        skips=sum(1 for d in dec if d == SKIP),
+        pen=pen,
+    )
+
+
+def _forced_decisions(cat: _Catalog) -> list[int]:
+    return [cat.floor if f is None else f for f in cat.forced]
+
+
+def _fits(disk: int, budget: int | None) -> bool:
+    return budget is None or disk <= budget
+
+
+# ---- greedy
+
+
+def _upgrade(st: _State, i: int, d: int) -> tuple[float, int]:
+    """(objective decrease, extra bytes) of moving i up to d (fetch or pull)."""
+    cat = st.cat
+    model = cat.model
+    old = st.dec[i]
+    w = cat.w
+    gain = w[i] * st.pen[i]
+    extra = 0
+    if old == SKIP:
+        for b in cat.blobs[i]:
+            if not st.kc[b]:
+                size = cat.blob_size[b]
+                extra += size
+                for j in cat.blob_users[b]:
+                    if j != i and st.dec[j] == SKIP:
+                        gain += w[j] * size / model.skip_bandwidth
+    if d == PULL:
+        acc: dict[int, int] = {}
+        for c in cat.chains[i]:
+            if not st.pc[c]:
+                size = cat.chain_size[c]
+                extra += size
+                for j in cat.chain_users[c]:
+                    if j != i and st.dec[j] != PULL:
+                        acc[j] = acc.get(j, 0) + size
+        for j, s in acc.items():
+            before = st.u[j]
+            gain += w[j] * (s / model.unpack_throughput)
+            if before > 0 and before == s:
+                gain += w[j] * model.per_image_overhead
+    else:
+        gain -= w[i] * model.fetch_penalty(st.u[i])
+    return gain, extra
+
+
+def _greedy(cat: _Catalog, budget: int, start: Sequence[int]) -> list[int]:
+    st = _State(cat, start)
+    while True:
+        free = budget - st.disk
+        best: tuple[float, float] | None = None
+        move = (-1, -1)
+        for i in cat.auto:
+            cur = st.dec[i]
+            for d in (FETCH, PULL) if cur == SKIP else (PULL,) if cur == FETCH else ():
+                gain, extra = _upgrade(st, i, d)
+                if extra > free or gain <= 1e-12:
+                    continue
+                score = (gain / extra if extra else math.inf, gain)
+                if best is None or score > best:
+                    best, move = score, (i, d)
+        if best is None:
+            return st.dec
+        st.set(*move)
+
+
+# ---- local search
+
+
+def _local_search(cat: _Catalog, budget: int, dec: Sequence[int], max_passes: int = 8) -> list[int]:
+    st = _State(cat, dec)
+    autos = cat.auto
+    for _ in range(max_passes):
+        improved = False
+        # single changes
+        for i in autos:
+            cur = st.dec[i]
+            best_key, best_d = st.key(), cur
+            for d in cat.choices:
+                if d == cur:
+                    continue
+                st.set(i, d)
+                if st.disk <= budget and _better(st.key(), best_key):
+                    best_key, best_d = st.key(), d
+                st.set(i, cur)
+            if best_d != cur:
+                st.set(i, best_d)
+                improved = True
+        # swaps: one image down a step, another up a step
+        for down, up in ((PULL, FETCH), (FETCH, SKIP)) if cat.allow_skip else ((PULL, FETCH),):
+            higher = [i for i in autos if st.dec[i] == down]
+            lower = [j for j in autos if st.dec[j] == up]
+            for i in higher:
+                if st.dec[i] != down:
+                    continue
+                base = st.key()
+                st.set(i, up)
+                free = budget - st.disk
+                best_key, best_j = base, -1
+                for j in lower:
+                    if st.dec[j] != up or j == i:
+                        continue
+                    need = st.pull_bytes(j) if down == PULL else st.keep_bytes(j)
+                    if need > free:
+                        continue
+                    st.set(j, down)
+                    if st.disk <= budget and _better(st.key(), best_key):
+                        best_key, best_j = st.key(), j
+                    st.set(j, up)
+                if best_j >= 0:
+                    st.set(best_j, down)
+                    improved = True
+                    lower = [j for j in autos if st.dec[j] == up]
+                else:
+                    st.set(i, down)
+        if not improved:
+            break
+    return st.dec
+
+
+# ---- branch and bound
+
+
+class _NodeLimit(Exception):
+    pass
+
+
+def _open_bound(st: _State, undecided: Sequence[int], budget: int) -> float:
+    """A lower bound on the weighted penalties of the ``undecided`` (OPEN) images of a
+    tracking state (``_State.lb`` bounds the decided ones).
+
+    For an undecided j, ``e`` = the unpacked bytes of the chains only j could still
+    unpack (no pulled or other undecided image has them) and ``x`` = the compressed bytes
+    of the blobs only j could still keep; these sets are disjoint across images and not
+    on disk yet. Relaxed, j picks skip (costs 0 bytes, pays at least the skip penalty of
+    downloading ``x`` and unpacking ``e``), fetch (``x`` bytes, the fetch penalty of
+    ``e``) or pull (``x + e`` bytes, nothing), and the bytes picked fit in the budget
+    left. The linear relaxation of that multiple-choice knapsack (greedy over the convex
+    hull of each image's options, best penalty per byte first, the last one fractional)
+    bounds the undecided images' penalties from below. Options that no longer fit at
+    all (``x`` or ``x + e`` plus what j shares with decided images) are left out.
+    """
+    cat = st.cat
+    model = cat.model
+    allow_skip = cat.allow_skip
+    disk = st.disk
+    room = budget - disk
+    total = 0.0
+    steps: list[tuple[float, float, int]] = []  # (saving per byte, saving, bytes)
+    for j in undecided:
+        keep = sum(cat.blob_size[b] for b in cat.blobs[j] if not st.kc[b])
+        pull = keep + sum(cat.chain_size[c] for c in cat.chains[j] if not st.pc[c])
+        e = sum(cat.chain_size[c] for c in cat.chains[j] if st.ppc[c] <= 1)
+        x = sum(cat.blob_size[b] for b in cat.blobs[j] if st.pkc[b] <= 1)
+        w = cat.w[j]
+        fetch_loss = w * model.fetch_penalty(e)
+        can_pull = disk + pull <= budget
+        if not allow_skip:
+            room -= x  # fetched at least: its own blobs come anyway
+            total += fetch_loss
+            if can_pull and fetch_loss > 0:
+                steps.append((fetch_loss / e, fetch_loss, e))
+            continue
+        skip_loss = w * model.skip_penalty(x, e)
+        total += skip_loss
+        if disk + keep > budget:
+            continue  # skipped for sure
+        to_fetch = skip_loss - fetch_loss
+        if not can_pull or fetch_loss <= 0:
+            steps.append((to_fetch / x if x else math.inf, to_fetch, x))
+        elif x and to_fetch / x < fetch_loss / e:
+            # fetching is not on the hull: skip -> pull in one step
+            steps.append((skip_loss / (x + e), skip_loss, x + e))
+        else:
+            steps.append((to_fetch / x if x else math.inf, to_fetch, x))
+            steps.append((fetch_loss / e, fetch_loss, e))
+    steps.sort(key=lambda t: t[0], reverse=True)
+    for _, saving, size in steps:
+        if room <= 0 and size > 0:
+            break
+        if size <= room:
+            room -= size
+            total -= saving
+        else:
+            total -= saving * room / size
+            room = 0
+    return max(total, 0.0)
+
+
+def _exact(
+    cat: _Catalog, budget: int, incumbent: Sequence[int], node_limit: int
+) -> tuple[list[int], int, bool]:
+    """(best decisions, nodes visited, proven optimal)."""
+    model = cat.model
+    full_pen = [model.fetch_penalty(cat.unp[i]) for i in range(cat.n)]
+    order = sorted(cat.auto, key=lambda i: (-cat.w[i] * full_pen[i], i))
+    start = [OPEN if f is None else f for f in cat.forced]
+    st = _State(cat, start, track=True)
+    best_dec = list(incumbent)
+    best_key = _evaluate(cat, best_dec).key()
+    nodes = 0
+
+    def dfs(k: int) -> None:
+        nonlocal nodes, best_key, best_dec
+        nodes += 1
+        if nodes > node_limit:
+            raise _NodeLimit
+        if k == len(order):
+            key = st.key()
+            if _better(key, best_key):
+                best_key, best_dec = key, list(st.dec)
+            return
+        lb = st.lb + _open_bound(st, order[k:], budget)
+        tol = _REL_TOL * max(1.0, abs(best_key[0]))
+        if lb > best_key[0] + tol:
+            return
+        if lb >= best_key[0] - tol and (st.skips, st.disk) >= (best_key[1], best_key[2]):
+            return
+        i = order[k]
+        for d in cat.choices:
+            st.set(i, d)
+            if st.disk <= budget:
+                dfs(k + 1)
+        st.set(i, OPEN)
+
+    try:
+        dfs(0)
+    except _NodeLimit:
+        return best_dec, nodes, False
+    return best_dec, nodes, True
+
+
+# ---- plan assembly
+
+
+def _reason(cat: _Catalog, st: _State, i: int, budget: int | None) -> str:
+    img = cat.images[i]
+    d = st.dec[i]
+    model = cat.model
+    if img.critical:
+        return "critical"
+    if cat.forced[i] is not None:
+        text = f"requested: {img.mode_request}"
+        if d == FETCH and st.pen[i] > 0:
+            text += f" (first start unpacks for {st.pen[i]:.1f} s)"
+        return text
+    free = None if budget is None else budget - st.disk
+    if d == PULL:
+        if budget is None:
+            return "no budget: everything auto is pulled"
+        # what it would pay if fetched: its chains no other pulled image has
+        u = sum(cat.chain_size[c] for c in cat.chains[i] if st.pc[c] == 1)
+        saved = model.fetch_penalty(u)
+        if saved <= 0:
+            return "pulled: its layers are unpacked for other images anyway"
+        return f"fits: saves {saved:.1f} s x priority {img.priority:g}"
+    if d == FETCH:
+        need = st.pull_bytes(i)
+        if free is not None and need > free:
+            return f"over budget: fetched (pulling {_need_free(need, free)})"
+        if st.pen[i] <= 0:
+            return "fetched: its layers are unpacked by pulled images"
+        if img.priority == 0:
+            return "fetched: priority 0"
+        return "fetched: the space is worth more to other images"
+    need = st.keep_bytes(i)
+    if free is not None and need > free:
+        return f"skipped: budget exhausted (fetching {_need_free(need, free)})"
+    return "skipped: budget exhausted"
+
+
+def _build(
+    cat: _Catalog,
+    dec: Sequence[int],
+    budget: int | None,
+    algorithm: str,
+    *,
+    feasible: bool = True,
+    reason: str = "",
+) -> Plan:
+    ev = _evaluate(cat, dec)
+    st = _State(cat, dec)
+    out: list[ImagePlan] = []
+    for i, img in enumerate(cat.images):
+        d = dec[i]
+        kept_min = 2 if d in (PULL, FETCH) else 1
+        pulled_min = 2 if d == PULL else 1
+        if feasible or cat.forced[i] is not None:
+            text = _reason(cat, st, i, budget)
+        elif cat.allow_skip:
+            text = "skipped: the critical and requested images exceed the budget"
+        else:
+            text = "fetched: skipping is not allowed, and fetching everything exceeds the budget"
+        out.append(
+            ImagePlan(
+                name=img.name,
+                decision=_NAMES[d],
+                requested=img.requested,
+                critical=img.critical,
+                priority=cat.w[i],
+                compressed_bytes=cat.comp[i],
+                shared_compressed_bytes=sum(
+                    cat.blob_size[b] for b in cat.blobs[i] if st.kc[b] >= kept_min
+                ),
+                unpacked_bytes=cat.unp[i],
+                shared_unpacked_bytes=sum(
+                    cat.chain_size[c] for c in cat.chains[i] if st.pc[c] >= pulled_min
+                ),
+                penalty_seconds=ev.pen[i],
+                reason=text,
+            )
+        )
+    if feasible and not reason:
+        counts = [sum(1 for x in dec if x == k) for k in (PULL, FETCH, SKIP)]
+        reason = f"{counts[0]} pulled, {counts[1]} fetched, {counts[2]} skipped"
+        if budget is not None:
+            reason += f"; {_fmt(ev.disk)} of {_fmt(budget)}"
+    return Plan(
+        images=tuple(out),
+        budget=budget,
+        content_bytes=ev.content,
+        snapshot_bytes=ev.snap,
+        total_penalty=ev.obj,
+        feasible=feasible,
+        reason=reason,
+        algorithm=algorithm,
+        model=cat.model,
+    )
+
+
+def _infeasible(cat: _Catalog, budget: int, dec: Sequence[int], algorithm: str) -> Plan | None:
+    """An infeasible Plan if the forced images alone exceed the budget, else None."""
+    ev = _evaluate(cat, dec)
+    if ev.disk <= budget:
+        return None
+    groups: list[str] = []
+    for label in ("critical", "requested pull", "requested fetch"):
+        names = [
+            im.name
+            for im in cat.images
+            if label == ("critical" if im.critical else f"requested {im.mode_request}")
+        ]
+        if names:
+            groups.append(f"{label}: {', '.join(names)}")
+    if not cat.allow_skip and cat.auto:
+        groups.append(f"fetched because skipping is not allowed: {len(cat.auto)} images")
+        what = "the critical and requested images, with every other image fetched,"
+    else:
+        what = "the critical and requested images"
+    reason = (
+        f"{what} need {_fmt(ev.disk)} but the budget is "
+        f"{_fmt(budget)}: {_fmt(ev.disk - budget)} short ({'; '.join(groups)})"
+    )
+    return _build(cat, dec, budget, algorithm, feasible=False, reason=reason)
+
+
+def _check_budget(budget: int | None) -> None:
+    if budget is not None and (isinstance(budget, bool) or budget < 0):
+        raise InvalidInputError(f"plan: budget must be >= 0 bytes (got {budget})")
+
+
+_PullRule = Callable[[_Catalog, int], bool]
+
+
+def _baseline_decisions(cat: _Catalog, budget: int | None, pull: _PullRule) -> list[int]:
+    """Fetch the auto images in list order while they fit (else skip), then upgrade
+    those ``pull`` accepts to pulled, in list order, whenever the total still fits."""
+    st = _State(cat, _forced_decisions(cat))
+    for i in cat.auto:
+        st.set(i, FETCH)
+        if not _fits(st.disk, budget):
+            st.set(i, SKIP)
+    for i in cat.auto:
+        if pull(cat, i):
+            prev = st.dec[i]
+            st.set(i, PULL)
+            if not _fits(st.disk, budget):
+                st.set(i, prev)
+    return st.dec
+
+
+def _baseline_plan(
+    images: Sequence[PlanImage], budget: int | None, model: CostModel, name: str, pull: _PullRule
+) -> Plan:
+    _check_budget(budget)
+    cat = _Catalog(images, model)
+    if budget is not None:
+        bad = _infeasible(cat, budget, _forced_decisions(cat), name)
+        if bad is not None:
+            return bad
+    return _build(cat, _baseline_decisions(cat, budget, pull), budget, name)
+
+
+def _pull_none(cat: _Catalog, i: int) -> bool:
+    return False
+
+
+def _pull_all(cat: _Catalog, i: int) -> bool:
+    return True
+
+
+def _size_rule(limit: int) -> _PullRule:
+    def rule(cat: _Catalog, i: int) -> bool:
+        return cat.comp[i] < limit
+
+    return rule
+
+
+def baseline_fetch_all(
+    images: Sequence[PlanImage], budget: int | None, *, model: CostModel = DEFAULT_MODEL
+) -> Plan:
+    """Fetch every auto image (in list order while they fit; the rest skipped)."""
+    return _baseline_plan(images, budget, model, "baseline: fetch all", _pull_none)
+
+
+def baseline_pull_in_order(
+    images: Sequence[PlanImage], budget: int | None, *, model: CostModel = DEFAULT_MODEL
+) -> Plan:
+    """Fetch every auto image, then pull them in list order while the total fits."""
+    return _baseline_plan(images, budget, model, "baseline: pull in order", _pull_all)
+
+
+def baseline_size_rule(
+    images: Sequence[PlanImage],
+    budget: int | None,
+    *,
+    model: CostModel = DEFAULT_MODEL,
+    limit: int = SIZE_RULE_LIMIT,
+) -> Plan:
+    """Fetch every auto image, then pull, in list order while the total fits, those
+    whose compressed size is below ``limit`` (default 200 MiB)."""
+    return _baseline_plan(
+        images,
+        budget,
+        model,
+        f"baseline: size rule (< {_fmt(limit)})",
+        _size_rule(limit),
+    )
+
+
+def plan(
+    images: Sequence[PlanImage],
+    budget: int | None,
+    *,
+    model: CostModel = DEFAULT_MODEL,
+    exact_limit: int = EXACT_LIMIT,
+    node_limit: int = NODE_LIMIT,
+    allow_skip: bool = True,
+) -> Plan:
+    """Decide pull / fetch / skip for every image (see the module docstring).
+
+    ``budget``: bytes for content + snapshots of these images, None for no limit (every
+    auto image is then pulled). ``allow_skip=False``: auto images are at least fetched
+    (the plan is infeasible if fetching them all does not fit). Raises InvalidInputError
+    for inconsistent input (duplicate names, a blob or chain with two sizes, negative
+    sizes or priorities).
+    """
+    _check_budget(budget)
+    cat = _Catalog(images, model, allow_skip=allow_skip)
+    forced = _forced_decisions(cat)
+    if budget is None:
+        return _build(cat, [PULL if f is None else f for f in cat.forced], None, "no budget")
+    bad = _infeasible(cat, budget, forced, "infeasible")
+    if bad is not None:
+        return bad
+    if not cat.auto:
+        return _build(cat, forced, budget, "nothing to decide")
+
+    candidates: list[tuple[list[int], str]] = [
+        (_local_search(cat, budget, _greedy(cat, budget, forced)), "greedy + local search")
+    ]
+    for name, rule in (
+        ("fetch all", _pull_none),
+        ("pull in order", _pull_all),
+        ("size rule", _size_rule(SIZE_RULE_LIMIT)),
+    ):
+        dec = _baseline_decisions(cat, budget, rule)
+        candidates.append((_local_search(cat, budget, dec), f"baseline {name} + local search"))
+    best_dec, best_name = candidates[0]
+    best_key = _evaluate(cat, best_dec).key()
+    for dec, name in candidates[1:]:
+        key = _evaluate(cat, dec).key()
+        if _better(key, best_key):
+            best_dec, best_name, best_key = dec, name, key
+
+    if len(cat.auto) <= exact_limit:
+        dec, nodes, proven = _exact(cat, budget, best_dec, node_limit)
+        if proven:
+            algorithm = f"exact (branch and bound, {nodes} nodes)"
+        else:
+            algorithm = f"best found (exact search stopped at {node_limit} nodes)"
+        return _build(cat, dec, budget, algorithm)
+    return _build(cat, best_dec, budget, f"approximate: {best_name}")

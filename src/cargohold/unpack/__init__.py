@@ -1,0 +1,67 @@
+"""Unpacking layers into snapshots: decompress, apply (the differ), and the glue around them.
+
+* :mod:`.decompress` -- ``open_decompressed(blob, media_type)``: the uncompressed tar stream.
+* :mod:`.apply` -- ``apply_layer(tar, target, mode=..., diff_id=...)``: the tar onto a dir.
+* :mod:`.applier` -- ``EmbeddedApplier``: the ``Applier`` protocol over snapshot mounts.
+
+This module adds the two small pieces every caller needs: chain IDs (the names of committed
+layer snapshots) and :func:`unpack_layer` (prepare, apply, commit; remove on failure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import BinaryIO
+
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.digest import Digest
+from cargohold.store.interfaces import Applier, Snapshotter
+
+
+def chain_ids(diff_ids: Sequence[Digest]) -> list[str]:
+    """The OCI chain IDs of a layer stack: ChainID(L0) = DiffID(L0), ChainID(Ln) =
+    sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
+    out: list[str] = []
+    for d in diff_ids:
+        if not out:
+            out.append(str(d))
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+def unpack_layer(
+    snapshotter: Snapshotter,
+    applier: Applier,
+    desc: Descriptor,
+    *,
+    reader: BinaryIO,
+    diff_id: Digest,
+    name: str,
+    parent: str = "",
+    key: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    standalone: bool = False,
+) -> Descriptor:
+    """Prepare a snapshot, apply ``desc`` onto it and commit it as ``name``.
+
+    ``standalone``: prepare without a parent and give it ``parent`` only at commit (the
+    parallel path; needs ``snapshotter.standalone_layers``).  On any failure the partial
+    snapshot is removed and the error re-raised.  Returns the uncompressed layer's
+    descriptor.
+    """
+    key = key or f"extract-{name}"
+    mounts = snapshotter.prepare(key, "" if standalone else parent)
+    try:
+        out = applier.apply(desc, mounts, reader=reader, diff_id=diff_id)
+        snapshotter.commit(name, key, labels=labels, parent=parent if standalone else None)
+    except BaseException:
+        with suppress(Exception):  # the original error matters more
+            snapshotter.remove(key)
+        raise
+    return out
+
+
+__all__ = ["chain_ids", "unpack_layer"]

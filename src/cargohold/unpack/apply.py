@@ -1,0 +1,1285 @@
+"""Apply one uncompressed layer tar onto a directory (the core of the differ).
+
+Design (see ``../shared/perf-limits.md``): the tar headers are parsed here (ustar, GNU long
+names / long links, PAX), file data goes from the decompressor's 1 MiB buffers straight to
+``os.write`` on an fd opened ``O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW`` relative to its parent
+directory's fd, and every byte of the stream (padding and what follows the end-of-archive
+marker included: the stream is drained to EOF) goes through sha256 to check the diff_id.
+
+Two modes
+---------
+``overlay``
+    ``target`` is the (empty) upper directory of a fresh overlay layer.  ``.wh.<name>``
+    becomes an overlayfs whiteout (char device 0/0) and ``.wh..wh..opq`` sets
+    ``trusted.overlay.opaque=y`` on its directory.  A whiteout followed in the same layer by a
+    directory of that name becomes an opaque directory (the lower one was deleted, the new one
+    must not merge with it).  Directories created implicitly (a layer holding ``a/b/f`` without
+    an ``a/b`` entry) copy mode, owner and times from the first of ``parents`` (the lower
+    layers, top first) that has them, as containerd's ``WithParents`` does, so the merged view
+    keeps e.g. ``/tmp``'s 1777.  Needs root (whiteout devices, trusted.* xattrs).
+``flat``
+    ``target`` already holds the lower layers' files (the copy-based snapshotter).  A whiteout
+    deletes the named path; an opaque marker deletes the directory's children that came from
+    lower layers, keeping what this layer created (and recursing into kept directories, whose
+    lower children are hidden too), as containerd's naive applier does.
+
+In both modes, following the OCI spec, a whiteout never hides what the same layer created
+(``a`` then ``.wh.a`` keeps ``a``; ``.wh.a`` then ``a`` ends with the new ``a``).  An entry
+whose path exists is replaced (the old one removed, recursively for directories) unless both
+are directories, in which case only the metadata is applied (containerd's rule).  Meta
+whiteouts other than the opaque marker (``.wh..wh.plnk``...) are skipped; ``.wh.``, ``.wh..``,
+and ``.wh...`` refuse the layer.  The root entry (``./``) is skipped, as containerd does.
+
+Containment: nothing is ever written outside ``target``
+--------------------------------------------------------
+Every path is opened component by component with ``openat(O_NOFOLLOW|O_DIRECTORY)`` from a
+file descriptor of ``target``; nothing is created through a path string.
+
+=====================================  ====================================================
+entry                                  what happens
+=====================================  ====================================================
+absolute name ``/etc/x``               made relative: ``target/etc/x`` (containerd does this)
+``a/../b``                             cleaned lexically to ``b``
+``../x``, ``a/../../x``                refused: UnsafeContentError (containerd clamps)
+symlink met as a *parent* component    followed *within* target, like containerd's
+                                       ``fs.RootPath`` / ``openat2(RESOLVE_IN_ROOT)``: an
+                                       absolute link target starts at ``target``, ``..``
+                                       stops at ``target``; so ``evil -> /etc`` then
+                                       ``evil/passwd`` writes ``target/etc/passwd``.  More
+                                       than 40 links on one path: UnsafeContentError
+symlink as the *last* component        never followed: it is replaced (removed) by the entry
+symlink targets (``ln -s /etc/x``)     stored verbatim (absolute links are normal)
+hardlink name                          cleaned like any name (absolute -> relative, escaping
+                                       ``..`` refused); its parents resolved within target
+hardlink to a missing path, to a dir,  UnsafeContentError (a hardlink only ever joins two
+or to ``..``-escaping path             paths inside target; the final component is linked,
+                                       not followed: ``linkat`` without FOLLOW)
+parent component is a file             InvalidInputError (containerd: ENOTDIR)
+name with a NUL byte / bad header      InvalidInputError
+whiteout ``.wh.``/``.wh..``/``.wh...`` UnsafeContentError (containerd: invalid whiteout)
+``trusted.overlay.*`` xattrs           dropped (a layer must not forge overlayfs metadata)
+=====================================  ====================================================
+
+Ownership and permissions: as root, ``lchown`` to the header's uid/gid, then xattrs, then
+``chmod`` with the full mode (setuid/setgid/sticky: chown clears setuid and file capabilities,
+so the order matters).  Not root: ownership is skipped silently (counted in
+``ownership_skipped``), devices are skipped (``devices_skipped``), trusted.* xattrs are
+skipped, and directory modes are applied at the end (so a read-only directory can still be
+filled).  Hardlinks take no metadata of their own (they share the target's inode).  xattrs the
+filesystem or the file type cannot hold (ENOTSUP, EPERM, E2BIG, ERANGE, EINVAL; e.g. user.* on
+a symlink) are dropped and counted in ``xattrs_skipped`` (containerd logs and ignores them).
+Times: mtime, and atime from PAX/GNU or else mtime, set without following symlinks; directory
+times are set at the end, deepest last-seen first.
+
+Disk safety: before starting and then whenever the bytes written since the last check could
+have used half the remaining budget (at most every 64 MiB, at least every 1 MiB), and before
+every file of 4 MiB or more, ``statvfs`` free space must stay above ``reserve_bytes``; if a
+layer would cross it (a decompression bomb, or just a disk too small) apply stops with
+OutOfSpaceError.  A real ENOSPC/EDQUOT is OutOfSpaceError too.  With several layers applied in
+parallel each checks on its own, so the reserve may be undershot by up to one check interval
+per concurrent layer.  apply_layer never removes what it wrote: on any error the caller (the
+snapshotter) removes the partial snapshot.
+
+Not supported: GNU sparse files and multi-volume archives (UnsupportedError), PAX global
+headers (ignored, as containerd does), ``LIBARCHIVE.xattr.*`` records (ignored; containerd
+reads only ``SCHILY.xattr.*``).  A truncated zstd stream reads as a shorter stream; the tar
+parser or the diff_id check reports it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import queue
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cargohold.errors import (
+    CargoholdError,
+    DigestMismatchError,
+    InvalidInputError,
+    OutOfSpaceError,
+    UnsafeContentError,
+    UnsupportedError,
+)
+from cargohold.oci.digest import Digest
+from cargohold.unpack.decompress import CHUNK, Reader
+
+Mode = Literal["overlay", "flat"]
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+#: Largest PAX / GNU long-name payload accepted (a hostile layer could claim gigabytes).
+MAX_EXTENDED_HEADER = 16 << 20
+#: Longest entry or link name accepted (PATH_MAX; also bounds the directory depth).
+MAX_NAME = 4096
+#: Symlinks followed while resolving one path (the kernel's limit).
+MAX_SYMLINKS = 40
+#: Files at least this big get a free-space check of their own before they are written.
+BIG_FILE = 4 << 20
+MAX_CHECK_INTERVAL = 64 << 20
+MIN_CHECK_INTERVAL = 1 << 20
+#: Directory fds kept open between entries.
+_FD_CACHE = 64
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SKIPPABLE_XATTR_ERRNOS = frozenset(
+    {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG, errno.ERANGE, errno.EINVAL}
+)
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+OPAQUE_XATTR = b"trusted.overlay.opaque"
+WHITEOUT_PREFIX = b".wh."
+WHITEOUT_META_PREFIX = b".wh..wh."
+WHITEOUT_OPAQUE = b".wh..wh..opq"
+
+# Tar type flags.
+_REG, _AREG, _LNK, _SYM, _CHR, _BLK, _DIR, _FIFO, _CONT = (
+    b"0",
+    b"\0",
+    b"1",
+    b"2",
+    b"3",
+    b"4",
+    b"5",
+    b"6",
+    b"7",
+)
+_GNU_LONGNAME, _GNU_LONGLINK, _PAX, _PAX_GLOBAL = b"L", b"K", b"x", b"g"
+_GNU_SPARSE, _GNU_MULTIVOL, _GNU_VOLHDR, _GNU_DUMPDIR = b"S", b"M", b"V", b"D"
+_DATA_TYPES = frozenset({_REG, _AREG, _CONT})
+
+
+@dataclass
+class ApplyStats:
+    """What one apply did, and where the time went."""
+
+    entries: int = 0
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    devices: int = 0
+    whiteouts: int = 0
+    opaques: int = 0
+    #: Uncompressed stream size (the layer's "size" as an uncompressed descriptor).
+    tar_bytes: int = 0
+    #: Bytes of file content written.
+    file_bytes: int = 0
+    ownership_skipped: int = 0
+    xattrs_skipped: int = 0
+    devices_skipped: int = 0
+    entries_skipped: int = 0
+    #: sha256 of the whole uncompressed stream (equal to diff_id when one was given).
+    diff_id: Digest | None = None
+    seconds: float = 0.0
+    #: Waiting for the input: reading + decompressing.
+    seconds_read: float = 0.0
+    seconds_hash: float = 0.0
+    #: Everything else: parsing and file system calls.
+    seconds_write: float = 0.0
+    seconds_sync: float = 0.0
+    #: Overlay mode: directories created implicitly whose metadata no parent layer provided
+    #: (all of them when applied without parents); see ``copy_lower_dir_metadata``.
+    implicit_dirs: list[bytes] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.tar_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------- reading the stream
+
+
+class _Prefetcher:
+    """Reads (decompresses) and hashes the stream in a thread, a few chunks ahead.
+
+    Inflate, sha256 and the file system calls all release the GIL, so reading the next
+    chunks overlaps with writing the current one.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, raw: Reader) -> None:
+        self._raw = raw
+        self.hasher = hashlib.sha256()
+        self.t_read = 0.0
+        self.t_hash = 0.0
+        self._q: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="layer-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                chunk = self._raw.read(CHUNK)
+                t1 = time.perf_counter()
+                self.t_read += t1 - t0
+                if chunk:
+                    self.hasher.update(chunk)
+                    self.t_hash += time.perf_counter() - t1
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self) -> bytes:
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            raise item
+        if not item:
+            self._q.put(item)  # EOF stays EOF
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Source:
+    """Buffered reader over the uncompressed stream that hashes every byte it reads."""
+
+    __slots__ = ("_pre", "_raw", "buf", "hasher", "pos", "t_hash", "t_read", "total")
+
+    def __init__(self, raw: Reader, *, prefetch: bool = False) -> None:
+        self._raw = raw
+        self._pre = _Prefetcher(raw) if prefetch else None
+        self.hasher = self._pre.hasher if self._pre else hashlib.sha256()
+        self.buf = b""
+        self.pos = 0
+        self.total = 0
+        #: Time waiting for input (reading + inflating, unless a prefetcher overlaps it).
+        self.t_read = 0.0
+        self.t_hash = 0.0
+
+    def _chunk(self) -> bytes:
+        t0 = time.perf_counter()
+        if self._pre is not None:
+            chunk = self._pre.read()
+            self.t_read += time.perf_counter() - t0
+            self.total += len(chunk)
+            return chunk
+        chunk = self._raw.read(CHUNK)
+        t1 = time.perf_counter()
+        if chunk:
+            self.hasher.update(chunk)
+            self.total += len(chunk)
+            self.t_hash += time.perf_counter() - t1
+        self.t_read += t1 - t0
+        return chunk
+
+    def close(self) -> None:
+        if self._pre is not None:
+            self._pre.close()
+            self.t_hash = self._pre.t_hash
+
+    def block(self) -> bytes | None:
+        """The next 512-byte block; None at a clean end of stream."""
+        pos = self.pos
+        if len(self.buf) - pos >= BLOCK:
+            self.pos = pos + BLOCK
+            return self.buf[pos : pos + BLOCK]
+        part = self.buf[pos:]
+        while True:
+            chunk = self._chunk()
+            if not chunk:
+                self.buf, self.pos = b"", 0
+                if part:
+                    raise InvalidInputError("layer tar is truncated (partial header block)")
+                return None
+            need = BLOCK - len(part)
+            if len(chunk) >= need:
+                self.buf, self.pos = chunk, need
+                return part + chunk[:need]
+            part += chunk
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (small reads: extended headers)."""
+        parts: list[bytes] = []
+        while n:
+            avail = len(self.buf) - self.pos
+            if not avail:
+                chunk = self._chunk()
+                if not chunk:
+                    raise InvalidInputError("layer tar is truncated")
+                self.buf, self.pos, avail = chunk, 0, len(chunk)
+            take = min(n, avail)
+            parts.append(self.buf[self.pos : self.pos + take])
+            self.pos += take
+            n -= take
+        return b"".join(parts)
+
+    def skip(self, n: int) -> None:
+        while n:
+            avail = len(self.buf) - self.pos
+            if not avail:
+                chunk = self._chunk()
+                if not chunk:
+                    raise InvalidInputError("layer tar is truncated")
+                self.buf, self.pos, avail = chunk, 0, len(chunk)
+            take = min(n, avail)
+            self.pos += take
+            n -= take
+
+    def copy_to(self, fd: int, n: int) -> None:
+        """Write the next ``n`` bytes of the stream to ``fd``."""
+        while n:
+            avail = len(self.buf) - self.pos
+            if not avail:
+                chunk = self._chunk()
+                if not chunk:
+                    raise InvalidInputError("layer tar is truncated (inside file data)")
+                self.buf, self.pos, avail = chunk, 0, len(chunk)
+            take = n if n < avail else avail
+            pos = self.pos
+            data: bytes | memoryview
+            if pos == 0 and take == avail:
+                data = self.buf
+            elif take < 65536:
+                data = self.buf[pos : pos + take]
+            else:
+                data = memoryview(self.buf)[pos : pos + take]
+            done = os.write(fd, data)
+            while done < take:
+                done += os.write(fd, data[done:])
+            self.pos = pos + take
+            n -= take
+
+    def drain(self) -> None:
+        """Read (and hash) everything left, e.g. the zero blocks after end-of-archive."""
+        self.buf, self.pos = b"", 0
+        while self._chunk():
+            pass
+
+
+# ---------------------------------------------------------------- parsing headers
+
+
+def _num(field: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 when the high bit is set."""
+    if field[:1] and field[0] & 0x80:
+        n = int.from_bytes(field[1:], "big")
+        if field[0] == 0xFF:
+            n -= 1 << (8 * (len(field) - 1))
+        return n
+    try:
+        return int(field.rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        pass
+    text = field.split(b"\0", 1)[0].strip()  # text, then a NUL and garbage
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise InvalidInputError(f"layer tar: invalid numeric field {field!r}") from None
+
+
+def _check_checksum(block: bytes) -> None:
+    stored = _num(block[148:156])
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
+    if stored == unsigned:
+        return
+    signed = (
+        sum(b - 256 if b > 127 else b for b in block)
+        - sum(b - 256 if b > 127 else b for b in block[148:156])
+        + 8 * 32
+    )
+    if stored != signed:
+        raise InvalidInputError("layer is not a valid tar (header checksum mismatch)")
+
+
+def _cstr(field: bytes) -> bytes:
+    i = field.find(b"\0")
+    return field if i < 0 else field[:i]
+
+
+def _pax_time_ns(value: bytes) -> int:
+    """A PAX time ("1700000000.123456789", possibly negative) in nanoseconds."""
+    text = value.decode("ascii", "strict").strip()
+    neg = text.startswith("-")
+    if neg:
+        text = text[1:]
+    whole, _, frac = text.partition(".")
+    ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9] or "0")
+    return -ns if neg else ns
+
+
+def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        if data[pos] == 0:  # NUL padding some writers leave
+            break
+        sp = data.find(b" ", pos)
+        if sp < 0:
+            raise InvalidInputError("layer tar: malformed PAX header")
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            raise InvalidInputError("layer tar: malformed PAX record length") from None
+        stop = pos + length
+        if length <= sp - pos or stop > end or data[stop - 1] != 0x0A:
+            raise InvalidInputError("layer tar: malformed PAX record")
+        key, eq, value = data[sp + 1 : stop - 1].partition(b"=")
+        if not eq:
+            raise InvalidInputError("layer tar: PAX record without '='")
+        records[key] = value
+        pos = stop
+    return records
+
+
+@dataclass(slots=True)
+class _Entry:
+    name: bytes
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    atime_ns: int
+    has_atime: bool
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[bytes, bytes] | None
+
+
+def _entries(src: _Source, stats: ApplyStats) -> Iterator[_Entry]:
+    """Yield the entries of the tar; the caller must consume the data of data-bearing ones."""
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    pax: dict[bytes, bytes] = {}
+    pending = 0  # bytes of extended headers for the coming entry
+    while True:
+        block = src.block()
+        if block is None or block == _ZERO_BLOCK:
+            return
+        _check_checksum(block)
+        typ = block[156:157]
+        size = _num(block[124:136])
+        if size < 0:
+            raise InvalidInputError("layer tar: negative entry size")
+        if typ in (_GNU_LONGNAME, _GNU_LONGLINK, _PAX, _PAX_GLOBAL):
+            pending += size
+            if pending > MAX_EXTENDED_HEADER:
+                raise InvalidInputError(
+                    f"layer tar: more than {MAX_EXTENDED_HEADER} bytes of extended headers "
+                    "for one entry"
+                )
+            data = src.read(size)
+            src.skip(-size % BLOCK)
+            if typ == _GNU_LONGNAME:
+                long_name = _cstr(data)
+            elif typ == _GNU_LONGLINK:
+                long_link = _cstr(data)
+            elif typ == _PAX:
+                pax.update(_parse_pax(data))
+            else:
+                _parse_pax(data)  # validated, then ignored (as containerd does)
+                stats.entries_skipped += 1
+            continue
+
+        magic = block[257:263]
+        name = _cstr(block[0:100])
+        if magic == b"ustar\x00":
+            prefix = _cstr(block[345:500])
+            if prefix:
+                name = prefix + b"/" + name
+        mtime_ns = _num(block[136:148]) * 1_000_000_000
+        has_atime = magic == b"ustar " and block[345] not in (0, 0x20)  # GNU: atime at 345
+        is_dev = typ in (_CHR, _BLK) and magic.startswith(b"ustar")
+        entry = _Entry(
+            name=name,
+            type=typ,
+            mode=_num(block[100:108]),
+            uid=_num(block[108:116]),
+            gid=_num(block[116:124]),
+            size=size,
+            mtime_ns=mtime_ns,
+            atime_ns=_num(block[345:357]) * 1_000_000_000 if has_atime else mtime_ns,
+            has_atime=has_atime,
+            linkname=_cstr(block[157:257]) if typ in (_LNK, _SYM) else b"",
+            devmajor=_num(block[329:337]) if is_dev else 0,
+            devminor=_num(block[337:345]) if is_dev else 0,
+            xattrs=None,
+        )
+        if long_name is not None:
+            entry.name = long_name
+        if long_link is not None:
+            entry.linkname = long_link
+        if pax:
+            _apply_pax(entry, pax)
+        long_name = long_link = None
+        pending = 0
+        if pax:
+            pax = {}
+            if not entry.has_atime:
+                entry.atime_ns = entry.mtime_ns  # PAX may have changed mtime
+        if typ == _AREG and entry.name.endswith(b"/"):
+            entry.type = _DIR  # old tars mark directories by a trailing slash only
+        yield entry
+
+
+def _apply_pax(entry: _Entry, pax: dict[bytes, bytes]) -> None:
+    try:
+        for key, value in pax.items():
+            if key == b"path":
+                if value:
+                    entry.name = value
+            elif key == b"linkpath":
+                if value:
+                    entry.linkname = value
+            elif key == b"size":
+                entry.size = int(value)
+            elif key == b"uid":
+                entry.uid = int(value)
+            elif key == b"gid":
+                entry.gid = int(value)
+            elif key == b"mtime":
+                entry.mtime_ns = _pax_time_ns(value)
+            elif key == b"atime":
+                entry.atime_ns = _pax_time_ns(value)
+                entry.has_atime = True
+            elif key.startswith(b"SCHILY.xattr."):
+                if entry.xattrs is None:
+                    entry.xattrs = {}
+                entry.xattrs[key[13:]] = value
+            elif key.startswith(b"GNU.sparse."):
+                raise UnsupportedError("layer tar holds a GNU sparse file, which is not supported")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError("layer tar: malformed PAX value") from None
+    if entry.size < 0:
+        raise InvalidInputError("layer tar: negative entry size")
+
+
+def _clean(name: bytes) -> tuple[bytes, ...]:
+    """Path components relative to the root; absolute names are made relative."""
+    if len(name) > MAX_NAME:
+        raise InvalidInputError(f"layer tar: entry name of {len(name)} bytes (limit {MAX_NAME})")
+    if b"\0" in name:
+        raise InvalidInputError(f"layer tar: entry name {name!r} contains a NUL byte")
+    parts: list[bytes] = []
+    for comp in name.split(b"/"):
+        if not comp or comp == b".":
+            continue
+        if comp == b"..":
+            if not parts:
+                raise UnsafeContentError(
+                    f"layer entry {_show(name)} escapes the layer root with '..'"
+                )
+            parts.pop()
+        else:
+            parts.append(comp)
+    return tuple(parts)
+
+
+def _show(name: bytes | tuple[bytes, ...]) -> str:
+    if isinstance(name, tuple):
+        name = b"/".join(name)
+    return repr(name.decode("utf-8", "backslashreplace"))
+
+
+# ---------------------------------------------------------------- the target tree
+
+#: Called to create a missing directory: (parent fd, name, resolved path).
+_MkdirHook = Callable[[int, bytes, tuple[bytes, ...]], None]
+#: Whether a non-directory met as a parent may be replaced by a directory (a whiteout this
+#: layer created: ``.wh.a`` then ``a/b``).
+_ReplaceableHook = Callable[[tuple[bytes, ...]], bool]
+
+
+class _Tree:
+    """Directory fds of the target, opened component by component without following links.
+
+    ``opendir`` resolves a path within the root (symlinks among the parents are followed with
+    the root as ``/``), optionally creating missing directories, and caches the result.
+    """
+
+    def __init__(self, target: Path, on_mkdir: _MkdirHook, replaceable: _ReplaceableHook) -> None:
+        self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.cache: dict[tuple[bytes, ...], int] = {}
+        self.on_mkdir = on_mkdir
+        self.replaceable = replaceable
+
+    def close(self) -> None:
+        for fd in self.cache.values():
+            os.close(fd)
+        self.cache.clear()
+        os.close(self.root_fd)
+
+    def trim(self) -> None:
+        if len(self.cache) > _FD_CACHE:
+            for key in list(self.cache)[: len(self.cache) - _FD_CACHE // 2]:  # oldest first
+                os.close(self.cache.pop(key))
+
+    def invalidate(self, path: tuple[bytes, ...]) -> None:
+        """Forget cached fds at or below ``path`` (it was removed or replaced)."""
+        n = len(path)
+        for key in [k for k in self.cache if k[:n] == path]:
+            os.close(self.cache.pop(key))
+
+    def opendir(
+        self, parts: tuple[bytes, ...], *, create: bool, follow: bool = True
+    ) -> tuple[int, tuple[bytes, ...]] | None:
+        """(fd, resolved path) of the directory ``parts``; the fd belongs to the cache.
+
+        None when it does not exist (and ``create`` is false) or, with ``follow`` false, when
+        a component is a symlink.  Every directory opened on the way is cached (least
+        recently used first out, between entries only: see ``trim``).
+        """
+        cache = self.cache
+        if not parts:
+            return self.root_fd, parts
+        fd = cache.pop(parts, None)
+        if fd is not None:
+            cache[parts] = fd  # most recently used
+            return fd, parts
+        i = len(parts) - 1
+        while i > 0 and parts[:i] not in cache:
+            i -= 1
+        cur = list(parts[:i])
+        fd = cache[parts[:i]] if i else self.root_fd
+        todo = list(reversed(parts[i:]))
+        links = 0
+        while todo:
+            comp = todo.pop()
+            if comp == b"..":
+                if cur:
+                    cur.pop()
+                up = tuple(cur)
+                res = self.opendir(up, create=False, follow=False)
+                if res is None:
+                    raise InvalidInputError(f"layer: {_show(up)} changed while applying")
+                fd = res[0]
+                continue
+            cur.append(comp)
+            key = tuple(cur)
+            cfd = cache.get(key)
+            if cfd is not None:
+                fd = cfd
+                continue
+            try:
+                fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                self.on_mkdir(fd, comp, key)
+                fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode) and create and self.replaceable(key):
+                    os.unlink(comp, dir_fd=fd)
+                    self.on_mkdir(fd, comp, key)
+                    fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                    cache[key] = fd
+                    continue
+                if not stat.S_ISLNK(st.st_mode):
+                    raise InvalidInputError(
+                        f"layer: {_show(key)} is not a directory but the layer puts entries "
+                        "below it"
+                    ) from None
+                if not follow:
+                    return None
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise UnsafeContentError(
+                        f"layer: too many levels of symbolic links resolving {_show(parts)}"
+                    ) from None
+                link = os.readlink(comp, dir_fd=fd)
+                cur.pop()
+                if link.startswith(b"/"):
+                    cur = []
+                    fd = self.root_fd
+                todo.extend(reversed([c for c in link.split(b"/") if c and c != b"."]))
+                continue
+            cache[key] = fd
+        return fd, tuple(cur)
+
+
+# ---------------------------------------------------------------- lower layers
+
+
+def lower_dir_stat(parents: Sequence[Path], path: Sequence[bytes]) -> os.stat_result | None:
+    """The stat of directory ``path`` as the overlay of ``parents`` (top first) shows it.
+
+    The first lower layer where ``path`` is a chain of real directories wins; a component
+    that exists but is not a directory (a file, a whiteout, a symlink) hides the layers
+    below, so the search stops there.  Nothing is followed.
+    """
+    for lower in parents:
+        try:
+            fd = os.open(lower, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for comp in path:
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            return os.fstat(fd)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+    return None
+
+
+def copy_lower_dir_metadata(
+    target: Path, paths: Iterable[bytes], parents: Sequence[Path], *, is_root: bool = True
+) -> int:
+    """Give directories of the layer ``target`` the mode, owner and times they have in
+    ``parents`` (top first); returns how many were changed.
+
+    For layers applied without their parents (parallel unpack): the directories the layer
+    created implicitly get, once the parents are known, what ``apply_layer`` would have
+    given them with ``parents``.
+    """
+    done = 0
+    for rel in paths:
+        comps = [c for c in rel.split(b"/") if c]
+        st = lower_dir_stat(parents, comps)
+        if st is None:
+            continue
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for comp in comps:
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            if is_root:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            done += 1
+        except OSError:
+            continue  # replaced meanwhile: nothing to fix
+        finally:
+            os.close(fd)
+    return done
+
+
+# ---------------------------------------------------------------- applying
+
+
+def _syncfs(fd: int) -> None:
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        if hasattr(libc, "syncfs") and libc.syncfs(fd) == 0:
+            return
+    os.sync()
+
+
+class _Applier:
+    def __init__(
+        self,
+        target: Path,
+        mode: Mode,
+        reserve_bytes: int,
+        is_root: bool,
+        parents: Sequence[Path],
+        stats: ApplyStats,
+    ) -> None:
+        self.mode = mode
+        self.overlay = mode == "overlay"
+        self.reserve = reserve_bytes
+        self.is_root = is_root
+        self.parents = list(parents)
+        self.stats = stats
+        #: Paths this layer created (resolved, relative): whiteouts never remove these.
+        self.unpacked: set[tuple[bytes, ...]] = set()
+        #: Directories holding something this layer created (kept by an opaque marker).
+        self.ancestors: set[tuple[bytes, ...]] = set()
+        #: Whiteout devices this layer created (overlay mode).
+        self.whiteout_devs: set[tuple[bytes, ...]] = set()
+        #: Overlay mode: implicit directories no parent gave metadata to (ordered set).
+        self.implicit: dict[tuple[bytes, ...], None] = {}
+        self.tree = _Tree(target, self._mkdir_implicit, self.whiteout_devs.__contains__)
+        #: (path, atime_ns, mtime_ns, mode or -1 when already set) for the final pass.
+        self.dirs: list[tuple[tuple[bytes, ...], int, int, int]] = []
+        self.accounted = 0
+        self.next_check = 0
+        #: Name of the entry being applied (for error messages).
+        self.current = b""
+
+    # -- bookkeeping
+
+    def _mark(self, path: tuple[bytes, ...]) -> None:
+        self.unpacked.add(path)
+        p = path[:-1]
+        anc = self.ancestors
+        while p and p not in anc:
+            anc.add(p)
+            p = p[:-1]
+
+    def _space(self, upcoming: int = 0) -> None:
+        st = os.fstatvfs(self.tree.root_fd)
+        free = st.f_bavail * st.f_frsize
+        budget = free - upcoming - self.reserve
+        if budget < 0:
+            raise OutOfSpaceError(
+                f"applying the layer would leave less than the reserve of {self.reserve} bytes "
+                f"free ({free} free, {upcoming} more needed now) on the snapshot file system",
+                hint="free disk space or lower the reserve; a layer this large may also be a "
+                "decompression bomb",
+            )
+        step = min(MAX_CHECK_INTERVAL, max(MIN_CHECK_INTERVAL, budget // 2))
+        self.next_check = self.accounted + upcoming + step
+
+    def _account(self, nbytes: int) -> None:
+        self.accounted += nbytes
+        if self.accounted >= self.next_check:
+            self._space()
+
+    # -- helpers for metadata
+
+    def _chown(self, e: _Entry, fd: int | None, name: bytes, pfd: int) -> None:
+        if not self.is_root:
+            self.stats.ownership_skipped += 1
+            return
+        if fd is not None:
+            os.fchown(fd, e.uid, e.gid)
+        else:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+
+    def _xattrs(self, e: _Entry, target: int | bytes) -> None:
+        assert e.xattrs is not None
+        for key, value in e.xattrs.items():
+            if key.startswith(b"trusted.overlay.") or (
+                not self.is_root and key.startswith(b"trusted.")
+            ):
+                self.stats.xattrs_skipped += 1
+                continue
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
+            except OSError as err:
+                if err.errno in _SKIPPABLE_XATTR_ERRNOS:
+                    self.stats.xattrs_skipped += 1
+                    continue
+                raise
+
+    def _proc_path(self, pfd: int, name: bytes) -> bytes:
+        return f"/proc/self/fd/{pfd}/".encode() + name
+
+    def _remove(self, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        """Remove ``name`` (recursively when a directory) without following links."""
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.tree.invalidate(path)
+            shutil.rmtree(name, dir_fd=pfd)
+        else:
+            os.unlink(name, dir_fd=pfd)
+
+    # -- implicit parents
+
+    def _mkdir_implicit(self, parent_fd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+        self.stats.dirs += 1
+        self._mark(path)
+        self._account(4096)
+        if path in self.whiteout_devs:  # ".wh.a" then "a/b": a new directory, not merged
+            self.whiteout_devs.discard(path)
+            os.setxattr(self._proc_path(parent_fd, name), OPAQUE_XATTR, b"y")
+        st = lower_dir_stat(self.parents, path) if self.overlay and self.parents else None
+        if st is None:
+            os.chmod(name, 0o755, dir_fd=parent_fd)
+            if self.overlay:
+                self.implicit[path] = None
+            return
+        if self.is_root:
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=parent_fd, follow_symlinks=False)
+        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=parent_fd)
+        self.dirs.append((path, st.st_atime_ns, st.st_mtime_ns, -1))
+
+    # -- entries
+
+    def apply(self, src: _Source) -> None:
+        stats = self.stats
+        tree = self.tree
+        self._space()
+        for e in _entries(src, stats):
+            self.current = e.name
+            stats.entries += 1
+            tree.trim()
+            parts = _clean(e.name)
+            has_data = e.type in _DATA_TYPES or e.type not in _KNOWN_TYPES
+            if not parts:  # the root itself: containerd skips it
+                stats.entries_skipped += 1
+                if has_data:
+                    src.skip(e.size + (-e.size % BLOCK))
+                continue
+            base = parts[-1]
+            if base.startswith(WHITEOUT_PREFIX):
+                if has_data:
+                    src.skip(e.size + (-e.size % BLOCK))
+                self._whiteout(e, parts)
+                continue
+            t = e.type
+            if t not in _KNOWN_TYPES:
+                raise UnsupportedError(
+                    f"layer entry {_show(e.name)} has unsupported tar type {t!r}"
+                )
+            res = tree.opendir(parts[:-1], create=True)
+            assert res is not None
+            pfd, presolved = res
+            path = (*presolved, base)
+            if t in _DATA_TYPES:
+                self._file(src, e, pfd, base, path)
+            elif t in (_DIR, _GNU_DUMPDIR):
+                self._dir(e, pfd, base, path)
+            elif t == _SYM:
+                self._symlink(e, pfd, base, path)
+            elif t == _LNK:
+                self._hardlink(e, pfd, base, path)
+            elif t in (_CHR, _BLK, _FIFO):
+                self._special(e, pfd, base, path)
+            else:  # volume header
+                stats.entries_skipped += 1
+                continue
+            self._mark(path)
+        self._finish_dirs()
+
+    def _file(
+        self, src: _Source, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]
+    ) -> None:
+        size = e.size
+        if size >= BIG_FILE:
+            self._space(size)
+        try:
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            self._remove(pfd, name, path)
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        self.whiteout_devs.discard(path)
+        try:
+            if size:
+                src.copy_to(fd, size)
+            self._chown(e, fd, name, pfd)
+            if e.xattrs:
+                self._xattrs(e, fd)
+            os.fchmod(fd, e.mode & 0o7777)
+            os.utime(fd, ns=(e.atime_ns, e.mtime_ns))
+        finally:
+            os.close(fd)
+        src.skip(-size % BLOCK)
+        self.stats.files += 1
+        self.stats.file_bytes += size
+        self._account(size + 4095 & ~4095)
+
+    def _dir(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        made_opaque = False
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                # A whiteout of this name earlier in this layer: the lower directory is gone,
+                # so the new one must not merge with it.
+                made_opaque = self.overlay and path in self.whiteout_devs
+                self._remove(pfd, name, path)
+                os.mkdir(name, 0o700, dir_fd=pfd)
+        self.whiteout_devs.discard(path)
+        self.implicit.pop(path, None)
+        cached = self.tree.cache.pop(path, None)
+        fd = cached if cached is not None else os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        try:
+            self._chown(e, fd, name, pfd)
+            if e.xattrs:
+                self._xattrs(e, fd)
+            if made_opaque:
+                os.setxattr(fd, OPAQUE_XATTR, b"y")
+            mode = e.mode & 0o7777
+            if self.is_root:
+                os.fchmod(fd, mode)
+                mode = -1
+        except BaseException:
+            os.close(fd)
+            raise
+        self.tree.cache[path] = fd
+        self.dirs.append((path, e.atime_ns, e.mtime_ns, mode))
+        self.stats.dirs += 1
+        self._account(4096)
+
+    def _symlink(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        if not e.linkname:
+            raise InvalidInputError(f"layer symlink {_show(e.name)} has an empty target")
+        if b"\0" in e.linkname:
+            raise InvalidInputError(f"layer symlink {_show(e.name)} target contains a NUL byte")
+        try:
+            os.symlink(e.linkname, name, dir_fd=pfd)
+        except FileExistsError:
+            self._remove(pfd, name, path)
+            os.symlink(e.linkname, name, dir_fd=pfd)
+        self.whiteout_devs.discard(path)
+        self._chown(e, None, name, pfd)
+        if e.xattrs:
+            self._xattrs(e, self._proc_path(pfd, name))
+        os.utime(name, ns=(e.atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        self.stats.symlinks += 1
+
+    def _hardlink(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        lparts = _clean(e.linkname)
+        if not lparts:
+            raise UnsafeContentError(
+                f"layer hardlink {_show(e.name)} points at the layer root ({_show(e.linkname)})"
+            )
+        res = self.tree.opendir(lparts[:-1], create=False)
+        if res is None:
+            raise UnsafeContentError(
+                f"layer hardlink {_show(e.name)} points at {_show(e.linkname)}, "
+                "which does not exist in the layer"
+            )
+        lfd, lresolved = res
+        lname = lparts[-1]
+        lpath = (*lresolved, lname)
+        if lpath == path:
+            self.stats.entries_skipped += 1
+            return
+        try:
+            lst = os.stat(lname, dir_fd=lfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise UnsafeContentError(
+                f"layer hardlink {_show(e.name)} points at {_show(e.linkname)}, "
+                "which does not exist in the layer"
+            ) from None
+        if stat.S_ISDIR(lst.st_mode):
+            raise UnsafeContentError(
+                f"layer hardlink {_show(e.name)} points at the directory {_show(e.linkname)}"
+            )
+        # Both fds belong to the cache, which is trimmed only between entries.
+        try:
+            os.link(lname, name, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
+        except FileExistsError:
+            self._remove(pfd, name, path)
+            os.link(lname, name, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
+        self.whiteout_devs.discard(path)
+        self.stats.hardlinks += 1
+
+    def _special(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        perm = e.mode & 0o7777
+        if e.type == _FIFO:
+
+            def make() -> None:
+                os.mkfifo(name, 0o600, dir_fd=pfd)
+
+        else:
+            if not self.is_root:
+                self.stats.devices_skipped += 1
+                return
+            kind = stat.S_IFCHR if e.type == _CHR else stat.S_IFBLK
+            dev = os.makedev(e.devmajor, e.devminor)
+
+            def make() -> None:
+                os.mknod(name, kind | 0o600, dev, dir_fd=pfd)
+
+        try:
+            make()
+        except FileExistsError:
+            self._remove(pfd, name, path)
+            make()
+        self.whiteout_devs.discard(path)
+        self._chown(e, None, name, pfd)
+        if e.xattrs:
+            self._xattrs(e, self._proc_path(pfd, name))
+        os.chmod(name, perm, dir_fd=pfd)
+        os.utime(name, ns=(e.atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        self.stats.devices += 1
+
+    # -- whiteouts
+
+    def _whiteout(self, e: _Entry, parts: tuple[bytes, ...]) -> None:
+        base = parts[-1]
+        if base == WHITEOUT_OPAQUE:
+            self._opaque(parts[:-1])
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):  # AUFS metadata (.wh..wh.plnk, ...)
+            self.stats.entries_skipped += 1
+            return
+        orig = base[len(WHITEOUT_PREFIX) :]
+        if orig in (b"", b".", b".."):
+            raise UnsafeContentError(f"layer has an invalid whiteout name {_show(e.name)}")
+        self.stats.whiteouts += 1
+        res = self.tree.opendir(parts[:-1], create=self.overlay)
+        if res is None:  # flat: nothing there to delete
+            return
+        pfd, presolved = res
+        path = (*presolved, orig)
+        if path in self.unpacked or path in self.whiteout_devs:
+            return  # the same layer created it: a whiteout only hides lower layers
+        self._remove(pfd, orig, path)
+        if self.overlay:
+            os.mknod(orig, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
+            if self.is_root:
+                os.chown(orig, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+            self.whiteout_devs.add(path)
+
+    def _opaque(self, dparts: tuple[bytes, ...]) -> None:
+        self.stats.opaques += 1
+        res = self.tree.opendir(dparts, create=self.overlay)
+        if res is None:
+            return
+        fd, resolved = res
+        if self.overlay:
+            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            return
+        self._clear_lower(fd, resolved)
+
+    def _clear_lower(self, fd: int, dpath: tuple[bytes, ...]) -> None:
+        """Flat mode: remove what lower layers left below ``dpath``; keep this layer's.
+
+        Directories this layer created or holds entries in are kept and cleared in turn
+        (their lower children are hidden by the opaque parent too).
+        """
+        stack: list[tuple[int, tuple[bytes, ...], bool]] = [(fd, dpath, False)]
+        try:
+            while stack:
+                dfd, dp, owned = stack.pop()
+                try:
+                    for name in map(os.fsencode, os.listdir(dfd)):  # str for an fd
+                        path = (*dp, name)
+                        if path not in self.unpacked and path not in self.ancestors:
+                            self._remove(dfd, name, path)
+                            continue
+                        try:
+                            cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                        except OSError:
+                            continue  # not a directory (or a symlink): nothing below
+                        stack.append((cfd, path, True))
+                finally:
+                    if owned:
+                        os.close(dfd)
+        finally:
+            for dfd, _, owned in stack:
+                if owned:
+                    os.close(dfd)
+
+    # -- the end
+
+    def _finish_dirs(self) -> None:
+        self.stats.implicit_dirs = [b"/".join(p) for p in self.implicit]
+        done: set[tuple[bytes, ...]] = set()
+        for path, atime_ns, mtime_ns, mode in reversed(self.dirs):  # the last word wins
+            if path in done:
+                continue
+            done.add(path)
+            self.tree.trim()
+            res = self.tree.opendir(path, create=False, follow=False)
+            if res is None:
+                continue
+            fd = res[0]
+            if mode >= 0:
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=(atime_ns, mtime_ns))
+
+
+_KNOWN_TYPES = frozenset(
+    {_REG, _AREG, _CONT, _LNK, _SYM, _CHR, _BLK, _DIR, _FIFO, _GNU_DUMPDIR, _GNU_VOLHDR}
+)
+
+
+def apply_layer(
+    stream: Reader,
+    target: Path,
+    *,
+    mode: Mode,
+    diff_id: Digest | None,
+    reserve_bytes: int = 0,
+    is_root: bool | None = None,
+    parents: Sequence[Path] = (),
+    sync: bool = False,
+    prefetch: bool = True,
+) -> ApplyStats:
+    """Apply the uncompressed layer tar ``stream`` onto the directory ``target``.
+
+    ``mode`` is "overlay" (``target`` is a fresh overlay upper dir; ``parents`` are the lower
+    layer dirs, top first, used only for the metadata of implicitly created directories) or
+    "flat" (``target`` holds the lower layers' files).  ``diff_id``: the sha256 the whole
+    uncompressed stream must have (DigestMismatchError otherwise, after applying: the caller
+    discards the snapshot).  ``reserve_bytes``: free space to leave on target's file system
+    (OutOfSpaceError).  ``is_root`` defaults to whether the effective uid is 0.  ``sync``:
+    syncfs the target's file system at the end.  ``prefetch``: read and hash the stream in a
+    helper thread a few MiB ahead, overlapping inflate + sha256 with the file system work
+    (then ``seconds_read`` is the time spent waiting for input, ``seconds_hash`` the helper's
+    hashing time, overlapped).
+
+    Raises UnsafeContentError (escapes, bad hardlinks, bad whiteouts), InvalidInputError
+    (malformed tar or compressed stream), UnsupportedError (sparse files, overlay mode without
+    root), OutOfSpaceError, DigestMismatchError.  Never removes what it wrote.
+    """
+    if mode not in ("overlay", "flat"):
+        raise InvalidInputError(f"unknown apply mode {mode!r}")
+    if is_root is None:
+        is_root = os.geteuid() == 0
+    if mode == "overlay" and not is_root:
+        raise UnsupportedError(
+            "applying a layer in overlay mode needs root (whiteout devices, trusted.* xattrs)"
+        )
+    if diff_id is not None and diff_id.algorithm != "sha256":
+        raise InvalidInputError(f"diff_id {diff_id}: only sha256 diff_ids are supported")
+    stats = ApplyStats()
+    t0 = time.perf_counter()
+    src = _Source(stream, prefetch=prefetch)
+    try:
+        applier = _Applier(target, mode, reserve_bytes, is_root, parents, stats)
+    except BaseException:
+        src.close()
+        raise
+    try:
+        applier.apply(src)
+        src.drain()
+        if sync:
+            ts = time.perf_counter()
+            _syncfs(applier.tree.root_fd)
+            stats.seconds_sync = time.perf_counter() - ts
+    except OSError as e:
+        if e.errno in _SPACE_ERRNOS:
+            raise OutOfSpaceError(f"no space left applying the layer onto {target}: {e}") from e
+        where = f" at entry {_show(applier.current)}" if applier.current else ""
+        raise CargoholdError(f"applying the layer onto {target} failed{where}: {e}") from e
+    finally:
+        applier.tree.close()
+        src.close()
+    stats.tar_bytes = src.total
+    stats.diff_id = Digest("sha256", src.hasher.hexdigest())
+    stats.seconds = time.perf_counter() - t0
+    stats.seconds_read = src.t_read
+    stats.seconds_hash = src.t_hash
+    stats.seconds_write = max(0.0, stats.seconds - src.t_read - src.t_hash - stats.seconds_sync)
+    if diff_id is not None and stats.diff_id != diff_id:
+        raise DigestMismatchError(
+            f"layer content has diff_id {stats.diff_id}, expected {diff_id}",
+            hint="the layer blob does not match the image config's rootfs.diff_ids; "
+            "the partial snapshot must be discarded",
+        )
+    return stats
