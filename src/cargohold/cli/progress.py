@@ -103,7 +103,9 @@ class FetchProgress(FetchEvents):
         if not self.out.live and not self.out.json_mode:
             rate = row.rate(now)
             extra = f"  {human_bytes(rate)}/s" if state == "done" and rate else ""
-            self.out.info(f"{row.kind:<8} {row.digest[:19]}  {state:<7} {human_bytes(desc.size)}{extra}")
+            line = f"{row.kind:<8} {row.digest[:19]}  {state:<7} {human_bytes(desc.size)}{extra}"
+            # Blobs already stored are only interesting with -v.
+            (self.out.debug if state == "exists" else self.out.info)(line)
 
     def image_done(self, result: FetchResult) -> None:
         self.out.event("image_done", **result.to_json())
