@@ -170,6 +170,45 @@ def child_labels(desc: Descriptor, children: Sequence[Descriptor]) -> dict[str, 
     return labels
 
 
+LABEL_CRI_MANAGED = "io.cri-containerd.image"
+LABEL_CRI_PINNED = "io.cri-containerd.pinned"
+
+
+@dataclass(frozen=True)
+class RecordPolicy:
+    """Which image records a fetch writes.
+
+    ``cri``: also the records CRI writes on pull (``repo@digest`` and ``sha256:<config>``,
+    all labelled ``io.cri-containerd.image=managed``) so kubelet finds the image by tag and
+    by digest and never pulls it again; ``pin`` adds ``io.cri-containerd.pinned=pinned``
+    (kubelet's image GC leaves pinned images alone).
+    """
+
+    cri: bool = False
+    pin: bool = False
+
+    def labels(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.cri:
+            out[LABEL_CRI_MANAGED] = "managed"
+        if self.pin:
+            out[LABEL_CRI_PINNED] = "pinned"
+        return out
+
+
+def record_names(ref: Reference, root: Descriptor, config: Descriptor | None,
+                 policy: RecordPolicy) -> list[str]:
+    """The names of the image records for ``ref`` (the first one is the main record)."""
+    names = [image_name(ref)]
+    if policy.cri:
+        by_digest = f"{ref.name}@{root.digest}"
+        if by_digest not in names:
+            names.append(by_digest)
+        if config is not None:
+            names.append(str(config.digest))
+    return names
+
+
 class Fetcher:
     """Fetches images into a store. Thread-safe; one instance per command run."""
 
@@ -181,7 +220,9 @@ class Fetcher:
         jobs: int = 4,
         events: FetchEvents | None = None,
         cancel: threading.Event | None = None,
+        records: RecordPolicy | None = None,
     ) -> None:
+        self.records = records or RecordPolicy()
         self.store = store
         self.registry = registry
         self.jobs = max(1, jobs)
@@ -332,8 +373,14 @@ class Fetcher:
         ]
         self._gather(layer_futs)
 
-        # Every blob is present and verified: only now write the image record.
-        record = self._write_record(ref, root)
+        # Every blob is present and verified: only now write the image record(s). The config
+        # record (CRI's image ID) is the one of the first selected platform.
+        config = manifests[0][1].config if manifests else None
+        labels = self.records.labels()
+        names = record_names(ref, root, config, self.records)
+        record = self._write_record(names[0], root, labels)
+        for extra in names[1:]:
+            self._write_record(extra, root, labels)
         result = FetchResult(
             ref=ref,
             name=image_name(ref),
@@ -477,21 +524,21 @@ class Fetcher:
         self.events.blob_done(desc, "done", transferred)
         return transferred
 
-    def _write_record(self, ref: Reference, root: Descriptor) -> str:
-        name = image_name(ref)
+    def _write_record(self, name: str, root: Descriptor, labels: dict[str, str]) -> str:
         images = self.store.images
         try:
             existing = images.get(name)
         except NotFoundError:
             try:
-                images.create(Image(name=name, target=root, labels={}))
+                images.create(Image(name=name, target=root, labels=dict(labels)))
                 return "created"
             except ConflictError:
                 existing = images.get(name)
-        if existing.target == root:
+        merged = {**existing.labels, **labels}
+        if existing.target == root and merged == dict(existing.labels):
             return "unchanged"
-        images.update(Image(name=name, target=root, labels=dict(existing.labels)))
-        return "updated"
+        images.update(Image(name=name, target=root, labels=merged))
+        return "updated" if existing.target != root else "unchanged"
 
 
 def ingest_ref(desc: Descriptor) -> str:

@@ -13,7 +13,7 @@ from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client
 from cargohold.errors import PartialFailureError
-from cargohold.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.fetch import Fetcher, FetchFailure, FetchResult, RecordPolicy
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
 
@@ -50,11 +50,15 @@ def apply_registry_options(app: App, **kw: object) -> None:
 @click.option("--all-platforms", is_flag=True, help="Fetch every platform of an index.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
               help="Parallel downloads [default: 4].")
+@click.option("--cri-records/--no-cri-records", "cri", default=None,
+              help="Also write CRI's records (repo@digest, sha256:<config>, managed label) "
+                   "[default: on with --store containerd, off otherwise].")
+@click.option("--pin", is_flag=True, help="Label the records io.cri-containerd.pinned=pinned.")
 @registry_options
 @pass_app
 def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platforms: bool,
-          jobs: int | None, plain_http: bool | None, insecure_skip_verify: bool | None,
-          hosts_dir: str | None, authfile: str | None) -> None:
+          jobs: int | None, cri: bool | None, pin: bool, plain_http: bool | None,
+          insecure_skip_verify: bool | None, hosts_dir: str | None, authfile: str | None) -> None:
     """Fetch images' compressed content and register them (no unpack)."""
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
                            hosts_dir=hosts_dir, authfile=authfile)
@@ -64,13 +68,21 @@ def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platf
     out = app.out
     start = time.monotonic()
     with open_store(s) as store, FetchProgress(out) as progress:
-        fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=progress)
+        fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=progress,
+                          records=record_policy(app, cri, pin))
         try:
             results = fetcher.fetch_all(parsed, platforms=plats, all_platforms=all_platforms)
         finally:
             fetcher.close()
     elapsed = time.monotonic() - start
     report_fetch(app, results, elapsed)
+
+
+def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
+    """CRI records default on for containerd (kubelet's view), off for the embedded store."""
+    if cri is None:
+        cri = app.settings.store == "containerd"
+    return RecordPolicy(cri=cri or pin, pin=pin)
 
 
 def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: float) -> None:
