@@ -1,0 +1,302 @@
+"""Turn a cache spec into the planner's input: one :class:`~cargohold.plan.PlanImage` per entry.
+
+Only manifests and configs are read (from the store when it holds them, verified, else from
+the registry); no layer is downloaded. For every entry of the spec:
+
+* the reference is resolved, its index or manifest read, and for an index the manifests of
+  ``spec.platforms_for(entry)`` (default: the caller's platforms, else this host's) chosen
+  as ``fetch`` would choose them;
+* ``blobs`` = ``(digest, size)`` of the index, the chosen manifests, their configs and
+  layers (what a fetch keeps);
+* ``chains`` = the chain ID of every layer (from the config's ``diff_ids``) with the unpacked
+  size of that layer:
+
+  - **measured** when the chain is unpacked in this store already (the snapshotter's usage
+    of the committed snapshot named by the chain ID; for a snapshotter whose snapshots are
+    full copies, ``standalone_layers`` false, the difference to its parent's usage);
+  - else **estimated** as ``estimate_unpacked(layer compressed size, ratio)``, where
+    ``ratio`` = unpacked / compressed bytes measured over the layers of this store's images
+    that are unpacked (:func:`measured_ratio`), or, when nothing is unpacked (or no
+    snapshotter is available), :data:`~cargohold.plan.DEFAULT_UNPACK_RATIO` (2.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cargohold.errors import CargoholdError, NotFoundError, UnsupportedError
+from cargohold.imagecontent import image_contents
+from cargohold.oci.chainid import chain_ids
+from cargohold.oci.descriptor import Descriptor, Platform
+from cargohold.oci.digest import Digest, Verifier
+from cargohold.oci.manifest import (
+    ImageConfig,
+    Index,
+    Manifest,
+    parse_config,
+    parse_manifest_or_index,
+    select_manifests,
+)
+from cargohold.oci.platform import host_platform
+from cargohold.oci.reference import Reference
+from cargohold.plan import DEFAULT_UNPACK_RATIO, PlanImage, estimate_unpacked
+from cargohold.spec import CacheSpec
+from cargohold.store.interfaces import ContentStore, ImageStore
+
+__all__ = [
+    "CatalogImage",
+    "chain_layer_sizes",
+    "layer_chains",
+    "measured_ratio",
+    "resolve_spec",
+    "snapshotter_of",
+]
+
+#: Largest config blob read (configs are small JSON documents).
+MAX_CONFIG_SIZE = 64 << 20
+
+
+class RegistryLike(Protocol):
+    def resolve(self, ref: Reference) -> Descriptor: ...
+
+    def fetch_manifest(self, ref: Reference, desc: Descriptor) -> bytes: ...
+
+    def download_blob(self, ref: Reference, desc: Descriptor, write: Any, **kw: Any) -> None: ...
+
+
+class StoreLike(Protocol):
+    @property
+    def content(self) -> ContentStore: ...
+
+    @property
+    def images(self) -> ImageStore: ...
+
+
+def snapshotter_of(store: object) -> Any | None:
+    """The store's snapshotter (its ``snapshots`` attribute), or None when it has none."""
+    return getattr(store, "snapshots", None)
+
+
+@dataclass(frozen=True)
+class CatalogImage:
+    """A resolved spec entry: the planner's input plus what was measured."""
+
+    image: PlanImage
+    target: Descriptor
+    platforms: tuple[str, ...]
+    #: Layers whose unpacked size was measured (the others are estimated).
+    measured_chains: int
+
+
+def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
+    """``(chain ID, layer descriptor)`` of every layer, bottom first (as many as both the
+    config's diff_ids and the manifest's layers have)."""
+    return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))
+
+
+def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest]) -> list[int | None]:
+    """The unpacked size of each layer of a chain stack from the snapshotter (None where the
+    chain is not unpacked). Full-copy snapshotters (``standalone_layers`` false) report a
+    snapshot's whole tree, so a layer's size is its usage minus its parent's."""
+    out: list[int | None] = []
+    if snapshots is None:
+        return [None] * len(chains)
+    per_layer = bool(getattr(snapshots, "standalone_layers", True))
+    prev: int | None = 0
+    for c in chains:
+        try:
+            size = int(snapshots.usage(str(c)).size)
+        except CargoholdError:
+            out.append(None)
+            prev = None
+            continue
+        if per_layer:
+            out.append(size)
+        else:
+            out.append(None if prev is None else max(0, size - prev))
+        prev = size
+    return out
+
+
+def _local_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
+    """The blob from the store if it is there with the right size and digest."""
+    try:
+        if content.info(desc.digest).size != desc.size:
+            return None
+        with content.reader(desc.digest) as r:
+            data = r.read(desc.size + 1)
+    except (CargoholdError, OSError):
+        return None
+    if len(data) != desc.size or Digest.from_bytes(data, desc.digest.algorithm) != desc.digest:
+        return None
+    return data
+
+
+def measured_ratio(store: StoreLike, snapshots: Any | None = None) -> float | None:
+    """Unpacked / compressed bytes over every unpacked layer of the store's images (None if
+    no layer is unpacked or there is no snapshotter)."""
+    if snapshots is None:
+        snapshots = snapshotter_of(store)
+    if snapshots is None:
+        return None
+    content = store.content
+    seen: set[str] = set()
+    comp = unp = 0
+    for img in store.images.list():
+        try:
+            contents = image_contents(content, img.target)
+        except CargoholdError:
+            continue
+        for _, m in contents.manifests:
+            data = _local_blob(content, m.config)
+            if data is None:
+                continue
+            try:
+                cfg = parse_config(data)
+            except CargoholdError:
+                continue
+            pairs = layer_chains(cfg, m)
+            sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
+            for (c, layer), size in zip(pairs, sizes, strict=True):
+                if size is None or str(c) in seen:
+                    continue
+                seen.add(str(c))
+                comp += layer.size
+                unp += size
+    if comp <= 0 or unp <= 0:
+        return None
+    return unp / comp
+
+
+class _Resolver:
+    def __init__(self, registry: RegistryLike, content: ContentStore | None) -> None:
+        self.registry = registry
+        self.content = content
+
+    def manifest(self, ref: Reference, desc: Descriptor) -> Manifest | Index:
+        data = _local_blob(self.content, desc) if self.content is not None else None
+        if data is None:
+            data = self.registry.fetch_manifest(ref, desc)
+        return parse_manifest_or_index(data, desc.media_type)
+
+    def config(self, ref: Reference, desc: Descriptor) -> ImageConfig:
+        data = _local_blob(self.content, desc) if self.content is not None else None
+        if data is None:
+            if desc.size > MAX_CONFIG_SIZE:
+                raise UnsupportedError(f"{ref}: config {desc.digest} is {desc.size} bytes")
+            buf = bytearray()
+            verifier = Verifier(desc.digest, desc.size)
+
+            def write(chunk: Any) -> None:
+                b = bytes(chunk)
+                verifier.update(b)
+                buf.extend(b)
+
+            self.registry.download_blob(ref, desc, write)
+            verifier.check()
+            data = bytes(buf)
+        return parse_config(data)
+
+
+def resolve_entry(
+    resolver: _Resolver,
+    name: str,
+    ref: Reference,
+    platforms: Sequence[Platform],
+    *,
+    critical: bool,
+    priority: float,
+    mode: str,
+    snapshots: Any | None,
+    ratio: float,
+) -> CatalogImage:
+    root = resolver.registry.resolve(ref)
+    parsed = resolver.manifest(ref, root)
+    blobs: dict[str, int] = {str(root.digest): root.size}
+    manifests: list[tuple[Descriptor, Manifest]] = []
+    if isinstance(parsed, Index):
+        selected = select_manifests(parsed, platforms)
+        if not selected:
+            wanted = ", ".join(str(p) for p in platforms) or "any"
+            have = ", ".join(str(d.platform) for d in parsed.manifests if d.platform)
+            raise NotFoundError(
+                f"{ref}: no manifest for platform {wanted} (index has: {have or 'none'})"
+            )
+        for d in selected:
+            m = resolver.manifest(ref, d)
+            if not isinstance(m, Manifest):
+                raise UnsupportedError(f"{ref}: nested index {d.digest} is not supported")
+            manifests.append((d, m))
+            blobs.setdefault(str(d.digest), d.size)
+    else:
+        manifests.append((root, parsed))
+    chains: dict[str, int] = {}
+    plats: list[str] = []
+    measured = 0
+    for mdesc, m in manifests:
+        blobs.setdefault(str(m.config.digest), m.config.size)
+        for layer in m.layers:
+            blobs.setdefault(str(layer.digest), layer.size)
+        cfg = resolver.config(ref, m.config)
+        plats.append(str(mdesc.platform) if mdesc.platform else str(cfg.platform))
+        pairs = layer_chains(cfg, m)
+        sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
+        for (c, layer), size in zip(pairs, sizes, strict=True):
+            if str(c) in chains:
+                continue
+            if size is None:
+                size = estimate_unpacked(layer.size, ratio)
+            else:
+                measured += 1
+            chains[str(c)] = size
+    image = PlanImage(
+        name=name,
+        critical=critical,
+        priority=priority,
+        mode_request=mode,  # type: ignore[arg-type]
+        blobs=list(blobs.items()),
+        chains=list(chains.items()),
+    )
+    return CatalogImage(image, root, tuple(sorted(set(plats))), measured)
+
+
+def resolve_spec(
+    spec: CacheSpec,
+    registry: RegistryLike,
+    *,
+    store: StoreLike | None = None,
+    default_platforms: Iterable[Platform] = (),
+    ratio: float | None = None,
+    snapshots: Any | None = None,
+) -> list[CatalogImage]:
+    """Resolve every entry of ``spec`` (see the module docstring). ``store`` (optional)
+    supplies manifests and configs it holds and measured unpacked sizes; ``ratio``
+    overrides the unpack ratio used for estimates; ``snapshots`` the snapshotter (default
+    ``store.snapshots`` when the store has one)."""
+    content = store.content if store is not None else None
+    if snapshots is None and store is not None:
+        snapshots = snapshotter_of(store)
+    if ratio is None:
+        ratio = (measured_ratio(store, snapshots) if store is not None else None) or (
+            DEFAULT_UNPACK_RATIO
+        )
+    defaults = tuple(default_platforms) or (host_platform(),)
+    resolver = _Resolver(registry, content)
+    out: list[CatalogImage] = []
+    for entry in spec.images:
+        out.append(
+            resolve_entry(
+                resolver,
+                str(entry.ref),
+                entry.ref,
+                spec.platforms_for(entry) or defaults,
+                critical=entry.critical,
+                priority=entry.priority,
+                mode=entry.mode,
+                snapshots=snapshots,
+                ratio=ratio,
+            )
+        )
+    return out

@@ -1,0 +1,203 @@
+"""`cargohold plan`, `cargohold du`, `cargohold verify` (see docs/plan-verify-du.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
+from cargohold.cli.main import App, cli, pass_app
+from cargohold.cli.output import human_bytes
+from cargohold.cli.resources import open_store, registry_client
+from cargohold.errors import BudgetError, DigestMismatchError, NotFoundError
+from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.spec import load_spec, parse_size
+
+_json_option = click.option("--json", "json_local", is_flag=True, default=False,
+                            help="Machine-readable output on stdout (same as the global --json).")
+
+
+def _json(app: App, local: bool) -> bool:
+    if local:
+        app.out.json_mode = True
+        app.out.live = False
+    return app.out.json_mode
+
+
+@contextmanager
+def _snapshotter(root: Path) -> Iterator[Any | None]:
+    """The root's embedded snapshotter if it has one (never creates it)."""
+    if not (root / "snapshots" / "metadata.db").exists():
+        yield None
+        return
+    from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
+
+    sn = EmbeddedSnapshotter(root)
+    try:
+        yield sn
+    finally:
+        sn.close()
+
+
+@contextmanager
+def _existing_store(app: App) -> Iterator[Any | None]:
+    """The store if the root holds one (plan works without a store)."""
+    s = app.settings
+    if s.store != "embedded" or not (Path(s.root) / "metadata.db").exists():
+        yield None
+        return
+    with open_store(s) as store:
+        yield store
+
+
+@cli.command("plan")
+@click.argument("spec_file", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--budget", default=None, help="Disk budget (e.g. 20GiB) [default: the spec's].")
+@click.option("--platform", "platforms", multiple=True,
+              help="os/arch[/variant] for images the spec gives none (repeatable) "
+                   "[default: settings, else this host's].")
+@_json_option
+@registry_options
+@pass_app
+def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, ...],
+                 json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
+                 hosts_dir: str | None, authfile: str | None) -> None:
+    """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
+    from cargohold.catalog import measured_ratio, resolve_spec
+    from cargohold.plan import DEFAULT_UNPACK_RATIO, plan
+
+    json_mode = _json(app, json_local)
+    apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
+                           hosts_dir=hosts_dir, authfile=authfile)
+    spec = load_spec(spec_file)
+    limit = parse_size(budget) if budget is not None else spec.budget
+    s = app.settings
+    plats = [parse_platform(p) for p in (platforms or s.platforms)] or [host_platform()]
+    with _existing_store(app) as store, _snapshotter(Path(s.root)) as sn:
+        measured = measured_ratio(store, sn) if store is not None and sn is not None else None
+        ratio = measured or DEFAULT_UNPACK_RATIO
+        client = registry_client(s)
+        try:
+            catalog = resolve_spec(spec, client, store=store, default_platforms=plats,
+                                   ratio=ratio, snapshots=sn)
+        finally:
+            client.close()
+    result = plan([c.image for c in catalog], limit)
+    if json_mode:
+        doc = result.to_json()
+        for img, c in zip(doc["images"], catalog, strict=True):
+            img["platforms"] = list(c.platforms)
+            img["digest"] = str(c.target.digest)
+            img["measured_chains"] = c.measured_chains
+        doc["unpack_ratio"] = ratio
+        doc["unpack_ratio_measured"] = measured is not None
+        doc["spec"] = str(spec_file)
+        app.out.json(doc)
+    else:
+        rows = [
+            (i.name, i.decision, human_bytes(i.compressed_bytes), human_bytes(i.unpacked_bytes),
+             f"{i.penalty_seconds:.1f} s", i.reason)
+            for i in result.images
+        ]
+        app.out.table(["IMAGE", "MODE", "COMPRESSED", "UNPACKED", "PENALTY", "REASON"], rows)
+        line = (f"total: {human_bytes(result.content_bytes)} content + "
+                f"{human_bytes(result.snapshot_bytes)} snapshots = "
+                f"{human_bytes(result.total_bytes)}")
+        if result.budget is not None:
+            line += f" of {human_bytes(result.budget)} budget ({human_bytes(result.budget - result.total_bytes)} free)"
+        else:
+            line += " (no budget)"
+        app.out.data(line)
+        app.out.data(f"weighted penalty: {result.total_penalty:.1f} s; {result.reason}; "
+                     f"{result.algorithm}")
+        how = "measured on this store" if measured is not None else "default"
+        app.out.info(f"unpacked sizes not measured are estimated at {ratio:.2f}x compressed ({how})")
+    if not result.feasible:
+        raise BudgetError(result.reason)
+
+
+@cli.command("du")
+@click.argument("refs", nargs=-1)
+@_json_option
+@pass_app
+def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
+    """Disk use per image: compressed content and snapshots, exclusive and shared."""
+    from cargohold.du import disk_usage
+
+    json_mode = _json(app, json_local)
+    with open_store(app.settings) as store, _snapshotter(Path(app.settings.root)) as sn:
+        usage = disk_usage(store, list(refs) or None, snapshots=sn)
+    if json_mode:
+        app.out.json(usage.to_json())
+        return
+    rows = [
+        (u.name, human_bytes(u.content_bytes), human_bytes(u.content_exclusive),
+         human_bytes(u.content_shared), human_bytes(u.snapshot_bytes),
+         human_bytes(u.snapshot_exclusive), human_bytes(u.snapshot_shared))
+        for u in usage.images
+    ]
+    app.out.table(["IMAGE", "CONTENT", "EXCLUSIVE", "SHARED", "SNAPSHOTS", "EXCLUSIVE",
+                   "SHARED"], rows)
+    app.out.data(
+        f"total: content {human_bytes(usage.content_bytes)} "
+        f"({human_bytes(usage.shared_content_bytes)} shared, "
+        f"{human_bytes(usage.unreferenced_bytes)} in {len(usage.unreferenced)} unreferenced blobs)"
+        + (f", snapshots {human_bytes(usage.snapshot_bytes)}" if usage.snapshots_available
+           else ", snapshots: none")
+    )
+    for d, size in usage.unreferenced:
+        app.out.debug(f"unreferenced {d} {human_bytes(size)}")
+
+
+@cli.command("verify")
+@click.argument("refs", nargs=-1)
+@click.option("--repair", is_flag=True,
+              help="Delete corrupt blobs and fetch the damaged images again.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Parallel downloads when repairing [default: 4].")
+@_json_option
+@registry_options
+@pass_app
+def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | None,
+                   json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
+                   hosts_dir: str | None, authfile: str | None) -> None:
+    """Re-hash every blob of the images (all, or REFs); exit 6 if any is damaged."""
+    from cargohold.fetch import Fetcher
+    from cargohold.verify import BLOB_KINDS, select_images, verify
+
+    json_mode = _json(app, json_local)
+    apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
+                           hosts_dir=hosts_dir, authfile=authfile)
+    s = app.settings
+    with open_store(s) as store, _snapshotter(Path(s.root)) as sn:
+        checked = len(select_images(store.images, list(refs) or None))
+        fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs) if repair else None
+        try:
+            problems = verify(store, list(refs) or None, repair_with=fetcher, snapshots=sn)
+        finally:
+            if fetcher is not None:
+                fetcher.close()
+    left = [p for p in problems if not p.repaired]
+    for p in problems:
+        prefix = "repaired" if p.repaired else p.kind
+        app.out.info(f"{prefix}: {p.image}: {p.message}")
+    if json_mode:
+        app.out.json({"event": "verify", "images": checked, "ok": not left,
+                      "problems": [p.to_json() for p in problems]})
+    else:
+        fixed = len(problems) - len(left)
+        app.out.data(f"{checked} images checked: {len(left)} problems"
+                     + (f", {fixed} repaired" if fixed else ""))
+    if left:
+        damaged = sorted({p.image for p in left})
+        if any(p.kind in BLOB_KINDS for p in left):
+            raise DigestMismatchError(
+                f"{len(left)} problems in {', '.join(damaged)}",
+                hint="run `cargohold verify --repair` to delete damaged blobs and fetch again",
+            )
+        raise NotFoundError(f"missing snapshots in {', '.join(damaged)}",
+                            hint="pull the images again to unpack them")

@@ -1,0 +1,302 @@
+"""Check that what image records reference is really there, byte for byte; optionally mend it.
+
+:func:`verify` walks every image record (or those named), from its target through the
+index's manifests present in the store, their configs and layers, and re-hashes every blob
+it reaches (streaming, 1 MiB at a time, through ``content.reader``), each blob once even when
+several images share it. Problems (:class:`Problem`, ``kind``):
+
+* ``missing``   - a referenced blob is not in the store (an index's manifests that were never
+  fetched are not problems: other platforms are usually not fetched);
+* ``truncated`` - the blob file is shorter than its descriptor says;
+* ``corrupt``   - the blob is longer than its descriptor, or its bytes hash to another digest;
+* ``incomplete`` - one per image that has any of the above (or that
+  :func:`~cargohold.imagecontent.image_contents` finds incomplete), naming its platforms;
+* ``snapshot_missing`` - the config blob carries ``containerd.io/gc.ref.snapshot.<name>``
+  (the image was unpacked) but the snapshotter has no snapshot of that chain ID; only
+  checked when the store has a snapshotter (``store.snapshots``) or one is passed.
+
+Repair (``repair_with`` a :class:`~cargohold.fetch.Fetcher`): corrupt and truncated blobs are
+deleted, then every damaged image is fetched again by its record name (the record's
+reference; records whose name is not a reference, e.g. CRI's ``sha256:<config>`` records,
+are mended through another record of the same target) for the platforms it had (this
+host's when they cannot be known any more), and checked again. A problem whose image
+checks clean afterwards is returned with ``repaired=True``. Missing snapshots are not
+re-created (unpacking is not verify's business): they stay unrepaired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.imagecontent import image_contents
+from cargohold.oci import mediatypes
+from cargohold.oci.descriptor import Descriptor, Platform
+from cargohold.oci.digest import Digest
+from cargohold.oci.manifest import Index, Manifest, parse_manifest_or_index
+from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.oci.reference import Reference, parse_reference
+from cargohold.store.interfaces import GC_REF_SNAPSHOT, ContentStore, Image, ImageStore
+
+__all__ = ["BLOB_KINDS", "Problem", "select_images", "verify"]
+
+_CHUNK = 1 << 20
+#: Problem kinds that mean content is damaged or absent.
+BLOB_KINDS = frozenset({"missing", "truncated", "corrupt", "incomplete"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    image: str
+    kind: str
+    message: str
+    digest: str = ""
+    repaired: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "kind": self.kind,
+            "digest": self.digest or None,
+            "message": self.message,
+            "repaired": self.repaired,
+        }
+
+
+def select_images(images: ImageStore, refs: Sequence[str] | None) -> list[Image]:
+    """Every record, or those named (as given or normalised); NotFoundError for a name
+    that matches no record."""
+    records = sorted(images.list(), key=lambda i: i.name)
+    if not refs:
+        return records
+    by_name = {i.name: i for i in records}
+    out: list[Image] = []
+    for r in refs:
+        img = by_name.get(r)
+        if img is None:
+            try:
+                img = by_name.get(str(parse_reference(r)))
+            except CargoholdError:
+                img = None
+        if img is None:
+            raise NotFoundError(f"no image record {r!r}")
+        if img not in out:
+            out.append(img)
+    return out
+
+
+def _check_blob(content: ContentStore, desc: Descriptor) -> tuple[str, str] | None:
+    """None if the blob is intact, else (kind, message)."""
+    what = mediatypes.kind(desc.media_type)
+    try:
+        info = content.info(desc.digest)
+    except NotFoundError:
+        return "missing", f"{what} {desc.digest} is missing"
+    if info.size < desc.size:
+        return "truncated", f"{what} {desc.digest} is truncated ({info.size} of {desc.size} bytes)"
+    if info.size > desc.size:
+        return "corrupt", f"{what} {desc.digest} has {info.size} bytes, expected {desc.size}"
+    h = desc.digest.hasher()
+    n = 0
+    try:
+        with content.reader(desc.digest) as r:
+            while chunk := r.read(_CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+    except NotFoundError:
+        return "missing", f"{what} {desc.digest} is missing"
+    except OSError as e:
+        return "corrupt", f"{what} {desc.digest} cannot be read: {e}"
+    if n < desc.size:
+        return "truncated", f"{what} {desc.digest} is truncated ({n} of {desc.size} bytes)"
+    got = Digest(desc.digest.algorithm, h.hexdigest())
+    if got != desc.digest:
+        return "corrupt", f"{what} {desc.digest} is corrupt: its bytes hash to {got}"
+    return None
+
+
+def _read(content: ContentStore, desc: Descriptor) -> bytes:
+    with content.reader(desc.digest) as r:
+        return r.read(desc.size + 1)
+
+
+class _Checker:
+    def __init__(self, content: ContentStore, snapshots: Any | None) -> None:
+        self.content = content
+        self.snapshots = snapshots
+        self.cache: dict[str, tuple[str, str] | None] = {}
+
+    def blob(self, desc: Descriptor) -> tuple[str, str] | None:
+        key = str(desc.digest)
+        if key not in self.cache:
+            self.cache[key] = _check_blob(self.content, desc)
+        return self.cache[key]
+
+    def image(self, img: Image) -> tuple[list[Problem], list[str]]:
+        """Problems of one image and the platforms it holds."""
+        problems: list[Problem] = []
+
+        def note(desc: Descriptor) -> bool:
+            bad = self.blob(desc)
+            if bad is not None:
+                problems.append(Problem(img.name, bad[0], bad[1], str(desc.digest)))
+            return bad is None
+
+        manifests: list[tuple[Descriptor, Manifest]] = []
+        if note(img.target):
+            try:
+                parsed = parse_manifest_or_index(_read(self.content, img.target),
+                                                 img.target.media_type)
+            except CargoholdError as e:
+                parsed = None
+                problems.append(Problem(img.name, "corrupt", f"{img.target.digest}: {e}",
+                                        str(img.target.digest)))
+            if isinstance(parsed, Index):
+                for d in parsed.manifests:
+                    try:
+                        self.content.info(d.digest)
+                    except NotFoundError:
+                        continue  # a platform that was not fetched
+                    if not note(d):
+                        continue
+                    try:
+                        child = parse_manifest_or_index(_read(self.content, d), d.media_type)
+                    except CargoholdError as e:
+                        problems.append(Problem(img.name, "corrupt", f"{d.digest}: {e}",
+                                                str(d.digest)))
+                        continue
+                    if isinstance(child, Manifest):
+                        manifests.append((d, child))
+            elif isinstance(parsed, Manifest):
+                manifests.append((img.target, parsed))
+        for _, m in manifests:
+            if note(m.config):
+                self._snapshot(img, m.config, problems)
+            for layer in m.layers:
+                if not mediatypes.is_distributable(layer.media_type):
+                    try:
+                        self.content.info(layer.digest)
+                    except NotFoundError:
+                        continue  # foreign layers are not fetched
+                note(layer)
+        platforms: list[str] = []
+        try:
+            contents = image_contents(self.content, img.target)
+            platforms = contents.platforms
+            complete = contents.complete
+            detail = contents.problems
+        except CargoholdError as e:
+            complete, detail = False, [str(e)]
+        if problems or not complete:
+            on = ", ".join(platforms) or "no platform"
+            why = "; ".join(detail) or f"damaged blobs: {len(problems)}"
+            problems.append(Problem(img.name, "incomplete",
+                                    f"image {img.name} is incomplete ({on}): {why}",
+                                    str(img.target.digest)))
+        return problems, platforms
+
+    def _snapshot(self, img: Image, config: Descriptor, problems: list[Problem]) -> None:
+        if self.snapshots is None:
+            return
+        try:
+            labels = self.content.info(config.digest).labels
+        except NotFoundError:
+            return
+        for key, chain in labels.items():
+            if not key.startswith(GC_REF_SNAPSHOT + "."):
+                continue
+            try:
+                self.snapshots.stat(chain)
+            except NotFoundError:
+                problems.append(Problem(
+                    img.name, "snapshot_missing",
+                    f"snapshot {chain} ({key.removeprefix(GC_REF_SNAPSHOT + '.')}) of "
+                    f"config {config.digest} is missing",
+                    chain,
+                ))
+
+
+def _refetch_ref(img: Image, records: Iterable[Image]) -> Reference | None:
+    """A reference to fetch ``img`` again by: its own name, else a sibling record's."""
+    for cand in [img, *(r for r in records if r.target.digest == img.target.digest)]:
+        if cand.name.startswith(("sha256:", "sha512:")):
+            continue
+        try:
+            return parse_reference(cand.name)
+        except CargoholdError:
+            continue
+    return None
+
+
+def verify(
+    store: Any,
+    refs: Sequence[str] | None = None,
+    *,
+    repair_with: Any | None = None,
+    snapshots: Any | None = None,
+) -> list[Problem]:
+    """Verify the images (all, or ``refs``); see the module docstring. ``repair_with``: a
+    Fetcher on the same store. ``snapshots``: a snapshotter (default ``store.snapshots``)."""
+    if snapshots is None:
+        snapshots = getattr(store, "snapshots", None)
+    content: ContentStore = store.content
+    images = select_images(store.images, refs)
+    checker = _Checker(content, snapshots)
+    found: dict[str, tuple[Image, list[Problem], list[str]]] = {}
+    for img in images:
+        problems, platforms = checker.image(img)
+        if problems:
+            found[img.name] = (img, problems, platforms)
+    out = [p for _, ps, _ in found.values() for p in ps]
+    if repair_with is None or not out:
+        return out
+
+    damaged = {p.digest for p in out if p.kind in ("corrupt", "truncated") and p.digest}
+    for d in sorted(damaged):
+        with contextlib.suppress(NotFoundError):
+            content.delete(Digest.parse(d))
+    all_records = store.images.list()
+    fetched: set[str] = set()
+    errors: dict[str, str] = {}
+    for name, (img, problems, platforms) in found.items():
+        if not any(p.kind in BLOB_KINDS for p in problems):
+            continue
+        key = str(img.target.digest)
+        if key in fetched:
+            continue
+        ref = _refetch_ref(img, all_records)
+        if ref is None:
+            errors[name] = "no record of this target is a reference to fetch it by"
+            continue
+        plats: list[Platform] = []
+        for text in platforms:
+            try:
+                plats.append(parse_platform(text))
+            except CargoholdError:
+                continue
+        try:
+            repair_with.fetch(ref, platforms=plats or [host_platform()])
+            fetched.add(key)
+        except CargoholdError as e:
+            errors[name] = e.message
+    # Check the damaged images again from scratch.
+    checker = _Checker(content, snapshots)
+    result: list[Problem] = []
+    for name, (img, problems, _) in found.items():
+        again, _ = checker.image(img)
+        still = {(p.kind, p.digest) for p in again}
+        for p in problems:
+            if (p.kind, p.digest) in still:
+                msg = p.message
+                if name in errors:
+                    msg += f" (repair failed: {errors[name]})"
+                result.append(replace(p, message=msg))
+            else:
+                result.append(replace(p, repaired=True))
+        for p in again:
+            if not any((p.kind, p.digest) == (q.kind, q.digest) for q in problems):
+                result.append(p)
+    return result

@@ -1,0 +1,117 @@
+"""`cargohold verify` (corrupt / truncated / missing blobs, --repair) and `cargohold du`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cargohold.imagebuild.entries import Dir, File
+from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from tests.rig.images import push
+from tests.rig.services import Registry
+from tests.test_fetch import blob_files, cli
+
+
+def one_layer(seed: int, size: int = 150_000) -> ImageSpec:
+    return ImageSpec([LayerSpec([Dir("data"), File("data/blob", size=size, seed=seed)])],
+                     cmd=["/bin/true"])
+
+
+def blob(root: Path, digest: str) -> Path:
+    alg, hexd = digest.split(":")
+    return root / "content" / "blobs" / alg / hexd
+
+
+def first_json(stdout: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(stdout.splitlines()[0])  # type: ignore[no-any-return]
+
+
+def test_verify_finds_and_repairs_damage(registry: Registry, tmp_path: Path) -> None:
+    imgs = [push(registry.host, one_layer(200 + i), tmp_path / f"i{i}") for i in range(3)]
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", *(p.text for p in imgs), check=True)
+    ok = cli(root, "--json", "verify", check=True)
+    assert first_json(ok.stdout)["ok"] is True and first_json(ok.stdout)["images"] == 3
+
+    flipped = str(imgs[0].built.layer_descriptors[0].digest)
+    truncated = str(imgs[1].built.layer_descriptors[0].digest)
+    missing = str(imgs[2].built.config_descriptor.digest)  # type: ignore[union-attr]
+    f = blob(root, flipped)
+    os.chmod(f, 0o644)
+    with open(f, "r+b") as fh:
+        fh.seek(1000)
+        b = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    t = blob(root, truncated)
+    os.chmod(t, 0o644)
+    os.truncate(t, t.stat().st_size - 10)
+    blob(root, missing).unlink()
+
+    bad = cli(root, "verify", "--json")
+    assert bad.returncode == 6, bad.stderr
+    problems = first_json(bad.stdout)["problems"]
+    kinds = {(p["kind"], p["digest"]) for p in problems}
+    assert ("corrupt", flipped) in kinds
+    assert ("truncated", truncated) in kinds
+    assert ("missing", missing) in kinds
+    assert {p["image"] for p in problems if p["kind"] == "incomplete"} == {p.text for p in imgs}
+    for d in (flipped, truncated, missing):
+        assert d in bad.stderr
+    # Naming one image checks only that one.
+    one = cli(root, "verify", "--json", imgs[1].text)
+    assert one.returncode == 6
+    assert {p["image"] for p in first_json(one.stdout)["problems"]} == {imgs[1].text}
+
+    fixed = cli(root, "verify", "--repair", "--plain-http", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert all(p["repaired"] for p in first_json(fixed.stdout)["problems"])
+    again = cli(root, "verify", "--json")
+    assert again.returncode == 0, again.stderr
+    assert first_json(again.stdout)["problems"] == []
+    want = {str(d.digest): d.size for p in imgs for d in p.built.blobs_in_push_order()}
+    assert blob_files(root) == want
+    for d in want:
+        assert "sha256:" + hashlib.sha256(blob(root, d).read_bytes()).hexdigest() == d
+
+
+def test_du_totals_match_disk_and_count_shared_once(registry: Registry, tmp_path: Path) -> None:
+    base = LayerSpec([Dir("base"), File("base/lib", size=120_000, seed=300)])
+    specs = [ImageSpec([base, LayerSpec([Dir("app"), File("app/bin", size=50_000 + i, seed=301 + i)])],
+                       cmd=["/bin/true"]) for i in range(2)]
+    a, b = (push(registry.host, s, tmp_path / f"d{i}") for i, s in enumerate(specs))
+    base_a, base_b = a.built.layer_descriptors[0], b.built.layer_descriptors[0]
+    assert base_a.digest == base_b.digest  # the builder is deterministic: one shared blob
+    extra = push(registry.host, one_layer(399), tmp_path / "x")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", a.text, b.text, extra.text, check=True)
+    cli(root, "images", "rm", extra.text, check=True)  # its blobs stay until gc
+
+    doc = first_json(cli(root, "du", "--json", check=True).stdout)
+    walked = sum(p.stat().st_size for p in (root / "content" / "blobs").rglob("*") if p.is_file())
+    totals = doc["totals"]
+    assert totals["content_bytes"] == walked
+    assert totals["referenced_bytes"] + totals["unreferenced_bytes"] == walked
+    assert totals["unreferenced_bytes"] == extra.built.total_size()
+    assert {u["digest"] for u in doc["unreferenced"]} == {
+        str(d.digest) for d in extra.built.blobs_in_push_order()}
+    assert totals["shared_content_bytes"] == base_a.size  # counted once
+    assert totals["referenced_bytes"] == (
+        a.built.total_size() + b.built.total_size() - base_a.size)
+    rows = {r["name"]: r for r in doc["images"]}
+    assert set(rows) == {a.text, b.text}
+    for pushed in (a, b):
+        r = rows[pushed.text]
+        assert r["content_bytes"] == pushed.built.total_size()
+        assert r["content_shared_bytes"] == base_a.size
+        assert r["content_exclusive_bytes"] == pushed.built.total_size() - base_a.size
+    assert sum(r["content_exclusive_bytes"] for r in rows.values()) + base_a.size == (
+        totals["referenced_bytes"])
+
+    only = first_json(cli(root, "du", "--json", a.text, check=True).stdout)
+    assert [r["name"] for r in only["images"]] == [a.text]
+    assert only["images"][0]["content_shared_bytes"] == base_a.size
+    table = cli(root, "du", check=True).stdout
+    assert a.text in table and "unreferenced" in table
