@@ -8,7 +8,7 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import open_store
+from cargohold.cli.resources import LocalStore, open_store
 from cargohold.errors import NotFoundError
 from cargohold.fetch import image_name
 from cargohold.imagecontent import image_contents
@@ -36,24 +36,35 @@ def images() -> None:
 @images.command("ls")
 @pass_app
 def images_ls(app: App) -> None:
-    """List image records with their size in the store."""
+    """List image records with their size in the store and whether they are unpacked.
+
+    UNPACKED: the top layer snapshot of a platform of the image is committed; UNPACKED-SIZE:
+    disk use of its layer snapshots (each shared layer counted in every image using it).
+    """
+    from cargohold.unpack.image import is_unpacked, unpacked_size
+
     with open_store(app.settings) as store:
+        check = not isinstance(store, LocalStore) or store.has_snapshots
         rows = []
         for img in sorted(store.images.list(), key=lambda i: i.name):
             c = image_contents(store.content, img.target)
-            rows.append((img, c))
+            unpacked = check and is_unpacked(store.content, store.snapshots, img)
+            size = unpacked_size(store.content, store.snapshots, img) if unpacked else 0
+            rows.append((img, c, unpacked, size))
     if app.out.json_mode:
         app.out.json([
             {"name": img.name, "digest": str(img.target.digest), "media_type": img.target.media_type,
              "size": c.present_bytes, "complete": c.complete, "platforms": c.platforms,
-             "labels": dict(img.labels)}
-            for img, c in rows
+             "labels": dict(img.labels), "unpacked": unpacked, "unpacked_size": usize}
+            for img, c, unpacked, usize in rows
         ])
         return
     app.out.table(
-        ["REF", "DIGEST", "SIZE", "PLATFORMS", "COMPLETE"],
+        ["REF", "DIGEST", "SIZE", "PLATFORMS", "COMPLETE", "UNPACKED", "UNPACKED-SIZE"],
         [(img.name, img.target.digest.short, human_bytes(c.present_bytes),
-          ",".join(c.platforms), "yes" if c.complete else "no") for img, c in rows],
+          ",".join(c.platforms), "yes" if c.complete else "no", "yes" if unpacked else "no",
+          human_bytes(usize) if unpacked else "-")
+         for img, c, unpacked, usize in rows],
     )
 
 

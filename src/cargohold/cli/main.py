@@ -104,7 +104,10 @@ def _register_commands() -> None:
 
 
 #: Modules under cargohold.cli that define commands (kept in one place).
-COMMAND_MODULES: tuple[str, ...] = ("fetch_cmd", "images_cmd", "content_cmd", "gc_cmd")
+COMMAND_MODULES: tuple[str, ...] = (
+    "fetch_cmd", "images_cmd", "content_cmd", "gc_cmd", "plan_cmd", "unpack_cmd",
+    "containers_cmd",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,740 @@
+"""Unpack an image into committed layer snapshots (containerd's unpacker).
+
+:class:`Unpacker` takes an image target (index or manifest) that is in the content store,
+chooses the manifest for the wanted platform, reads the config, computes the chain IDs and
+makes sure a committed snapshot named by each chain ID exists, bottom first:
+
+* chains already committed are skipped (found by ``stat`` of the chain ID name);
+* with ``snapshotter.standalone_layers`` (overlay) every missing layer is prepared *without*
+  a parent and applied concurrently (at most ``jobs`` at once), then committed in chain
+  order, each given its parent at commit;
+* otherwise (flat copies, containerd) each layer is prepared on its committed parent and
+  applied in order;
+* a chain wanted by two images unpacked at the same time by one Unpacker is unpacked once
+  (:class:`~cargohold.singleflight.SingleFlight` keyed by chain ID); another process
+  committing the same chain first is fine too (its snapshot is used, ours removed).
+
+Only when the top chain is committed is the image unpacked; then the labels containerd's
+unpacker writes are set: ``containerd.io/uncompressed=<diff_id>`` on every layer blob and
+``containerd.io/gc.ref.snapshot.<snapshotter>=<top chain ID>`` on the config blob, so gc
+keeps the snapshots of every image a record references.
+
+Failures remove the snapshots the failing call prepared; chains committed before the failure
+stay (a rerun reuses them).  A process killed mid-unpack leaves active ``extract-*``
+snapshots that nothing references: the next gc removes them.  No lease is taken: snapshots
+are protected by the root lock while an unpack runs and by the config label afterwards.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from cargohold.errors import (
+    AlreadyExistsError,
+    CargoholdError,
+    Interrupted,
+    InvalidInputError,
+    NotFoundError,
+    OutOfSpaceError,
+    UnsupportedError,
+)
+from cargohold.imagecontent import read_blob
+from cargohold.oci import mediatypes
+from cargohold.oci.chainid import chain_ids
+from cargohold.oci.descriptor import Descriptor, Platform
+from cargohold.oci.digest import Digest
+from cargohold.oci.manifest import (
+    ImageConfig,
+    Index,
+    Manifest,
+    check_config,
+    is_attestation,
+    parse_config,
+    parse_manifest_or_index,
+)
+from cargohold.oci.platform import host_platform, matches, normalize, rank
+from cargohold.singleflight import SingleFlight
+from cargohold.store.interfaces import (
+    GC_REF_SNAPSHOT,
+    KIND_COMMITTED,
+    LABEL_UNCOMPRESSED,
+    Applier,
+    ContentStore,
+    Image,
+    Snapshotter,
+)
+from cargohold.unpack.apply import ApplyStats
+
+#: Prefix of the keys of snapshots being unpacked (active until committed as the chain ID).
+EXTRACT_PREFIX = "extract-"
+#: Label on an active extract snapshot: the chain ID it will be committed as.
+LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
+
+#: Layer outcomes: applied here, already committed, applied by a concurrent call for another
+#: image (or committed by another process meanwhile).
+STATE_UNPACKED = "unpacked"
+STATE_EXISTS = "exists"
+STATE_SHARED = "shared"
+STATE_FAILED = "failed"
+
+
+def snapshot_gc_label(snapshotter_name: str) -> str:
+    """The config blob label that keeps an image's top snapshot (and its parents)."""
+    return f"{GC_REF_SNAPSHOT}.{snapshotter_name}"
+
+
+# ---------------------------------------------------------------- resolving an image
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One platform's manifest of an image, with its config and chain IDs."""
+
+    target: Descriptor
+    manifest_desc: Descriptor
+    manifest: Manifest
+    config: ImageConfig
+    diff_ids: tuple[Digest, ...]
+    chain_ids: tuple[str, ...]
+
+    @property
+    def config_desc(self) -> Descriptor:
+        return self.manifest.config
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        return self.manifest.layers
+
+    @property
+    def platform(self) -> Platform:
+        c = self.config
+        return Platform(c.os, c.architecture, c.variant)
+
+    @property
+    def top_chain(self) -> str:
+        return self.chain_ids[-1] if self.chain_ids else ""
+
+
+def _must_read(content: ContentStore, desc: Descriptor, what: str) -> bytes:
+    data = read_blob(content, desc)
+    if data is None:
+        raise NotFoundError(
+            f"{what} {desc.digest} is not in the content store",
+            hint="fetch the image first (cargohold fetch REF), for this platform",
+        )
+    return data
+
+
+def _resolve_manifest(
+    content: ContentStore, target: Descriptor, mdesc: Descriptor, data: bytes
+) -> ResolvedImage:
+    parsed = parse_manifest_or_index(data, mdesc.media_type)
+    if not isinstance(parsed, Manifest):
+        raise UnsupportedError(f"nested index {mdesc.digest} is not supported")
+    cfg = parse_config(_must_read(content, parsed.config, "config"))
+    check_config(parsed, cfg)
+    for layer in parsed.layers:
+        if not mediatypes.is_layer(layer.media_type):
+            raise UnsupportedError(
+                f"manifest {mdesc.digest}: {layer.media_type} is not a layer media type"
+            )
+    ids = tuple(cfg.diff_ids)
+    return ResolvedImage(
+        target=target,
+        manifest_desc=mdesc,
+        manifest=parsed,
+        config=cfg,
+        diff_ids=ids,
+        chain_ids=tuple(str(c) for c in chain_ids(ids)),
+    )
+
+
+def _candidates(index: Index) -> list[Descriptor]:
+    return [
+        d
+        for d in index.manifests
+        if mediatypes.is_manifest(d.media_type) and not is_attestation(d)
+    ]
+
+
+def resolve_image(
+    content: ContentStore, target: Descriptor, platform: Platform | None = None
+) -> ResolvedImage:
+    """The manifest of ``target`` to unpack for ``platform``.
+
+    An index: the best match for ``platform`` (default: this host's) among its manifests
+    *present in the store* (containerd's ordering, :func:`cargohold.oci.platform.rank`).
+    A single manifest: itself; when ``platform`` is given, its config must match it.
+    NotFoundError when nothing fits or a blob is missing.
+    """
+    data = _must_read(content, target, mediatypes.kind(target.media_type))
+    parsed = parse_manifest_or_index(data, target.media_type)
+    if isinstance(parsed, Manifest):
+        img = _resolve_manifest(content, target, target, data)
+        if platform is not None and not matches(platform, img.platform):
+            raise NotFoundError(
+                f"image {target.digest} is for {img.platform}, not {normalize(platform)}"
+            )
+        return img
+    want = platform or host_platform()
+    cands = _candidates(parsed)
+    for i in rank(want, [d.platform for d in cands]):
+        mdata = read_blob(content, cands[i])
+        if mdata is not None:
+            return _resolve_manifest(content, target, cands[i], mdata)
+    have = ", ".join(str(d.platform) for d in cands if d.platform) or "none"
+    fetched = ", ".join(
+        str(d.platform) for d in cands if d.platform and read_blob(content, d) is not None
+    )
+    raise NotFoundError(
+        f"index {target.digest}: no manifest for {normalize(want)} in the store "
+        f"(index has: {have}; fetched: {fetched or 'none'})",
+        hint=f"fetch it with --platform {normalize(want)}, or unpack a fetched platform",
+    )
+
+
+def resolve_present(content: ContentStore, target: Descriptor) -> list[ResolvedImage]:
+    """Every platform of ``target`` whose manifest, config and layers are in the store
+    (what can be unpacked); broken or incomplete ones are left out."""
+    data = read_blob(content, target)
+    if data is None:
+        return []
+    try:
+        parsed = parse_manifest_or_index(data, target.media_type)
+    except CargoholdError:
+        return []
+    pairs: list[tuple[Descriptor, bytes]] = []
+    if isinstance(parsed, Manifest):
+        pairs.append((target, data))
+    else:
+        for d in _candidates(parsed):
+            mdata = read_blob(content, d)
+            if mdata is not None:
+                pairs.append((d, mdata))
+    out: list[ResolvedImage] = []
+    for mdesc, mdata in pairs:
+        try:
+            out.append(_resolve_manifest(content, target, mdesc, mdata))
+        except CargoholdError:
+            continue
+    return out
+
+
+def _target(image: Image | Descriptor) -> Descriptor:
+    return image.target if isinstance(image, Image) else image
+
+
+def _committed(snapshotter: Snapshotter, name: str) -> bool:
+    try:
+        return snapshotter.stat(name).kind == KIND_COMMITTED
+    except NotFoundError:
+        return False
+
+
+def is_unpacked(
+    content: ContentStore,
+    snapshotter: Snapshotter,
+    image: Image | Descriptor,
+    platform: Platform | None = None,
+) -> bool:
+    """Whether the image's top chain is committed: for ``platform``, or (None) for any
+    platform of the image present in the store."""
+    target = _target(image)
+    if platform is not None:
+        try:
+            img = resolve_image(content, target, platform)
+        except CargoholdError:
+            return False
+        return bool(img.chain_ids) and _committed(snapshotter, img.top_chain)
+    return any(
+        img.chain_ids and _committed(snapshotter, img.top_chain)
+        for img in resolve_present(content, target)
+    )
+
+
+def unpacked_size(
+    content: ContentStore,
+    snapshotter: Snapshotter,
+    image: Image | Descriptor,
+    platform: Platform | None = None,
+) -> int:
+    """Disk use of the image's unpacked snapshots (each chain counted once; for overlay a
+    layer's own diff, for flat copies the whole tree); 0 when not unpacked."""
+    target = _target(image)
+    if platform is not None:
+        try:
+            imgs = [resolve_image(content, target, platform)]
+        except CargoholdError:
+            return 0
+    else:
+        imgs = resolve_present(content, target)
+    chains: set[str] = set()
+    for img in imgs:
+        if img.chain_ids and _committed(snapshotter, img.top_chain):
+            chains.update(img.chain_ids)
+    total = 0
+    for c in chains:
+        try:
+            total += snapshotter.usage(c).size
+        except NotFoundError:
+            continue
+    return total
+
+
+# ---------------------------------------------------------------- results and events
+
+
+@dataclass
+class LayerOutcome:
+    index: int
+    chain_id: str
+    layer: Descriptor
+    diff_id: Digest
+    state: str
+    seconds: float = 0.0
+    stats: ApplyStats | None = None
+    uncompressed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index,
+            "chain_id": self.chain_id,
+            "digest": str(self.layer.digest),
+            "media_type": self.layer.media_type,
+            "size": self.layer.size,
+            "diff_id": str(self.diff_id),
+            "state": self.state,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.state == STATE_UNPACKED:
+            out["uncompressed"] = self.uncompressed
+        return out
+
+
+#: ApplyStats fields summed into UnpackResult.phases.
+_PHASES = ("seconds_read", "seconds_hash", "seconds_write", "seconds_sync")
+
+
+@dataclass
+class UnpackResult:
+    target: Descriptor
+    manifest: Descriptor
+    config: Descriptor
+    platform: str
+    snapshotter: str
+    chain_id: str
+    layers: list[LayerOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def chains_total(self) -> int:
+        return len(self.layers)
+
+    def _count(self, state: str) -> int:
+        return sum(1 for lo in self.layers if lo.state == state)
+
+    @property
+    def chains_unpacked(self) -> int:
+        """Chains this call applied."""
+        return self._count(STATE_UNPACKED)
+
+    @property
+    def chains_skipped(self) -> int:
+        """Chains already committed when the call started."""
+        return self._count(STATE_EXISTS)
+
+    @property
+    def chains_shared(self) -> int:
+        """Chains another concurrent unpack committed while this one wanted them."""
+        return self._count(STATE_SHARED)
+
+    @property
+    def already_unpacked(self) -> bool:
+        return self.chains_unpacked == 0 and self.chains_shared == 0
+
+    @property
+    def bytes_compressed(self) -> int:
+        """Compressed bytes of the layers applied by this call."""
+        return sum(lo.layer.size for lo in self.layers if lo.state == STATE_UNPACKED)
+
+    @property
+    def bytes_uncompressed(self) -> int:
+        """Tar bytes of the layers applied by this call."""
+        return sum(lo.uncompressed for lo in self.layers if lo.state == STATE_UNPACKED)
+
+    @property
+    def phases(self) -> dict[str, float]:
+        """Summed per-layer apply phases (seconds; overlapping across concurrent layers)."""
+        out = dict.fromkeys(_PHASES, 0.0)
+        for lo in self.layers:
+            if lo.stats is not None:
+                for p in _PHASES:
+                    out[p] += float(getattr(lo.stats, p, 0.0))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": str(self.target.digest),
+            "manifest": str(self.manifest.digest),
+            "config": str(self.config.digest),
+            "platform": self.platform,
+            "snapshotter": self.snapshotter,
+            "chain_id": self.chain_id,
+            "chains_total": self.chains_total,
+            "chains_unpacked": self.chains_unpacked,
+            "chains_skipped": self.chains_skipped,
+            "chains_shared": self.chains_shared,
+            "bytes_compressed": self.bytes_compressed,
+            "bytes_uncompressed": self.bytes_uncompressed,
+            "seconds": round(self.seconds, 3),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "layers": [lo.to_json() for lo in self.layers],
+        }
+
+
+class UnpackEvents:
+    """Progress callbacks; the CLI subclasses this. Called from worker threads."""
+
+    def layer_started(self, chain_id: str, layer: Descriptor) -> None: ...
+
+    def layer_done(self, outcome: LayerOutcome) -> None: ...
+
+    def image_done(self, result: UnpackResult) -> None: ...
+
+
+# ---------------------------------------------------------------- the unpacker
+
+
+class _Reader:
+    """A blob reader that stops (Interrupted) once a cancel event is set."""
+
+    __slots__ = ("_cancel", "_job_cancel", "_raw")
+
+    def __init__(self, raw: BinaryIO, cancel: threading.Event, job_cancel: threading.Event):
+        self._raw = raw
+        self._cancel = cancel
+        self._job_cancel = job_cancel
+
+    def _check(self) -> None:
+        if self._cancel.is_set() or self._job_cancel.is_set():
+            raise Interrupted("unpack interrupted")
+
+    def read(self, size: int = -1, /) -> bytes:
+        self._check()
+        return self._raw.read(size)
+
+    def readinto(self, b: Any, /) -> int:
+        self._check()
+        n: int = self._raw.readinto(b)  # type: ignore[attr-defined]
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+@dataclass
+class _Job:
+    img: ResolvedImage
+    token: str
+    standalone: bool
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Unpacker:
+    """Unpacks images of ``content`` into ``snapshotter`` with ``applier``. Thread-safe:
+    one instance may unpack several images at once (chains shared between them are unpacked
+    once).  ``jobs``: layers applied at once (standalone snapshotters); ``reserve_bytes``:
+    free space the snapshot file system must keep (checked before starting, and by the
+    applier while writing when it was built with the same reserve)."""
+
+    def __init__(
+        self,
+        content: ContentStore,
+        snapshotter: Snapshotter,
+        applier: Applier,
+        *,
+        jobs: int = 4,
+        reserve_bytes: int = 0,
+        events: UnpackEvents | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.content = content
+        self.snapshotter = snapshotter
+        self.applier = applier
+        self.jobs = max(1, jobs)
+        self.reserve_bytes = reserve_bytes
+        self.events = events or UnpackEvents()
+        self.cancel = cancel or threading.Event()
+        self._flight = SingleFlight()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Unpacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.jobs, thread_name_prefix="unpack"
+                )
+            return self._pool
+
+    # ------------------------------------------------------------ public
+
+    def resolve(self, image_target: Descriptor, platform: Platform | None = None) -> ResolvedImage:
+        return resolve_image(self.content, image_target, platform)
+
+    def unpack(
+        self, image_target: Descriptor, platform: Platform | None = None
+    ) -> UnpackResult:
+        """Make the image's top chain committed (see the module docstring)."""
+        start = time.monotonic()
+        img = self.resolve(image_target, platform)
+        sn = self.snapshotter
+        result = UnpackResult(
+            target=image_target,
+            manifest=img.manifest_desc,
+            config=img.config_desc,
+            platform=str(img.platform),
+            snapshotter=sn.name,
+            chain_id=img.top_chain,
+        )
+        n = len(img.chain_ids)
+        # The highest committed chain: everything below it is committed too (a parent
+        # cannot be removed while it has children).
+        base = -1
+        for i in range(n - 1, -1, -1):
+            if _committed(sn, img.chain_ids[i]):
+                base = i
+                break
+        outcomes: list[LayerOutcome] = [
+            LayerOutcome(i, img.chain_ids[i], img.layers[i], img.diff_ids[i], STATE_EXISTS)
+            for i in range(base + 1)
+        ]
+        missing = list(range(base + 1, n))
+        if missing:
+            self._check_blobs(img, missing)
+            self._check_space(img, missing)
+            job = _Job(img, secrets.token_hex(4), sn.standalone_layers)
+            if job.standalone and len(missing) > 1:
+                outcomes += self._unpack_concurrently(job, missing)
+            else:
+                outcomes += [self._ensure_chain(job, i, None) for i in missing]
+        if n and not _committed(sn, img.top_chain):  # pragma: no cover - defensive
+            raise CargoholdError(f"unpack of {image_target.digest} did not commit {img.top_chain}")
+        self._set_labels(img)
+        result.layers = outcomes
+        result.seconds = time.monotonic() - start
+        self.events.image_done(result)
+        return result
+
+    # ------------------------------------------------------------ internals
+
+    def _check_blobs(self, img: ResolvedImage, missing: Sequence[int]) -> None:
+        for i in missing:
+            layer = img.layers[i]
+            try:
+                info = self.content.info(layer.digest)
+            except NotFoundError:
+                info = None
+            if info is None or info.size != layer.size:
+                raise NotFoundError(
+                    f"layer {layer.digest} ({mediatypes.kind(layer.media_type)}) is not in the "
+                    "content store",
+                    hint="fetch the image again (cargohold fetch REF) before unpacking",
+                )
+
+    def _check_space(self, img: ResolvedImage, missing: Sequence[int]) -> None:
+        where = getattr(self.snapshotter, "dir", None)
+        if where is None:
+            return
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        # The compressed size is a lower bound of what the layers will take unpacked.
+        need = sum(img.layers[i].size for i in missing)
+        if free - need < self.reserve_bytes:
+            raise OutOfSpaceError(
+                f"unpacking {len(missing)} layers ({need} bytes compressed, more unpacked) "
+                f"would leave less than the reserve of {self.reserve_bytes} bytes free on "
+                f"{where} ({free} free)"
+            )
+
+    def _unpack_concurrently(self, job: _Job, missing: Sequence[int]) -> list[LayerOutcome]:
+        pool = self._executor()
+        futs: list[Future[LayerOutcome]] = []
+        prev: Future[LayerOutcome] | None = None
+        # Submitted bottom first: the pool starts tasks in submission order, so a task only
+        # ever waits for tasks that are already running (its parent, or the same chain's
+        # leader in another image), never for a queued one.
+        for i in missing:
+            fut = pool.submit(contextvars.copy_context().run, self._ensure_chain, job, i, prev)
+            futs.append(fut)
+            prev = fut
+        out: list[LayerOutcome] = []
+        first: BaseException | None = None
+        for fut in futs:
+            try:
+                out.append(self._wait(fut, job))
+            except BaseException as e:
+                job.cancel.set()
+                if first is None or (
+                    isinstance(first, Interrupted) and not isinstance(e, Interrupted)
+                    and not self.cancel.is_set()
+                ):
+                    first = e
+        if first is not None:
+            raise first
+        return out
+
+    def _wait(self, fut: Future[LayerOutcome], job: _Job) -> LayerOutcome:
+        while True:
+            try:
+                return fut.result(timeout=0.2)
+            except TimeoutError:
+                continue
+            except KeyboardInterrupt:
+                self.cancel.set()
+                job.cancel.set()
+                raise
+
+    def _ensure_chain(
+        self, job: _Job, i: int, parent: Future[LayerOutcome] | None
+    ) -> LayerOutcome:
+        """Make chain ``i`` committed; concurrent callers for the same chain share one run."""
+        img = job.img
+        chain = img.chain_ids[i]
+        ran = False
+
+        def work() -> LayerOutcome:
+            nonlocal ran
+            ran = True
+            return self._apply_chain(job, i, parent)
+
+        try:
+            outcome, shared = self._flight.do_shared(chain, work)
+        except BaseException:
+            if ran or self.cancel.is_set() or job.cancel.is_set():
+                raise
+            # Another image's attempt at this chain failed (its blob may differ from ours):
+            # try once with our own.
+            outcome, shared = self._flight.do_shared(chain, work)
+        if not shared:
+            return outcome
+        state = STATE_EXISTS if outcome.state == STATE_EXISTS else STATE_SHARED
+        mine = LayerOutcome(i, chain, img.layers[i], img.diff_ids[i], state)
+        self.events.layer_done(mine)
+        return mine
+
+    def _apply_chain(
+        self, job: _Job, i: int, parent: Future[LayerOutcome] | None
+    ) -> LayerOutcome:
+        img = job.img
+        sn = self.snapshotter
+        chain = img.chain_ids[i]
+        layer = img.layers[i]
+        diff_id = img.diff_ids[i]
+        if _committed(sn, chain):
+            out = LayerOutcome(i, chain, layer, diff_id, STATE_EXISTS)
+            self.events.layer_done(out)
+            return out
+        if self.cancel.is_set() or job.cancel.is_set():
+            raise Interrupted("unpack interrupted")
+        parent_name = img.chain_ids[i - 1] if i else ""
+        key = f"{EXTRACT_PREFIX}{job.token}-{i}-{chain}"
+        t0 = time.monotonic()
+        self.events.layer_started(chain, layer)
+        mounts = sn.prepare(
+            key, "" if job.standalone else parent_name, labels={LABEL_SNAPSHOT_REF: chain}
+        )
+        state = STATE_UNPACKED
+        stats: ApplyStats | None = None
+        try:
+            with self.content.reader(layer.digest) as raw:
+                reader: Any = _Reader(raw, self.cancel, job.cancel)
+                with_stats: Callable[..., tuple[Descriptor, ApplyStats]] | None = getattr(
+                    self.applier, "apply_with_stats", None
+                )
+                if with_stats is not None:
+                    udesc, stats = with_stats(layer, mounts, reader=reader, diff_id=diff_id)
+                else:
+                    udesc = self.applier.apply(layer, mounts, reader=reader, diff_id=diff_id)
+            if udesc.digest != diff_id:
+                raise InvalidInputError(
+                    f"layer {layer.digest} applied as {udesc.digest}, expected diff_id {diff_id}"
+                )
+            if parent is not None:
+                parent.result()  # the parent is committed (or its error is ours)
+            try:
+                sn.commit(chain, key, parent=parent_name if job.standalone else None)
+            except AlreadyExistsError:
+                # Another process committed the same chain meanwhile: use theirs.
+                sn.remove(key)
+                state = STATE_SHARED
+        except BaseException:
+            job.cancel.set()  # the image fails: its other layers stop early
+            with suppress(Exception):  # the original error matters more
+                sn.remove(key)
+            failed = LayerOutcome(i, chain, layer, diff_id, STATE_FAILED,
+                                  time.monotonic() - t0, stats)
+            self.events.layer_done(failed)
+            raise
+        out = LayerOutcome(
+            i, chain, layer, diff_id, state, time.monotonic() - t0, stats,
+            uncompressed=udesc.size,
+        )
+        self.events.layer_done(out)
+        return out
+
+    def _set_labels(self, img: ResolvedImage) -> None:
+        """containerd's unpacker labels (only written when they differ)."""
+        for layer, diff_id in zip(img.layers, img.diff_ids, strict=True):
+            self._label(layer.digest, LABEL_UNCOMPRESSED, str(diff_id))
+        if img.chain_ids:
+            self._label(
+                img.config_desc.digest, snapshot_gc_label(self.snapshotter.name), img.top_chain
+            )
+
+    def _label(self, digest: Digest, key: str, value: str) -> None:
+        try:
+            info = self.content.info(digest)
+        except NotFoundError:
+            return
+        if info.labels.get(key) != value:
+            self.content.update(digest, {key: value})
+
+
+__all__ = [
+    "EXTRACT_PREFIX",
+    "LayerOutcome",
+    "ResolvedImage",
+    "UnpackEvents",
+    "UnpackResult",
+    "Unpacker",
+    "is_unpacked",
+    "resolve_image",
+    "resolve_present",
+    "snapshot_gc_label",
+    "unpacked_size",
+]
