@@ -37,6 +37,25 @@ $CH images ls
 step "fetching again transfers nothing"
 $CH fetch --plain-http "${REFS[@]}"
 
-step "what is on disk"
-du -sh "$CARGOHOLD_ROOT/content" >&2
+ref_of() { grep "/samples/$1:" "$WORK/refs.tsv" | cut -f1; }
+step "pull the critical image (fetch + unpack now: no first-start penalty)"
+$CH pull --plain-http "$(ref_of critical)"
+
+step "disk use: compressed content vs unpacked snapshots"
+$CH du
+
+step "first container of a fetched-only image: the lazy unpack penalty"
+$CH create "$(ref_of big)" demo-big-1
+step "the second container of that image starts from the unpacked layers"
+$CH create "$(ref_of big)" demo-big-2
+$CH containers ls
+
+if grep -q "/samples/busybox:" "$WORK/refs.tsv"; then
+  step "run a container (runc) from the busybox sample"
+  $CH run --rm "$(ref_of busybox)" -- echo "hello from a cargohold container"
+fi
+
+step "verify every blob, then what gc would remove"
+$CH containers rm demo-big-1 demo-big-2
+$CH verify
 $CH gc --dry-run

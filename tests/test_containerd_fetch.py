@@ -63,3 +63,26 @@ def test_no_cri_records_for_plain_ctr_users(
     names = containerd.ctr("images", "ls", "-q", namespace=ns).stdout.split()
     assert names == [pushed.text]
     assert "io.cri-containerd.image" not in containerd.ctr("images", "ls", namespace=ns).stdout
+
+
+def test_pull_into_containerd_is_unpacked_for_ctr(
+    registry: Registry, containerd: Containerd, tmp_path: Path
+) -> None:
+    pushed = push(registry.host, samples.busybox(), tmp_path / "img")
+    ns = containerd.unique_namespace("pull")
+    cargohold(containerd, ns, "pull", "--plain-http", pushed.text)
+    check = containerd.ctr("images", "check", namespace=ns).stdout
+    line = next(x for x in check.splitlines() if x.startswith(pushed.text))
+    # ctr images check: REF TYPE DIGEST STATUS SIZE UNPACKED
+    assert "complete" in line.split() and line.split()[-1] == "true", check
+    config = pushed.built.config_descriptor
+    info = containerd.ctr("content", "ls", namespace=ns).stdout
+    assert "containerd.io/gc.ref.snapshot.overlayfs=sha256:" in info
+    assert f"containerd.io/uncompressed={pushed.built.diff_ids[0]}" in info
+    assert str(config.digest) in info
+    # The snapshot exists: creating a container needs no unpack, and the image runs.
+    containerd.ctr("containers", "create", pushed.text, "p1", namespace=ns)
+    run = containerd.ctr("run", "--rm", pushed.text, "p2", "/bin/echo", "pulled", namespace=ns,
+                         timeout=120)
+    assert run.stdout.strip() == "pulled"
+    containerd.ctr("containers", "rm", "p1", namespace=ns)
