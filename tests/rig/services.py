@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cargohold.devtools.registry import free_port, registry_config, spawn_registry, wait_http
+
+__all__ = ["Registry", "TokenAuth", "free_port", "require_binary", "start_registry", "wait_http"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -31,37 +31,6 @@ def require_binary(name: str, package: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(
-    url: str,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-    timeout: float = 20.0,
-    *,
-    context: ssl.SSLContext | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited early:\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(url, timeout=1, context=context) as r:
-                if r.status < 500:
-                    return
-        except urllib.error.HTTPError as e:
-            if e.code < 500:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text(errors='replace')}")
 
 
 @dataclass
@@ -115,11 +84,8 @@ class TokenAuth:
 
 
 def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    binary = require_binary("docker-registry", "docker-registry")
-    logf = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    return subprocess.Popen(
-        [binary, "serve", str(config)], stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    require_binary("docker-registry", "docker-registry")  # skip, or fail under CI
+    return spawn_registry(config, log)
 
 
 def start_registry(
@@ -141,32 +107,14 @@ def start_registry(
     port = port or free_port()
     storage = base / "storage"
     storage.mkdir(exist_ok=True)
-    lines = [
-        "version: 0.1",
-        "log:",
-        "  level: warn",
-        "  accesslog:",
-        "    disabled: true",
-        "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {storage}",
-        "  delete:",
-        "    enabled: true",
-        "  maintenance:",
-        "    uploadpurging:",
-        "      enabled: false",
-        "http:",
-        f"  addr: 127.0.0.1:{port}",
-        "  secret: cargohold-test-secret",
-    ]
+    http_extra: list[str] = []
     if tls is not None:
-        lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
-    if proxy_remote:
-        lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
+        http_extra = ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
+    extra: list[str] = []
     if htpasswd is not None:
-        lines += ["auth:", "  htpasswd:", "    realm: cargohold-test", f"    path: {htpasswd}"]
+        extra = ["auth:", "  htpasswd:", "    realm: cargohold-test", f"    path: {htpasswd}"]
     elif token_auth is not None:
-        lines += [
+        extra = [
             "auth:",
             "  token:",
             f"    realm: {token_auth.realm}",
@@ -174,8 +122,11 @@ def start_registry(
             f"    issuer: {token_auth.issuer}",
             f"    rootcertbundle: {token_auth.rootcertbundle}",
         ]
+    text = registry_config(
+        storage, port, proxy_remote=proxy_remote, extra=extra, http_extra=http_extra
+    )
     config = base / "config.yml"
-    config.write_text("\n".join(lines) + "\n")
+    config.write_text(text)
     log = base / "registry.log"
     proc = _spawn(config, log)
     scheme = "https" if tls is not None else "http"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -34,14 +35,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 20.0,
+    *,
+    context: ssl.SSLContext | None = None,
+) -> None:
     """Wait until ``url`` answers with a non-5xx status, or the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise UnavailableError(f"{url}: process exited early:\n{log.read_text(errors='replace')}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 if r.status < 500:
                     return
         except urllib.error.HTTPError as e:
@@ -77,7 +85,7 @@ class LocalRegistry:
                 self.proc.wait()
 
     def start(self) -> None:
-        self.proc = _spawn(self.config, self.log)
+        self.proc = spawn_registry(self.config, self.log)
         wait_http(f"{self.url}/v2/", self.proc, self.log)
 
     def restart(self) -> None:
@@ -85,7 +93,8 @@ class LocalRegistry:
         self.start()
 
 
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def spawn_registry(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Run ``docker-registry serve CONFIG`` in its own session, output appended to ``log``."""
     binary = find_binary()
     logf = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     try:
@@ -106,8 +115,10 @@ def registry_config(
     *,
     proxy_remote: str | None = None,
     extra: list[str] | None = None,
+    http_extra: list[str] | None = None,
 ) -> str:
-    """The YAML config of a loopback test registry (``extra``: more top-level YAML lines)."""
+    """The YAML config of a loopback registry (``extra``: more top-level YAML lines;
+    ``http_extra``: more lines inside ``http:``, e.g. ``tls``)."""
     lines = [
         "version: 0.1",
         "log:",
@@ -126,6 +137,7 @@ def registry_config(
         f"  addr: 127.0.0.1:{port}",
         "  secret: cargohold-local-secret",
     ]
+    lines += http_extra or []
     if proxy_remote:
         lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
     lines += extra or []
@@ -150,7 +162,7 @@ def start_registry(
     config = base / "config.yml"
     config.write_text(registry_config(storage, port, proxy_remote=proxy_remote, extra=extra_config))
     log = base / "registry.log"
-    proc = _spawn(config, log)
+    proc = spawn_registry(config, log)
     reg = LocalRegistry(f"127.0.0.1:{port}", storage, config, log, proc)
     try:
         wait_http(f"{reg.url}/v2/", proc, log)
