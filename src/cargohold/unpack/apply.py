@@ -14,9 +14,10 @@ Two modes
     ``trusted.overlay.opaque=y`` on its directory.  A whiteout followed in the same layer by a
     directory of that name becomes an opaque directory (the lower one was deleted, the new one
     must not merge with it).  Directories created implicitly (a layer holding ``a/b/f`` without
-    an ``a/b`` entry) copy mode, owner and times from the first of ``parents`` (the lower
-    layers, top first) that has them, as containerd's ``WithParents`` does, so the merged view
-    keeps e.g. ``/tmp``'s 1777.  Needs root (whiteout devices, trusted.* xattrs).
+    an ``a/b`` entry) copy mode, owner, times and xattrs (all but ``trusted.*``) from the first
+    of ``parents`` (the lower layers, top first) that has them, as containerd's ``WithParents``
+    does, so the merged view keeps e.g. ``/tmp``'s 1777.  Needs root (whiteout devices,
+    trusted.* xattrs).
 ``flat``
     ``target`` already holds the lower layers' files (the copy-based snapshotter).  A whiteout
     deletes the named path; an opaque marker deletes the directory's children that came from
@@ -65,7 +66,9 @@ Ownership and permissions: as root, ``lchown`` to the header's uid/gid, then xat
 so the order matters).  Not root: ownership is skipped silently (counted in
 ``ownership_skipped``), devices are skipped (``devices_skipped``), trusted.* xattrs are
 skipped, and directory modes are applied at the end (so a read-only directory can still be
-filled).  Hardlinks take no metadata of their own (they share the target's inode).  xattrs the
+filled).  A hardlink's own header sets owner, xattrs, mode (unless the link is to a symlink)
+and times of the inode it shares with its target, as containerd's applier does (the last
+header naming an inode wins; image builders write the target's metadata there).  xattrs the
 filesystem or the file type cannot hold (ENOTSUP, EPERM, E2BIG, ERANGE, EINVAL; e.g. user.* on
 a symlink) are dropped and counted in ``xattrs_skipped`` (containerd logs and ignores them).
 Times: mtime, and atime from PAX/GNU or else mtime, set without following symlinks; directory
@@ -722,6 +725,34 @@ class _Tree:
 # ---------------------------------------------------------------- lower layers
 
 
+def _copy_up_xattrs(fd: int) -> dict[str, bytes]:
+    """The xattrs of a lower directory that containerd's ``copyUpXAttrs`` gives a directory
+    it creates implicitly: all but ``trusted.*`` (overlayfs's own metadata among them)."""
+    out: dict[str, bytes] = {}
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith("trusted."):
+            continue
+        try:
+            out[name] = os.getxattr(fd, name)
+        except OSError:
+            continue
+    return out
+
+
+def _set_copied_xattrs(fd: int, xattrs: dict[str, bytes]) -> None:
+    """Set xattrs copied up from a lower directory (never replacing one already there)."""
+    for name, value in xattrs.items():
+        try:
+            os.setxattr(fd, name, value, os.XATTR_CREATE)
+        except OSError as err:
+            if err.errno != errno.EEXIST and err.errno not in _SKIPPABLE_XATTR_ERRNOS:
+                raise
+
+
 def lower_dir_stat(parents: Sequence[Path], path: Sequence[bytes]) -> os.stat_result | None:
     """The stat of directory ``path`` as the overlay of ``parents`` (top first) shows it.
 
@@ -729,6 +760,14 @@ def lower_dir_stat(parents: Sequence[Path], path: Sequence[bytes]) -> os.stat_re
     that exists but is not a directory (a file, a whiteout, a symlink) hides the layers
     below, so the search stops there.  Nothing is followed.
     """
+    meta = lower_dir_meta(parents, path)
+    return None if meta is None else meta[0]
+
+
+def lower_dir_meta(
+    parents: Sequence[Path], path: Sequence[bytes]
+) -> tuple[os.stat_result, dict[str, bytes]] | None:
+    """:func:`lower_dir_stat` and the xattrs to copy up from that directory."""
     for lower in parents:
         try:
             fd = os.open(lower, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -739,7 +778,7 @@ def lower_dir_stat(parents: Sequence[Path], path: Sequence[bytes]) -> os.stat_re
                 nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
-            return os.fstat(fd)
+            return os.fstat(fd), _copy_up_xattrs(fd)
         except FileNotFoundError:
             continue
         except OSError:
@@ -752,7 +791,7 @@ def lower_dir_stat(parents: Sequence[Path], path: Sequence[bytes]) -> os.stat_re
 def copy_lower_dir_metadata(
     target: Path, paths: Iterable[bytes], parents: Sequence[Path], *, is_root: bool = True
 ) -> int:
-    """Give directories of the layer ``target`` the mode, owner and times they have in
+    """Give directories of the layer ``target`` the mode, owner, times and xattrs they have in
     ``parents`` (top first); returns how many were changed.
 
     For layers applied without their parents (parallel unpack): the directories the layer
@@ -762,9 +801,10 @@ def copy_lower_dir_metadata(
     done = 0
     for rel in paths:
         comps = [c for c in rel.split(b"/") if c]
-        st = lower_dir_stat(parents, comps)
-        if st is None:
+        meta = lower_dir_meta(parents, comps)
+        if meta is None:
             continue
+        st, xattrs = meta
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for comp in comps:
@@ -773,6 +813,7 @@ def copy_lower_dir_metadata(
                 fd = nfd
             if is_root:
                 os.fchown(fd, st.st_uid, st.st_gid)
+            _set_copied_xattrs(fd, xattrs)
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             done += 1
@@ -911,14 +952,21 @@ class _Applier:
         if path in self.whiteout_devs:  # ".wh.a" then "a/b": a new directory, not merged
             self.whiteout_devs.discard(path)
             os.setxattr(self._proc_path(parent_fd, name), OPAQUE_XATTR, b"y")
-        st = lower_dir_stat(self.parents, path) if self.overlay and self.parents else None
-        if st is None:
+        meta = lower_dir_meta(self.parents, path) if self.overlay and self.parents else None
+        if meta is None:
             os.chmod(name, 0o755, dir_fd=parent_fd)
             if self.overlay:
                 self.implicit[path] = None
             return
+        st, xattrs = meta
         if self.is_root:
             os.chown(name, st.st_uid, st.st_gid, dir_fd=parent_fd, follow_symlinks=False)
+        if xattrs:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                _set_copied_xattrs(fd, xattrs)
+            finally:
+                os.close(fd)
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=parent_fd)
         self.dirs.append((path, st.st_atime_ns, st.st_mtime_ns, -1))
 
@@ -1084,6 +1132,14 @@ class _Applier:
             self._remove(pfd, name, path)
             os.link(lname, name, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
         self.whiteout_devs.discard(path)
+        # The link's header sets the shared inode's metadata, as containerd's applier does
+        # (lchown, xattrs, chmod unless it is a symlink, times without following).
+        self._chown(e, None, name, pfd)
+        if e.xattrs:
+            self._xattrs(e, self._proc_path(pfd, name))
+        if not stat.S_ISLNK(lst.st_mode):
+            os.chmod(name, e.mode & 0o7777, dir_fd=pfd)
+        os.utime(name, ns=(e.atime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
         self.stats.hardlinks += 1
 
     def _special(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
