@@ -284,20 +284,25 @@ def test_second_writer_on_same_ref_conflicts(store: ContainerdStore) -> None:
 
 
 def test_forgotten_writer_releases_its_ref_and_thread(store: ContainerdStore) -> None:
-    before = threading.active_count()
+    # Compare thread sets, not counts: threads of earlier tests may end meanwhile.
+    before = set(threading.enumerate())
+
+    def new_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t not in before and t.is_alive()}
+
     w = store.content.writer("forgotten")
     w.write(b"abc")
     w.flush()
     w.digest()
-    assert threading.active_count() > before  # gRPC's thread feeding the request stream
+    assert new_threads()  # gRPC's thread feeding the request stream
     del w
     gc.collect()
     with store.content.writer("forgotten") as w2:  # the cancelled stream released the lock
         assert w2.offset == 3
     deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while new_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert new_threads() == set()
 
 
 def test_abort(store: ContainerdStore) -> None:

@@ -125,11 +125,18 @@ class Containerd:
     _socket_dir: Path | None = field(default=None, repr=False)
 
     def ctr(
-        self, *args: str, namespace: str | None = None, check: bool = True, timeout: float = 60
+        self,
+        *args: str,
+        namespace: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``ctr --address <sock> -n <ns> ARGS``; raises with its output if it fails."""
         cmd = [self.ctr_binary, "--address", self.address, "-n", namespace or self.namespace, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, input=input
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
@@ -138,6 +145,16 @@ class Containerd:
 
     def unique_namespace(self, prefix: str = "t") -> str:
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    def gc(self, namespace: str | None = None) -> None:
+        """Run containerd's garbage collector now and wait for it (all namespaces).
+
+        The test config never schedules a collection by itself; deleting a lease with
+        ``--sync`` runs one and answers when it is done, so create a throw-away lease for it.
+        """
+        ns = namespace or self.namespace
+        lease = self.ctr("leases", "create", namespace=ns).stdout.split()[-1]
+        self.ctr("leases", "delete", "--sync", lease, namespace=ns)
 
     def _spawn(self) -> None:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child for its lifetime

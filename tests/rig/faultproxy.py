@@ -46,7 +46,7 @@ class Rule:
     (a regex searched in the path without the query)."""
 
     # status | cut | ignore_range | wrong_digest | extra_bytes | redirect | drop_digest |
-    # relative_location
+    # relative_location | pause
     action: str
     method: str | None = None
     path: str = ""
@@ -60,6 +60,11 @@ class Rule:
     redirect_to: str = ""  # "http://host:port": the same path there
     content_type: str | None = None  # override Content-Type
     hits: int = 0
+    # pause: after ``cut_after`` body bytes (flushed), set ``reached`` and wait for ``release``
+    # (at most ``hold_timeout`` seconds, so a failing test cannot hang the proxy forever).
+    reached: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    release: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    hold_timeout: float = 120.0
 
     def matches(self, method: str, path: str) -> bool:
         if self.times == 0:
@@ -315,11 +320,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         cut = rule.cut_after if rule is not None and rule.action == "cut" else -1
+        pause = rule.cut_after if rule is not None and rule.action == "pause" else -1
         sent = 0
         while True:
             chunk = source(64 * 1024)
             if not chunk:
                 break
+            if rule is not None and 0 <= pause <= sent + len(chunk):
+                self.wfile.write(chunk[: pause - sent])
+                self.wfile.flush()
+                rule.reached.set()
+                rule.release.wait(rule.hold_timeout)
+                chunk, sent, pause = chunk[pause - sent :], pause, -1
             if cut >= 0 and sent + len(chunk) >= cut:
                 self.wfile.write(chunk[: cut - sent])
                 self.wfile.flush()
