@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's main command: cargohold's job end to end on the embedded store (no daemon).
-# Starts a throw-away local registry, pushes sample images built by cargohold, fetches them
-# compressed into a scratch store, and shows what is stored. KEEP=1 keeps the temp dir.
+# Starts a throw-away local registry, pushes sample images built by cargohold (several small
+# ones, a critical one, a big one), then plans and bakes a cache spec under a disk budget into
+# a scratch embedded store, shows disk use, and creates a container from a fetched-only image
+# to show its first-start penalty. KEEP=1 keeps the temp dir; BUDGET=300MB changes the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CARGOHOLD_SKIP_INSTALL:-}" ]; then
@@ -28,20 +30,42 @@ $PY -m cargohold.devtools push-samples "$REG" --big-size "${BIG_SIZE:-300000000}
 mapfile -t REFS < <(cut -f1 "$WORK/refs.tsv")
 
 export CARGOHOLD_ROOT="$WORK/store"
-step "fetch them, compressed only, into an embedded store at $CARGOHOLD_ROOT"
-$CH fetch --plain-http "${REFS[@]}"
-
-step "the image records"
-$CH images ls
-
-step "fetching again transfers nothing"
-$CH fetch --plain-http "${REFS[@]}"
-
 ref_of() { grep "/samples/$1:" "$WORK/refs.tsv" | cut -f1; }
-step "pull the critical image (fetch + unpack now: no first-start penalty)"
-$CH pull --plain-http "$(ref_of critical)"
+entry() {  # name, then extra TOML lines; skipped when the sample was not built
+  local ref; ref=$(ref_of "$1") || return 0
+  printf '\n[[image]]\nref = "%s"\n' "$ref"; shift
+  for line in "$@"; do printf '%s\n' "$line"; done
+}
+SPEC="$WORK/cache.toml"
+{
+  echo '# The demo node image: what to cache and how much disk it may take.'
+  echo "budget = \"${BUDGET:-250MB}\"   # compressed content + unpacked snapshots"
+  echo 'reserve = "256MiB"'
+  entry critical 'critical = true          # boot-critical: always pulled'
+  entry busybox 'priority = 8'
+  entry app-a 'priority = 4'
+  entry app-b 'priority = 2'
+  entry app-docker 'priority = 2'
+  entry deleter
+  entry tiny
+  entry big 'priority = 1               # a few hundred MB unpacked'
+} >"$SPEC"
+step "the cache spec ($SPEC)"
+cat "$SPEC" >&2
 
-step "disk use: compressed content vs unpacked snapshots"
+step "measure this disk's unpack throughput (the planner's penalty model)"
+$CH calibrate
+
+step "plan: pull, fetch or skip each image under the budget (manifests and configs only)"
+$CH plan --plain-http "$SPEC"
+
+step "bake: fetch everything, unpack what the plan pulls, record, verify, report"
+$CH bake --plain-http "$SPEC" --report "$WORK/bake-report.json"
+
+step "bake again: idempotent, nothing to do"
+$CH bake --plain-http "$SPEC"
+
+step "disk use: compressed content vs unpacked snapshots, shared bytes once"
 $CH du
 
 step "first container of a fetched-only image: the lazy unpack penalty"
@@ -51,11 +75,10 @@ $CH create "$(ref_of big)" demo-big-2
 $CH containers ls
 
 if grep -q "/samples/busybox:" "$WORK/refs.tsv"; then
-  step "run a container (runc) from the busybox sample"
+  step "run a container (runc) from the busybox sample, pulled by the bake"
   $CH run --rm "$(ref_of busybox)" -- echo "hello from a cargohold container"
 fi
 
-step "verify every blob, then what gc would remove"
+step "remove the containers; what gc would remove"
 $CH containers rm demo-big-1 demo-big-2
-$CH verify
 $CH gc --dry-run

@@ -309,7 +309,7 @@ def test_requested_modes_are_honoured() -> None:
     assert p.images[0].reason == "requested: pull"
     assert p.images[1].reason.startswith("requested: fetch (first start unpacks for")
     assert p.images[1].penalty_seconds == pytest.approx(0.5 + 20 * MB / 100e6)
-    assert p.images[2].reason.startswith("fits: saves 0.7 s x priority 1")
+    assert p.images[2].reason.startswith("fits: saves 0.70 s x priority 1")
     for baseline in BASELINES:
         b = baseline(images, 10 * GB)
         assert [ip.decision for ip in b.images][:2] == ["pull", "fetch"]
@@ -461,7 +461,7 @@ def test_plan_output_and_json() -> None:
     data = p.to_json()
     assert data["feasible"] is True and data["total_bytes"] == p.total_bytes
     assert [i["decision"] for i in data["images"]] == ["pull", "pull"]
-    assert data["images"][1]["reason"] == "fits: saves 0.8 s x priority 2"
+    assert data["images"][1]["reason"] == "fits: saves 0.80 s x priority 2"
     assert "2 pulled, 0 fetched, 0 skipped" in p.reason
     with pytest.raises(KeyError):
         p.decision("nope")

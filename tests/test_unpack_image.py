@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from cargohold import errors
 from cargohold.errors import DigestMismatchError
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import Dir, File
@@ -36,7 +37,7 @@ from cargohold.store.interfaces import KIND_ACTIVE, KIND_COMMITTED, Mount
 from cargohold.unpack.applier import EmbeddedApplier
 from cargohold.unpack.apply import ApplyStats
 from cargohold.unpack.image import Unpacker, is_unpacked, unpacked_size
-from tests.rig.images import push, push_index
+from tests.rig.images import Pushed, push, push_index
 from tests.rig.services import Registry
 
 CLI = [sys.executable, "-m", "cargohold"]
@@ -390,17 +391,24 @@ def _active_extracts(root: Path) -> list[str]:
     return [r[0] for r in rows]
 
 
-@root_only
-def test_kill_9_mid_unpack_then_gc_then_rerun(registry: Registry, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def big60(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
+    """A 60 MB, 4-layer image: big enough to be stopped mid-unpack (pushed once)."""
     spec = samples.big_image(60_000_000, layers=4, name="samples/big60")
-    pushed = push(registry.host, spec, tmp_path / "img")
-    top = chains_of(pushed.built)[-1]
+    return push(registry.host, spec, tmp_path_factory.mktemp("big60"))
+
+
+def _signal_mid_unpack(pushed: Pushed, tmp_path: Path, sig: int,
+                       stopped: int) -> tuple[Path, str]:
+    """Fetch ``pushed`` into a fresh store, start `unpack`, send ``sig`` once a layer is
+    being applied; retried on a fresh store until the unpack exits with ``stopped`` (it may
+    finish before the signal lands). Returns the store's root and the unpack's stderr."""
     for attempt in range(5):
         root = tmp_path / f"store{attempt}"
         cli(root, "fetch", "--plain-http", pushed.text)
         proc = subprocess.Popen(
             [*CLI, "--root", str(root), "unpack", "-j", "2", pushed.text],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "CARGOHOLD_RESERVE": "0"},
         )
         seen: list[str] = []
@@ -408,12 +416,20 @@ def test_kill_9_mid_unpack_then_gc_then_rerun(registry: Registry, tmp_path: Path
             seen = _active_extracts(root)
             time.sleep(0.002)
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if proc.returncode == -signal.SIGKILL and snapshots(root).get(top) is None:
-            break  # killed mid-unpack (else it finished first: try again)
-    else:
-        pytest.fail("the unpack always finished before it could be killed")
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == stopped and snapshots(root).get(chains_of(pushed.built)[-1]) is None:
+            return root, err
+        # It finished before the signal landed (or committed its top chain): try again.
+        assert proc.returncode in (0, stopped), err
+    pytest.fail(f"the unpack always finished before signal {sig} could stop it")
+
+
+@root_only
+def test_kill_9_mid_unpack_then_gc_then_rerun(big60: Pushed, tmp_path: Path) -> None:
+    pushed = big60
+    top = chains_of(pushed.built)[-1]
+    root, _ = _signal_mid_unpack(pushed, tmp_path, signal.SIGKILL, -signal.SIGKILL)
 
     snaps = snapshots(root)
     assert top not in snaps
@@ -464,3 +480,21 @@ def test_gc_keeps_snapshots_of_records_and_containers(registry: Registry, tmp_pa
     }
     assert set(snapshots(root)) == set(ca)
     assert images_ls(root)[a.text]["unpacked"] is True
+
+
+@root_only
+def test_sigterm_mid_unpack_cleans_up_and_exits_130(big60: Pushed, tmp_path: Path) -> None:
+    """SIGTERM is handled like Ctrl-C: workers stop, half-applied snapshots are removed at
+    once (no gc needed), exit 130, and a rerun completes."""
+    pushed = big60
+    top = chains_of(pushed.built)[-1]
+    root, err = _signal_mid_unpack(pushed, tmp_path, signal.SIGTERM,
+                                   errors.Interrupted.exit_code)
+
+    assert "interrupted" in err
+    assert top not in snapshots(root)
+    assert _active_extracts(root) == []  # cleaned up on the way out
+    assert images_ls(root)[pushed.text]["unpacked"] is False
+    r = last_json(cli(root, "--json", "unpack", pushed.text))
+    assert r["chain_id"] == top
+    assert images_ls(root)[pushed.text]["unpacked"] is True

@@ -13,7 +13,10 @@ the registry); no layer is downloaded. For every entry of the spec:
 
   - **measured** when the chain is unpacked in this store already (the snapshotter's usage
     of the committed snapshot named by the chain ID; for a snapshotter whose snapshots are
-    full copies, ``standalone_layers`` false, the difference to its parent's usage);
+    full copies, :func:`usage_excludes_parents` false, the difference to its parent's usage);
+  - else, when the layer blob is in the store already, its **tar size** read off the blob
+    without inflating it (:func:`local_tar_size`: the gzip trailer's ISIZE, the zstd frame
+    header's content size, the size of an uncompressed layer);
   - else **estimated** as ``estimate_unpacked(layer compressed size, ratio)``, where
     ``ratio`` = unpacked / compressed bytes measured over the layers of this store's images
     that are unpacked (:func:`measured_ratio`), or, when nothing is unpacked (or no
@@ -42,8 +45,9 @@ from cargohold.oci.manifest import (
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
 from cargohold.plan import DEFAULT_UNPACK_RATIO, PlanImage, estimate_unpacked
-from cargohold.spec import CacheSpec
+from cargohold.spec import CacheSpec, ImageEntry
 from cargohold.store.interfaces import ContentStore, ImageStore
+from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
 
 __all__ = [
     "CatalogImage",
@@ -52,6 +56,7 @@ __all__ = [
     "measured_ratio",
     "resolve_spec",
     "snapshotter_of",
+    "usage_excludes_parents",
 ]
 
 #: Largest config blob read (configs are small JSON documents).
@@ -86,8 +91,10 @@ class CatalogImage:
     image: PlanImage
     target: Descriptor
     platforms: tuple[str, ...]
-    #: Layers whose unpacked size was measured (the others are estimated).
+    #: Layers whose unpacked size was measured on a snapshot.
     measured_chains: int
+    #: Layers sized by their tar size read off a blob in the store (the rest: estimated).
+    blob_sized_chains: int = 0
 
 
 def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
@@ -96,14 +103,27 @@ def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, 
     return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))
 
 
-def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest]) -> list[int | None]:
+def usage_excludes_parents(sn: Any) -> bool:
+    """Whether ``sn.usage`` of a committed layer counts that layer alone: overlay-like
+    snapshotters (the embedded overlay backend; containerd's overlayfs and the others, whose
+    API says usage excludes the parents), not full copies (the embedded ``flat`` backend,
+    containerd's ``native``)."""
+    if getattr(sn, "standalone_layers", True):
+        return True
+    backend = getattr(sn, "backend", None)  # the embedded snapshotter
+    if backend is not None:
+        return bool(backend != "flat")
+    return str(getattr(sn, "name", "")) != "native"
+
+
+def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest | str]) -> list[int | None]:
     """The unpacked size of each layer of a chain stack from the snapshotter (None where the
-    chain is not unpacked). Full-copy snapshotters (``standalone_layers`` false) report a
-    snapshot's whole tree, so a layer's size is its usage minus its parent's."""
-    out: list[int | None] = []
+    chain is not unpacked): its usage, or for a full-copy snapshotter
+    (:func:`usage_excludes_parents` false) its usage minus its parent's."""
     if snapshots is None:
         return [None] * len(chains)
-    per_layer = bool(getattr(snapshots, "standalone_layers", True))
+    per_layer = usage_excludes_parents(snapshots)
+    out: list[int | None] = []
     prev: int | None = 0
     for c in chains:
         try:
@@ -112,12 +132,30 @@ def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest]) -> list[int | No
             out.append(None)
             prev = None
             continue
-        if per_layer:
-            out.append(size)
-        else:
-            out.append(None if prev is None else max(0, size - prev))
+        out.append(size if per_layer else (None if prev is None else max(0, size - prev)))
         prev = size
     return out
+
+
+def local_tar_size(content: ContentStore | None, layer: Descriptor) -> int | None:
+    """The layer's tar size read off its blob in the store (the gzip trailer, the zstd frame
+    header; see :func:`~cargohold.unpack.decompress.uncompressed_size_hint`), None when the
+    blob is not there or does not tell."""
+    if content is None:
+        return None
+    try:
+        if content.info(layer.digest).size != layer.size:
+            return None
+        with content.reader(layer.digest) as r:
+            head = r.read(HINT_HEAD)
+            if layer.size > HINT_HEAD + HINT_TAIL:
+                r.seek(layer.size - HINT_TAIL)
+            tail = r.read(HINT_TAIL) if layer.size >= HINT_TAIL else b""
+            if layer.size <= HINT_HEAD + HINT_TAIL:
+                tail = head[-HINT_TAIL:]
+    except (CargoholdError, OSError, ValueError):
+        return None
+    return uncompressed_size_hint(head, tail, layer.size)
 
 
 def _local_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
@@ -234,7 +272,7 @@ def resolve_entry(
         manifests.append((root, parsed))
     chains: dict[str, int] = {}
     plats: list[str] = []
-    measured = 0
+    measured = from_blob = 0
     for mdesc, m in manifests:
         blobs.setdefault(str(m.config.digest), m.config.size)
         for layer in m.layers:
@@ -247,7 +285,11 @@ def resolve_entry(
             if str(c) in chains:
                 continue
             if size is None:
-                size = estimate_unpacked(layer.size, ratio)
+                size = local_tar_size(resolver.content, layer)
+                if size is None:
+                    size = estimate_unpacked(layer.size, ratio)
+                else:
+                    from_blob += 1
             else:
                 measured += 1
             chains[str(c)] = size
@@ -259,7 +301,7 @@ def resolve_entry(
         blobs=list(blobs.items()),
         chains=list(chains.items()),
     )
-    return CatalogImage(image, root, tuple(sorted(set(plats))), measured)
+    return CatalogImage(image, root, tuple(sorted(set(plats))), measured, from_blob)
 
 
 def resolve_spec(
@@ -270,11 +312,14 @@ def resolve_spec(
     default_platforms: Iterable[Platform] = (),
     ratio: float | None = None,
     snapshots: Any | None = None,
+    failures: list[tuple[ImageEntry, CargoholdError]] | None = None,
 ) -> list[CatalogImage]:
     """Resolve every entry of ``spec`` (see the module docstring). ``store`` (optional)
     supplies manifests and configs it holds and measured unpacked sizes; ``ratio``
     overrides the unpack ratio used for estimates; ``snapshots`` the snapshotter (default
-    ``store.snapshots`` when the store has one)."""
+    ``store.snapshots`` when the store has one). ``failures``: when given, an entry that
+    cannot be resolved is appended to it with its error and left out (else the error is
+    raised)."""
     content = store.content if store is not None else None
     if snapshots is None and store is not None:
         snapshots = snapshotter_of(store)
@@ -286,8 +331,8 @@ def resolve_spec(
     resolver = _Resolver(registry, content)
     out: list[CatalogImage] = []
     for entry in spec.images:
-        out.append(
-            resolve_entry(
+        try:
+            resolved = resolve_entry(
                 resolver,
                 str(entry.ref),
                 entry.ref,
@@ -298,5 +343,10 @@ def resolve_spec(
                 snapshots=snapshots,
                 ratio=ratio,
             )
-        )
+        except CargoholdError as e:
+            if failures is None:
+                raise
+            failures.append((entry, e))
+            continue
+        out.append(resolved)
     return out

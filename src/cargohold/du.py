@@ -87,6 +87,9 @@ class DiskUsage:
     snapshot_bytes: int = 0
     shared_snapshot_bytes: int = 0
     snapshots_available: bool = False
+    #: Content / snapshot bytes of the selected images together (shared bytes once).
+    selected_content_bytes: int = 0
+    selected_snapshot_bytes: int = 0
 
     @property
     def unreferenced_bytes(self) -> int:
@@ -166,9 +169,13 @@ def disk_usage(
         per_image.append((img, contents.platforms, blobs, chains))
 
     rows: list[ImageUsage] = []
+    sel_blobs: set[str] = set()
+    sel_chains: set[str] = set()
     for img, platforms, blobs, chains in per_image:
         if wanted is not None and img.name not in wanted:
             continue
+        sel_blobs.update(blobs)
+        sel_chains.update(chains)
         c_sh = sum(files[b] for b in blobs if blob_users[b] > 1)
         c_all = sum(files[b] for b in blobs)
         s_sh = sum(snap_sizes[c] for c in chains if chain_users[c] > 1)
@@ -195,4 +202,6 @@ def disk_usage(
         snapshot_bytes=sum(snap_sizes.values()),
         shared_snapshot_bytes=sum(snap_sizes[c] for c, n in chain_users.items() if n > 1),
         snapshots_available=snapshots is not None,
+        selected_content_bytes=sum(files[b] for b in sel_blobs),
+        selected_snapshot_bytes=sum(snap_sizes[c] for c in sel_chains),
     )

@@ -820,6 +820,11 @@ def _exact(
 # ---- plan assembly
 
 
+def _secs(x: float) -> str:
+    """Seconds for a reason text: two decimals below 10 s (small penalties stay visible)."""
+    return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
+
+
 def _reason(cat: _Catalog, st: _State, i: int, budget: int | None) -> str:
     img = cat.images[i]
     d = st.dec[i]
@@ -829,7 +834,7 @@ def _reason(cat: _Catalog, st: _State, i: int, budget: int | None) -> str:
     if cat.forced[i] is not None:
         text = f"requested: {img.mode_request}"
         if d == FETCH and st.pen[i] > 0:
-            text += f" (first start unpacks for {st.pen[i]:.1f} s)"
+            text += f" (first start unpacks for {_secs(st.pen[i])})"
         return text
     free = None if budget is None else budget - st.disk
     if d == PULL:
@@ -840,7 +845,7 @@ def _reason(cat: _Catalog, st: _State, i: int, budget: int | None) -> str:
         saved = model.fetch_penalty(u)
         if saved <= 0:
             return "pulled: its layers are unpacked for other images anyway"
-        return f"fits: saves {saved:.1f} s x priority {img.priority:g}"
+        return f"fits: saves {_secs(saved)} x priority {img.priority:g}"
     if d == FETCH:
         need = st.pull_bytes(i)
         if free is not None and need > free:

@@ -258,6 +258,9 @@ def verify(
     for d in sorted(damaged):
         with contextlib.suppress(NotFoundError):
             content.delete(Digest.parse(d))
+    collect = getattr(store, "collect_garbage", None)
+    if damaged and callable(collect):
+        collect()  # containerd: the damaged files must be gone before they are fetched again
     all_records = store.images.list()
     fetched: set[str] = set()
     errors: dict[str, str] = {}

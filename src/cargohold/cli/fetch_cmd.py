@@ -104,8 +104,9 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
                     else f"{human_bytes(r.bytes_transferred)} transferred")
             out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
                      f"{human_bytes(r.bytes_total)}  ({what})")
-        for f in failed:
-            out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
+        if len(results) > 1:  # a lone failure is the command's error, printed once by main
+            for f in failed:
+                out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
         rate = transferred / elapsed / (1 << 20) if elapsed > 0 else 0.0
         out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)} ({rate:.1f} MiB/s)")
     if failed:

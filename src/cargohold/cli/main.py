@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +108,21 @@ def _register_commands() -> None:
 #: Modules under cargohold.cli that define commands (kept in one place).
 COMMAND_MODULES: tuple[str, ...] = (
     "fetch_cmd", "images_cmd", "content_cmd", "gc_cmd", "plan_cmd", "unpack_cmd",
-    "containers_cmd",
+    "containers_cmd", "bake_cmd", "calibrate_cmd", "bench_cmd",
 )
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (systemd stop, a build system's timeout, kill) is handled like Ctrl-C: the
+    command stops its workers, removes what it had half-written and exits 130."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
     _register_commands()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
     out = Output(json_mode=json_mode)
     try:

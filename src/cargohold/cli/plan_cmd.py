@@ -13,9 +13,11 @@ from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.resources import open_store, registry_client
-from cargohold.errors import BudgetError, DigestMismatchError, NotFoundError
+from cargohold.errors import BudgetError, DigestMismatchError, InvalidInputError, NotFoundError
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.spec import load_spec, parse_size
+from cargohold.plan import CostModel
+from cargohold.settings import Settings
+from cargohold.spec import CacheSpec, load_spec, parse_size
 
 _json_option = click.option("--json", "json_local", is_flag=True, default=False,
                             help="Machine-readable output on stdout (same as the global --json).")
@@ -45,13 +47,52 @@ def _snapshotter(root: Path) -> Iterator[Any | None]:
 
 @contextmanager
 def _existing_store(app: App) -> Iterator[Any | None]:
-    """The store if the root holds one (plan works without a store)."""
+    """containerd, or the embedded store if the root holds one (plan works without one)."""
     s = app.settings
+    if s.store == "containerd":
+        with open_store(s) as cstore:
+            yield cstore
+        return
     if s.store != "embedded" or not (Path(s.root) / "metadata.db").exists():
         yield None
         return
     with open_store(s) as store:
         yield store
+
+
+#: Spec globals that become settings (unless the same setting was given as a flag).
+SPEC_SETTINGS = ("store", "namespace", "platforms", "reserve", "jobs")
+
+
+def apply_spec_settings(s: Settings, spec: CacheSpec) -> None:
+    """The spec's globals override the environment and config files, not flags."""
+    values: dict[str, Any] = {
+        "store": spec.store,
+        "namespace": spec.namespace,
+        "platforms": [str(p) for p in spec.platforms] or None,
+        "reserve": str(spec.reserve) if spec.reserve is not None else None,
+        "jobs": spec.jobs,
+    }
+    for key in SPEC_SETTINGS:
+        value = values[key]
+        if value is not None and s.source_of(key) != "flag":
+            setattr(s, key, value)
+            s.sources[key] = f"spec {spec.path}"
+
+
+def cost_model_for(root: Path) -> tuple[CostModel, str]:
+    """The planner's cost model: the last `calibrate` / `bench` on this root, else defaults."""
+    from cargohold.calibration import cost_model
+    from cargohold.plan import DEFAULT_MODEL
+
+    try:
+        model, cal = cost_model(root)
+    except InvalidInputError as e:  # a damaged calibration must not stop a build
+        return DEFAULT_MODEL, f"default unpack throughput ({e.message}; run `cargohold calibrate`)"
+    if cal is None:
+        return model, "default unpack throughput (run `cargohold calibrate` to measure it)"
+    return model, (f"unpack throughput {model.unpack_throughput / 1e6:.0f} MB/s "
+                   f"(measured by {cal.source} on {cal.measured_at})")
 
 
 @cli.command("plan")
@@ -76,8 +117,11 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
     spec = load_spec(spec_file)
     limit = parse_size(budget) if budget is not None else spec.budget
     s = app.settings
+    apply_spec_settings(s, spec)
+    model, model_note = cost_model_for(Path(s.root))
     plats = [parse_platform(p) for p in (platforms or s.platforms)] or [host_platform()]
-    with _existing_store(app) as store, _snapshotter(Path(s.root)) as sn:
+    with _existing_store(app) as store, _snapshotter(Path(s.root)) as local_sn:
+        sn = store.snapshots if s.store == "containerd" and store is not None else local_sn
         measured = measured_ratio(store, sn) if store is not None and sn is not None else None
         ratio = measured or DEFAULT_UNPACK_RATIO
         client = registry_client(s)
@@ -86,13 +130,16 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                                    ratio=ratio, snapshots=sn)
         finally:
             client.close()
-    result = plan([c.image for c in catalog], limit)
+    result = plan([c.image for c in catalog], limit, model=model)
     if json_mode:
         doc = result.to_json()
         for img, c in zip(doc["images"], catalog, strict=True):
             img["platforms"] = list(c.platforms)
             img["digest"] = str(c.target.digest)
             img["measured_chains"] = c.measured_chains
+            img["blob_sized_chains"] = c.blob_sized_chains
+        doc["model"] = {"unpack_throughput": model.unpack_throughput,
+                        "per_image_overhead": model.per_image_overhead, "source": model_note}
         doc["unpack_ratio"] = ratio
         doc["unpack_ratio_measured"] = measured is not None
         doc["spec"] = str(spec_file)
@@ -116,6 +163,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                      f"{result.algorithm}")
         how = "measured on this store" if measured is not None else "default"
         app.out.info(f"unpacked sizes not measured are estimated at {ratio:.2f}x compressed ({how})")
+        app.out.info(f"penalties: {model_note}")
     if not result.feasible:
         raise BudgetError(result.reason)
 

@@ -160,3 +160,44 @@ def open_decompressed(stream: BinaryIO | Reader, media_type: str) -> Decompresse
         reader = dctx.stream_reader(source, read_size=CHUNK, read_across_frames=True, closefd=False)
         return DecompressedStream(reader, declared, detected)
     return DecompressedStream(src, declared, detected)
+
+
+#: Bytes of a blob's start and end that :func:`uncompressed_size_hint` needs.
+HINT_HEAD = 18
+HINT_TAIL = 4
+
+
+def uncompressed_size_hint(head: bytes, tail: bytes, size: int) -> int | None:
+    """The uncompressed (tar) size of a layer blob of ``size`` bytes from its first
+    :data:`HINT_HEAD` and last :data:`HINT_TAIL` bytes, without inflating it; None when the
+    blob does not tell.
+
+    * plain tar: ``size``;
+    * gzip: the trailer's ISIZE (the input size mod 2**32). Taken when it is at least
+      ``size`` (gzip never shrinks data by much less than nothing); below that it is
+      either a wrapped size of a layer over 4 GiB (then the smallest ``ISIZE + k * 2**32``
+      >= ``size``, only for blobs of 2 GiB and more) or the last member of a multi-member
+      stream (unknown: None);
+    * zstd: the first frame's Frame_Content_Size when the header has it and it is at least
+      ``size`` (a multi-frame stream's first frame is smaller: None).
+    """
+    fmt = detect_compression(head)
+    if fmt == "none":
+        return size
+    if fmt == "gzip":
+        if len(tail) < 4 or size < 18:
+            return None
+        isize = int.from_bytes(tail[-4:], "little")
+        if isize >= size:
+            return isize
+        if size >= 1 << 31:
+            k = -(-(size - isize) // (1 << 32))
+            return isize + k * (1 << 32)
+        return None
+    import zstandard
+
+    try:
+        fcs = int(zstandard.frame_content_size(head))
+    except zstandard.ZstdError:
+        return None
+    return fcs if fcs >= size else None

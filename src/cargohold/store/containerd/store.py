@@ -62,6 +62,14 @@ class ContainerdStore:
     def from_settings(cls, settings: Settings) -> ContainerdStore:
         return cls(settings.address, settings.namespace, settings.snapshotter)
 
+    def collect_garbage(self) -> None:
+        """Run containerd's garbage collector now and wait for it (a lease deleted with
+        ``sync``). Deleting a blob only drops this namespace's reference; the file goes when
+        the collector runs, and until then writing the same digest again would find the
+        old file "already present"."""
+        lease = self.leases.create(labels={"cargohold/purpose": "collect-garbage"})
+        self.leases.delete(lease.id, sync=True)
+
     def version(self) -> ServerVersion:
         return self.client.version()
 

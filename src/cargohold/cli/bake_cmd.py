@@ -1,0 +1,177 @@
+"""`cargohold bake SPEC`: plan, fetch, unpack, record, verify and report (see cargohold.bake)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cargohold.bake import BakeEvents, BakeImage, BakeOptions, Baker, BakeReport, write_json_atomic
+from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
+from cargohold.cli.main import App, cli, pass_app
+from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
+from cargohold.cli.progress import FetchProgress
+from cargohold.cli.resources import open_store, registry_client, reserve_bytes
+from cargohold.cli.unpack_cmd import summary_line, unpack_lease
+from cargohold.errors import BudgetError, PartialFailureError
+from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.spec import format_size, load_spec, parse_size
+from cargohold.unpack.image import UnpackResult
+
+
+class _BakeProgress(BakeEvents):
+    def __init__(self, out: Output) -> None:
+        self.out = out
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if self.out.json_mode:
+            self.out.event("phase", phase=name)
+        else:
+            self.out.info(f"== {name}" + (f": {detail}" if detail else ""))
+
+    def unpacked(self, image: BakeImage, result: UnpackResult) -> None:
+        if self.out.json_mode:
+            self.out.event("unpacked", name=image.name, **result.to_json())
+        elif result.already_unpacked:
+            self.out.debug(summary_line(image.name, result))
+        else:
+            self.out.info(summary_line(image.name, result))
+
+
+@cli.command("bake")
+@click.argument("spec_file", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--budget", default=None, help="Disk budget (e.g. 20GiB) [default: the spec's].")
+@click.option("--platform", "platforms", multiple=True,
+              help="os/arch[/variant] for images the spec gives none (repeatable) "
+                   "[default: the spec's, settings, else this host's].")
+@click.option("--report", "report_file", type=click.Path(path_type=Path), default=None,
+              help="Write the bake report (JSON) to this file.")
+@click.option("--replan", is_flag=True,
+              help="Plan afresh instead of reusing the last bake's plan of this spec.")
+@click.option("--no-verify", is_flag=True, help="Skip re-hashing the baked images.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Parallel downloads and layer applies [default: the spec's, else 4].")
+@click.option("--cri-records/--no-cri-records", "cri", default=None,
+              help="Write CRI's records and pin critical images "
+                   "[default: on with --store containerd, off otherwise].")
+@click.option("--json", "json_local", is_flag=True, default=False,
+              help="Machine-readable output on stdout (same as the global --json).")
+@registry_options
+@pass_app
+def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, ...],
+                 report_file: Path | None, replan: bool, no_verify: bool, jobs: int | None,
+                 cri: bool | None, json_local: bool, plain_http: bool | None,
+                 insecure_skip_verify: bool | None, hosts_dir: str | None,
+                 authfile: str | None) -> None:
+    """Build the image cache of SPEC within its disk budget: plan, fetch, unpack, verify."""
+    out = app.out
+    if json_local:
+        out.json_mode = True
+        out.live = False
+    apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
+                           hosts_dir=hosts_dir, authfile=authfile)
+    spec = load_spec(spec_file)
+    s = app.settings
+    apply_spec_settings(s, spec)
+    if jobs is not None:
+        s.jobs = jobs
+    limit = parse_size(budget) if budget is not None else spec.budget
+    plats = [parse_platform(p) for p in (platforms or s.platforms)] or [host_platform()]
+    model, model_note = cost_model_for(Path(s.root))
+    containerd = s.store == "containerd"
+    options = BakeOptions(
+        budget=limit,
+        reserve=reserve_bytes(s),
+        jobs=s.jobs,
+        default_platforms=plats,
+        replan=replan,
+        verify=not no_verify,
+        cri_records=containerd if cri is None else cri,
+        model=model,
+    )
+    out.info(f"baking {spec.path} into the {s.store} store"
+             + (f" (namespace {s.namespace})" if containerd else f" at {s.root}")
+             + f"; budget {format_size(limit) if limit is not None else 'none'}; {model_note}")
+    progress = FetchProgress(out)
+    with open_store(s) as store:
+        client = registry_client(s)
+        try:
+            baker = Baker(
+                spec, store, client,
+                root=Path(s.root),
+                store_kind=s.store,
+                namespace=s.namespace,
+                options=options,
+                events=_BakeProgress(out),
+                fetch_events=progress,
+                fetch_scope=lambda: progress,
+                unpack_scope=lambda: unpack_lease(store),
+            )
+            report = baker.run()
+        finally:
+            client.close()
+    if report_file is not None:
+        write_json_atomic(report_file, report.to_json())
+    _print(out, report)
+    if report_file is not None:
+        out.info(f"report written to {report_file}")
+    _raise_outcome(report)
+
+
+def _print(out: Output, r: BakeReport) -> None:
+    if out.json_mode:
+        out.json({"event": "summary", **r.to_json()})
+        return
+    rows = []
+    for i in r.images:
+        rows.append((
+            i.name, i.decision, i.digest[7:19] if i.digest.startswith("sha256:") else i.digest,
+            human_bytes(i.content_bytes) if i.status == "ok" else "-",
+            human_bytes(i.snapshot_bytes) if i.decision == "pull" and i.status == "ok" else "-",
+            f"{i.fetch_seconds:.2f} s" if i.fetch else "-",
+            f"{i.unpack_seconds:.2f} s" if i.unpack else "-",
+            i.status if i.status != "failed" or not i.error else f"failed: {i.error['message']}",
+        ))
+    out.table(["IMAGE", "MODE", "DIGEST", "CONTENT", "SNAPSHOTS", "FETCH", "UNPACK", "STATUS"],
+              rows)
+    line = (f"{len(r.ok)} of {len(r.images)} images baked ({r.count('pull')} pulled, "
+            f"{r.count('fetch')} fetched, {r.count('skip')} skipped"
+            + (f", {len(r.failed)} failed" if r.failed else "") + "): "
+            f"content {human_bytes(r.content_bytes)} + snapshots {human_bytes(r.snapshot_bytes)}"
+            f" = {human_bytes(r.total_bytes)}")
+    if r.budget is not None:
+        line += f" of {human_bytes(r.budget)} budget"
+        line += (f" (OVER by {human_bytes(r.over_budget)})" if r.over_budget
+                 else f" ({human_bytes(r.budget - r.total_bytes)} free)")
+    out.data(line)
+    transferred = sum(i.bytes_transferred for i in r.images)
+    penalty = r.plan.get("total_penalty")
+    out.data(f"transferred {human_bytes(transferred)} in {r.seconds:.1f} s; expected first-start"
+             f" penalty {float(penalty or 0):.1f} s (priority-weighted); "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()))
+    if r.plan_reused:
+        out.info("reused the plan of the last bake of this spec (--replan to plan again)")
+    if r.nothing_done:
+        out.data("nothing to do: every image of the spec was already baked (verified)")
+
+
+def _raise_outcome(r: BakeReport) -> None:
+    if r.failed:
+        names = ", ".join(i.name for i in r.failed)
+        first = r.failed[0].exception
+        codes = {i.exception.exit_code for i in r.failed if i.exception is not None}
+        msg = f"{len(r.failed)} of {len(r.images)} images failed: {names}"
+        if not r.ok and len(codes) == 1 and first is not None:
+            raise first  # everything failed the same way: that error's exit code
+        raise PartialFailureError(
+            msg, hint="everything else is baked; fix the cause and run bake again to resume"
+        )
+    if r.over_budget:
+        raise BudgetError(
+            f"the baked images use {format_size(r.total_bytes)}, "
+            f"{format_size(r.over_budget)} over the budget of {format_size(r.budget or 0)}: "
+            "unpacked sizes were estimated when planning",
+            hint="run `cargohold bake --replan` (now with measured sizes) after `images rm` "
+                 "of some images, or raise the budget",
+        )
