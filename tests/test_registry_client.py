@@ -340,8 +340,15 @@ def test_head_without_digest_falls_back_to_get(pushed: tuple[Reference, HandImag
 def test_head_405_falls_back_to_get(pushed: tuple[Reference, HandImage], proxy: FaultProxy) -> None:
     ref, img = pushed
     proxy.add(Rule("status", method="HEAD", path="/manifests/", status=405))
-    d = make_client().resolve(ref_for(proxy.host, ref.repository))
+    c = make_client()
+    pref = ref_for(proxy.host, ref.repository)
+    d = c.resolve(pref)
     assert d.digest == img.root.digest and d.media_type == mt.OCI_MANIFEST
+    # The body the GET read serves the manifest fetch that follows: one GET, not two.
+    assert Digest.from_bytes(c.fetch_manifest(pref, d)) == d.digest
+    assert len(proxy.seen("GET", "/manifests/")) == 1
+    assert Digest.from_bytes(c.fetch_manifest(pref, d)) == d.digest  # then from the registry
+    assert len(proxy.seen("GET", "/manifests/")) == 2
 
 
 def test_get_fallback_sniffs_media_type(pushed: tuple[Reference, HandImage], proxy: FaultProxy) -> None:

@@ -21,6 +21,7 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,8 @@ class RegistryClient:
         self.credentials = credentials or CredentialStore(authfile)
         self.auth = Authorizer(self.transport, self.credentials)
         self._lock = threading.Lock()
+        # Manifest bodies a GET resolve read, for the fetch_manifest that follows (a few).
+        self._resolved_bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._endpoint_cache: dict[str, list[Endpoint]] = {}
         self._plain_fallback: set[str] = set()  # hosts found to speak plain HTTP
         self._down_until: dict[str, float] = {}
@@ -420,6 +423,10 @@ class RegistryClient:
                 f"manifest {ref}: the registry says {header_digest} but the content is {digest}"
             )
         self._check_ref_digest(ref, digest)
+        with self._lock:
+            self._resolved_bodies[(ref.name, str(digest))] = body
+            while len(self._resolved_bodies) > 16:
+                self._resolved_bodies.popitem(last=False)
         return Descriptor(media_type, digest, len(body))
 
     @staticmethod
@@ -439,6 +446,10 @@ class RegistryClient:
         """The bytes of manifest/index ``desc`` of ``ref``'s repository, verified."""
         if desc.size > MAX_MANIFEST_SIZE:
             raise self._too_large(desc.digest, desc.size)
+        with self._lock:
+            body = self._resolved_bodies.pop((ref.name, str(desc.digest)), None)
+        if body is not None and len(body) == desc.size:
+            return body  # read (and hashed to this digest) by a resolve that fell back to GET
         return self._try_endpoints(
             self.endpoints(ref, "pull"),
             lambda ep: self._read_retrying(
