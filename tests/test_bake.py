@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cargohold import __version__, errors
+from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from tests.rig.images import Pushed, push
+from tests.rig.images import Pushed, push, push_index
 from tests.rig.services import Registry
-from tests.test_fetch import CLI, cli, records, summary
+from tests.test_fetch import CLI, blob_files, cli, records, summary
 
 
 def spec_of(seed: int, size: int, layers: int = 1) -> ImageSpec:
@@ -33,8 +35,8 @@ LAYER_OVERHEAD = 16 << 10
 
 
 def write_spec(path: Path, budget: int | None, critical: list[Pushed], autos: list[Pushed],
-               extra: list[str] = ()) -> Path:  # type: ignore[assignment]
-    lines = ['platforms = ["linux/amd64"]']
+               extra: Sequence[str] = (), platforms: str | None = "linux/amd64") -> Path:
+    lines = [f'platforms = ["{platforms}"]'] if platforms else []
     if budget is not None:
         lines.append(f"budget = {budget}")
     for c in critical:
@@ -133,10 +135,78 @@ def test_bake_infeasible_budget_writes_nothing(registry: Registry, tmp_path: Pat
     crit = push(registry.host, spec_of(311, 200_000), tmp_path / "c")
     spec = write_spec(tmp_path / "cache.toml", 1000, [crit], [])
     root = tmp_path / "store"
-    p = cli(root, "bake", str(spec), "--plain-http")
+    rep = tmp_path / "r.json"
+    rep.write_text('{"stale": true}')
+    p = cli(root, "bake", str(spec), "--plain-http", "--report", str(rep))
     assert p.returncode == errors.BudgetError.exit_code, p.stderr
     assert "budget" in p.stderr
     assert records(root) == {}
+    assert blob_files(root) == {}  # nothing fetched
+    doc = report_of(rep)  # a report of the stopped bake replaces the stale one
+    assert doc["error"]["exit_code"] == errors.BudgetError.exit_code
+    assert doc["plan"]["feasible"] is False and "stale" not in doc
+
+
+def test_bake_counts_what_the_store_holds_already(registry: Registry, tmp_path: Path) -> None:
+    """An earlier bake pulled everything (no budget); a budget that fits exactly what is on
+    disk then must pass: pulled layers are paid already, the plan keeps them."""
+    imgs = [push(registry.host, spec_of(341 + i, 150_000 + 50_000 * i), tmp_path / f"i{i}")
+            for i in range(3)]
+    root = tmp_path / "store"
+    free = write_spec(tmp_path / "free.toml", None, [], imgs)
+    first = summary(cli(root, "--json", "bake", str(free), "--plain-http", check=True))
+    assert [i["mode"] for i in first["images"]] == ["pull"] * 3
+    on_disk = first["totals"]["total_bytes"]
+
+    tight = write_spec(tmp_path / "tight.toml", on_disk + 1000, [], imgs)
+    p = cli(root, "--json", "bake", str(tight), "--plain-http")
+    assert p.returncode == 0, p.stderr
+    s = summary(p)
+    assert s["plan"]["present_bytes"] > 0
+    assert [i["mode"] for i in s["images"]] == ["pull"] * 3
+    assert s["totals"]["total_bytes"] == on_disk and s["totals"]["over_budget_bytes"] == 0
+    assert s["nothing_done"] is True
+
+    # A budget below what is on disk: exit 11 before doing anything, saying so.
+    low = write_spec(tmp_path / "low.toml", on_disk // 2, [], imgs)
+    p = cli(root, "bake", str(low), "--plain-http")
+    assert p.returncode == errors.BudgetError.exit_code, p.stderr
+
+
+def test_shared_layers_are_paid_once(registry: Registry, tmp_path: Path) -> None:
+    small = samples.small_images()
+    pushed = [push(registry.host, small[k], tmp_path / k) for k in ("app-a", "app-b", "app-docker")]
+    root = tmp_path / "store"
+    spec = write_spec(tmp_path / "cache.toml", None, [], pushed)
+    s = summary(cli(root, "--json", "bake", str(spec), "--plain-http", check=True))
+    union = {str(d.digest): d.size for p in pushed for d in p.built.blobs_in_push_order()}
+    assert s["totals"]["content_bytes"] == sum(union.values())
+    per_image = sum(i["bytes"]["content"] for i in s["images"])
+    assert s["totals"]["content_bytes"] < per_image  # the base layer counted once
+    snaps = sum(i["bytes"]["snapshots"] for i in s["images"])
+    assert 0 < s["totals"]["snapshot_bytes"] < snaps
+    assert s["totals"]["bytes_transferred"] == sum(union.values())  # downloaded once
+
+
+def test_saved_plan_is_not_reused_for_another_budget_or_platform(registry: Registry,
+                                                                  tmp_path: Path) -> None:
+    idx = push_index(registry.host, samples.multiarch_images(), tmp_path / "idx")
+    root = tmp_path / "store"
+    spec = write_spec(tmp_path / "cache.toml", None, [], [idx], platforms=None)
+    amd = summary(cli(root, "--json", "bake", str(spec), "--plain-http", "--platform",
+                      "linux/amd64", check=True))
+    assert amd["images"][0]["platforms"] == ["linux/amd64"]
+    again = summary(cli(root, "--json", "bake", str(spec), "--plain-http", "--platform",
+                        "linux/amd64", check=True))
+    assert again["plan_reused"] is True
+    arm = summary(cli(root, "--json", "bake", str(spec), "--plain-http", "--platform",
+                      "linux/arm/v7", check=True))
+    assert arm["plan_reused"] is False
+    assert arm["images"][0]["platforms"] == ["linux/arm/v7"]
+    assert arm["images"][0]["unpack"][0]["platform"] == "linux/arm/v7"
+    big = summary(cli(root, "--json", "bake", str(spec), "--plain-http", "--platform",
+                      "linux/arm/v7", "--budget", "1GiB", check=True))
+    assert big["plan_reused"] is False
 
 
 def test_bake_keeps_what_succeeded_when_an_image_fails(registry: Registry,

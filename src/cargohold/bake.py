@@ -43,18 +43,18 @@ from pathlib import Path
 from typing import Any
 
 from cargohold import __version__
-from cargohold.catalog import CatalogImage, measured_ratio, resolve_spec
+from cargohold.catalog import CatalogImage, measured_ratio, plan_catalog, resolve_spec
 from cargohold.du import disk_usage
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
+    ConflictError,
     DigestMismatchError,
-    InvalidInputError,
     OutOfSpaceError,
 )
 from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
 from cargohold.oci.descriptor import Platform
-from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, Decision, plan
+from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, Decision
 from cargohold.spec import CacheSpec, ImageEntry, format_size
 from cargohold.unpack.image import Unpacker, UnpackResult
 from cargohold.verify import Problem, verify
@@ -70,8 +70,9 @@ def _now() -> str:
 
 
 def spec_digest(spec: CacheSpec) -> str:
-    """sha256 of the spec file's bytes (what a reused plan is keyed by)."""
-    return "sha256:" + hashlib.sha256(Path(spec.path).read_bytes()).hexdigest()
+    """sha256 of the spec file's bytes as :func:`~cargohold.spec.load_spec` read them (what
+    a reused plan is keyed by); of the spec's path for a spec parsed from text."""
+    return spec.digest or "sha256:" + hashlib.sha256(spec.path.encode()).hexdigest()
 
 
 def state_path(root: Path, spec: CacheSpec, store: str, namespace: str) -> Path:
@@ -86,6 +87,9 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, sort_keys=False)
             f.write("\n")
@@ -324,16 +328,19 @@ class Baker:
         self.unpack_scope = unpack_scope
         self.fetch_scope = fetch_scope
         self.unresolved: list[tuple[ImageEntry, CargoholdError]] = []
+        self.report: BakeReport | None = None
 
     # ------------------------------------------------------------ phases
 
     def run(self) -> BakeReport:
+        """Bake (see the module docstring). The report so far is ``self.report`` also when
+        this raises (BudgetError, OutOfSpaceError, an interrupt)."""
         start = time.monotonic()
         phases: dict[str, float] = {}
         with self._timed(phases, "plan"):
             catalog = self._catalog()
             plan_doc, reused = self._plan(catalog)
-        report = BakeReport(
+        report = self.report = BakeReport(
             spec=self.spec.path,
             spec_digest=spec_digest(self.spec),
             store=self.store_kind,
@@ -345,8 +352,21 @@ class Baker:
             images=self._images(catalog, plan_doc),
             phases=phases,
         )
-        if not plan_doc["feasible"]:
-            raise BudgetError(str(plan_doc["reason"]))
+        try:
+            self._bake(report, catalog, phases)
+        except BaseException:
+            # A bake that did not finish resumes with its plan unless the plan itself is
+            # what failed (then the next bake plans afresh).
+            report.seconds = time.monotonic() - start
+            raise
+        report.seconds = time.monotonic() - start
+        return report
+
+    def _bake(self, report: BakeReport, catalog: list[CatalogImage],
+              phases: dict[str, float]) -> None:
+        if not report.plan["feasible"]:
+            self._save_state(report, catalog, status="failed")
+            raise BudgetError(str(report.plan["reason"]))
         self._check_free_space(report)
         self._save_state(report, catalog, status="baking")
 
@@ -354,7 +374,11 @@ class Baker:
             self._fetch(report)
         if not report.plan.get("refined"):
             with self._timed(phases, "replan"):
-                self._refine(report)
+                try:
+                    self._refine(report, catalog)
+                except BudgetError:
+                    self._save_state(report, catalog, status="failed")
+                    raise
             self._save_state(report, catalog, status="baking")
         with self._timed(phases, "unpack"):
             self._unpack(report)
@@ -366,9 +390,8 @@ class Baker:
         for img in report.images:
             if img.status == "pending":
                 img.status = "ok"
-        report.seconds = time.monotonic() - start
+        # A bake with failures plans afresh next time (with what it did keep as present).
         self._save_state(report, catalog, status="failed" if report.failed else "complete")
-        return report
 
     @contextmanager
     def _timed(self, phases: dict[str, float], name: str) -> Iterator[None]:
@@ -382,47 +405,67 @@ class Baker:
     def _snapshots(self) -> Any | None:
         return getattr(self.store, "snapshots", None)
 
-    def _catalog(self) -> list[CatalogImage]:
-        """The resolved entries; those that cannot be resolved go to ``self.unresolved``
-        (reported as failed, the others baked)."""
+    def _resolve(self, spec: CacheSpec,
+                 failures: list[tuple[ImageEntry, CargoholdError]]) -> list[CatalogImage]:
         sn = self._snapshots()
-        ratio = measured_ratio(self.store, sn) or DEFAULT_UNPACK_RATIO
         return resolve_spec(
-            self.spec,
+            spec,
             self.registry,
             store=self.store,
             default_platforms=self.options.default_platforms,
-            ratio=ratio,
+            ratio=measured_ratio(self.store, sn) or DEFAULT_UNPACK_RATIO,
             snapshots=sn,
-            failures=self.unresolved,
+            failures=failures,
         )
+
+    def _catalog(self) -> list[CatalogImage]:
+        """The resolved entries; those that cannot be resolved go to ``self.unresolved``
+        (reported as failed, the others baked)."""
+        return self._resolve(self.spec, self.unresolved)
 
     def _state_file(self) -> Path:
         return state_path(self.root, self.spec, self.store_kind, self.namespace)
 
+    def _options_key(self) -> dict[str, Any]:
+        """What, besides the spec and the digests, a saved plan was made for."""
+        sn = self._snapshots()
+        return {
+            "budget": self.options.budget,
+            "snapshotter": str(getattr(sn, "name", "")),
+            "cri_records": self.options.cri_records,
+        }
+
     def _plan(self, catalog: list[CatalogImage]) -> tuple[dict[str, Any], bool]:
-        digests = {c.image.name: str(c.target.digest) for c in catalog}
+        """The saved plan of this spec if it still applies, else a new one."""
         if not self.options.replan:
             saved = self._load_state()
-            if (
-                saved is not None
-                and saved.get("digests") == digests
-                and saved.get("budget") == self.options.budget
-            ):
+            if saved is not None and self._applies(saved, catalog):
                 return dict(saved["plan"]), True
-        result = plan([c.image for c in catalog], self.options.budget, model=self.options.model)
-        doc = result.to_json()
-        for img, c in zip(doc["images"], catalog, strict=True):
-            img["platforms"] = list(c.platforms)
-            img["digest"] = str(c.target.digest)
-            img["measured_chains"] = c.measured_chains
-            img["blob_sized_chains"] = c.blob_sized_chains
+        _, doc = plan_catalog(catalog, self.options.budget, model=self.options.model)
         doc["refined"] = False
-        doc["model"] = {
-            "unpack_throughput": self.options.model.unpack_throughput,
-            "per_image_overhead": self.options.model.per_image_overhead,
-        }
         return doc, False
+
+    def _applies(self, saved: dict[str, Any], catalog: list[CatalogImage]) -> bool:
+        """A saved plan applies while its bake finished or was interrupted (not failed),
+        every image resolves to the digest and platforms it was planned with, and the
+        budget, snapshotter and record policy are the same. Images that cannot be resolved
+        now (a registry blip) are failed by this bake; the others keep their decisions."""
+        if saved.get("status") not in ("baking", "complete"):
+            return False
+        if saved.get("options") != self._options_key():
+            return False
+        digests = saved.get("digests") or {}
+        platforms = saved.get("platforms") or {}
+        for c in catalog:
+            name = c.image.name
+            if digests.get(name) != str(c.target.digest):
+                return False
+            if platforms.get(name) != list(c.platforms):
+                return False
+        planned = {str(r["name"]) for r in saved["plan"]["images"]}
+        return planned == {c.image.name for c in catalog} | {
+            str(e.ref) for e, _ in self.unresolved
+        }
 
     def _load_state(self) -> dict[str, Any] | None:
         path = self._state_file()
@@ -437,6 +480,8 @@ class Baker:
         return doc
 
     def _save_state(self, report: BakeReport, catalog: list[CatalogImage], status: str) -> None:
+        if self.unresolved and not report.plan_reused:
+            return  # never replace a plan with one made while some images did not resolve
         write_json_atomic(self._state_file(), {
             "version": STATE_VERSION,
             "status": status,
@@ -445,8 +490,9 @@ class Baker:
             "spec_digest": report.spec_digest,
             "store": self.store_kind,
             "namespace": self.namespace,
-            "budget": self.options.budget,
+            "options": self._options_key(),
             "digests": {c.image.name: str(c.target.digest) for c in catalog},
+            "platforms": {c.image.name: list(c.platforms) for c in catalog},
             "plan": report.plan,
         })
 
@@ -454,9 +500,7 @@ class Baker:
         rows = {str(r["name"]): r for r in plan_doc["images"]}
         out: list[BakeImage] = []
         for c in catalog:
-            r = rows.get(c.image.name)
-            if r is None:  # pragma: no cover - a reused plan always covers the digests
-                raise InvalidInputError(f"saved plan has no entry for {c.image.name}")
+            r = rows[c.image.name]
             decision: Decision = r["decision"]
             out.append(BakeImage(
                 name=c.image.name,
@@ -481,20 +525,14 @@ class Baker:
         return out
 
     def _check_free_space(self, report: BakeReport) -> None:
-        """Embedded store: the plan's bytes not yet on disk must fit the free space less
-        the reserve (containerd's disk is not ours to see)."""
+        """Embedded store: the plan's bytes not on disk yet must fit the free space less the
+        reserve (containerd's disk is not ours to see)."""
         if not self.options.check_free_space or self.store_kind != "embedded":
             return
-        existing = {i.name for i in self.store.images.list()}
-        names = [i.name for i in report.images if i.status != "skipped" and i.name in existing]
-        have = 0
-        if names:
-            usage = disk_usage(self.store, names, snapshots=self._snapshots())
-            have = usage.selected_content_bytes + usage.selected_snapshot_bytes
         need = int(report.plan.get("total_bytes") or 0)
+        new = max(0, need - int(report.plan.get("present_bytes") or 0))
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
-        new = max(0, need - have)
         if new + self.options.reserve > free:
             raise OutOfSpaceError(
                 f"the plan needs {format_size(new)} more on {self.root} but only "
@@ -510,7 +548,7 @@ class Baker:
         entries = self._entries()
         groups: dict[tuple[tuple[Platform, ...], bool], list[BakeImage]] = {}
         for img in report.images:
-            if img.decision == "skip":
+            if img.decision == "skip" or img.status != "pending":
                 continue
             plats = self.spec.platforms_for(entries[img.name]) or tuple(
                 self.options.default_platforms
@@ -540,61 +578,59 @@ class Baker:
                     img = by_name[res.name]
                     img.fetch = res
                     if str(res.target.digest) != img.digest:
-                        img.digest = str(res.target.digest)  # the tag moved since planning
+                        _fail(img, ConflictError(
+                            f"{img.name} moved from {img.digest} (planned) to "
+                            f"{res.target.digest} during the bake",
+                            hint="bake again: it plans the new digest",
+                        ))
 
-    def _refine(self, report: BakeReport) -> None:
-        """Plan again over the fetched images, now with every layer's tar size read off its
-        blob (exact where the first plan estimated), each at least fetched: pull decisions
-        move to where they pay most, skipped images stay skipped. An infeasible result (the
-        critical images alone are bigger than estimated) raises BudgetError; what was
-        fetched is kept."""
+    def _refine(self, report: BakeReport, catalog: list[CatalogImage]) -> None:
+        """Plan again with every fetched layer's tar size read off its blob (exact where the
+        first plan estimated) and everything now in the store as a fixed cost: each fetched
+        image at least fetched, pull decisions moved to where they pay most; images not
+        fetched keep their decision. An infeasible result (the critical images are bigger
+        than estimated) raises BudgetError; what was fetched is kept."""
         fetched = [i for i in report.images if i.fetch is not None and i.status == "pending"]
+        doc = report.plan
         if not fetched:
-            report.plan["refined"] = True
+            doc["refined"] = True
             return
+        names = {i.name for i in fetched}
         entries = self._entries()
-        sub = replace(self.spec, images=tuple(entries[i.name] for i in fetched))
+        sub = replace(self.spec, images=tuple(entries[n] for n in names))
         failures: list[tuple[ImageEntry, CargoholdError]] = []
-        catalog = resolve_spec(
-            sub,
-            self.registry,
-            store=self.store,
-            default_platforms=self.options.default_platforms,
-            ratio=measured_ratio(self.store, self._snapshots()) or DEFAULT_UNPACK_RATIO,
-            snapshots=self._snapshots(),
-            failures=failures,
-        )
+        now = self._resolve(sub, failures)
         by_name = {i.name: i for i in report.images}
         for entry, error in failures:
             _fail(by_name[str(entry.ref)], error)
-        result = plan([c.image for c in catalog], self.options.budget,
-                      model=self.options.model, allow_skip=False)
+        others = [c for c in catalog if c.image.name not in names]
+        result, sub_doc = plan_catalog(now, self.options.budget, model=self.options.model,
+                                       allow_skip=False, also_present=others)
         if not result.feasible:
-            raise BudgetError(f"{result.reason} (layer sizes read off the fetched blobs)",
-                              hint="the fetched content is kept; raise the budget or drop "
-                                   "images, then bake again")
-        doc = report.plan
+            raise BudgetError(
+                f"{result.reason} (with the layer sizes read off the fetched blobs)",
+                hint="the fetched content is kept; raise the budget or drop images from the "
+                     "spec (the next bake plans afresh)",
+            )
         rows = {str(r["name"]): r for r in doc["images"]}
         skipped_penalty = sum(
             float(r["priority"]) * float(r["penalty_seconds"])
-            for name, r in rows.items() if r["decision"] == "skip"
+            for name, r in rows.items() if name not in names
         )
-        for ip, c in zip(result.images, catalog, strict=True):
-            row = rows[ip.name]
-            row.update(ip.to_json())
-            row["measured_chains"] = c.measured_chains
-            row["blob_sized_chains"] = c.blob_sized_chains
-            img = by_name[ip.name]
-            img.decision = ip.decision
-            img.planned_compressed_bytes = ip.compressed_bytes
-            img.planned_unpacked_bytes = ip.unpacked_bytes
-            img.penalty_seconds = ip.penalty_seconds
+        for new in sub_doc["images"]:
+            rows[str(new["name"])].update(new)
+            img = by_name[str(new["name"])]
+            img.decision = new["decision"]
+            img.planned_compressed_bytes = int(new["compressed_bytes"])
+            img.planned_unpacked_bytes = int(new["unpacked_bytes"])
+            img.penalty_seconds = float(new["penalty_seconds"])
         doc.update(
-            content_bytes=result.content_bytes,
-            snapshot_bytes=result.snapshot_bytes,
-            total_bytes=result.total_bytes,
-            total_penalty=result.total_penalty + skipped_penalty,
-            algorithm=f"{result.algorithm}; re-planned after the fetch with layer sizes "
+            content_bytes=sub_doc["content_bytes"],
+            snapshot_bytes=sub_doc["snapshot_bytes"],
+            total_bytes=sub_doc["total_bytes"],
+            present_bytes=sub_doc["present_bytes"],
+            total_penalty=float(sub_doc["total_penalty"]) + skipped_penalty,
+            algorithm=f"{sub_doc['algorithm']}; re-planned after the fetch with layer sizes "
                       "read off the blobs",
             refined=True,
         )
@@ -624,16 +660,20 @@ class Baker:
                         self.events.unpacked(img, res)
                 except CargoholdError as e:
                     _fail(img, e)
+                except Exception as e:  # one image's bug must not take the others down
+                    _fail(img, CargoholdError(f"unpack of {img.name} failed: {e!r}"))
 
-            with ThreadPoolExecutor(max_workers=max(1, min(len(todo), opts.jobs)),
-                                    thread_name_prefix="bake-unpack") as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), opts.jobs)),
+                                      thread_name_prefix="bake-unpack")
+            try:
                 futs = [pool.submit(contextvars.copy_context().run, one, i) for i in todo]
                 for fut in futs:
-                    try:
-                        fut.result()
-                    except KeyboardInterrupt:
-                        unpacker.cancel.set()
-                        raise
+                    fut.result()
+            except BaseException:
+                unpacker.cancel.set()  # running unpacks stop and clean up
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
 
     def _verify(self, report: BakeReport) -> None:
         names = [i.name for i in report.images if i.status == "pending"]
@@ -645,10 +685,16 @@ class Baker:
         for p in problems:
             img = by_name.get(p.image)
             if img is not None and img.status == "pending":
-                _fail(img, DigestMismatchError(f"verify: {p.kind}: {p.message}"))
+                _fail(img, DigestMismatchError(
+                    f"verify: {p.kind}: {p.message}",
+                    hint="run `cargohold verify --repair` to fetch damaged blobs again",
+                ))
 
     def _measure(self, report: BakeReport) -> None:
-        names = [i.name for i in report.images if i.status in ("pending", "ok")]
+        """The disk the spec's images use: every one with a record, whatever this bake
+        decided for it (an image fetched or pulled by an earlier bake still takes disk)."""
+        recorded = {i.name for i in self.store.images.list()}
+        names = [i.name for i in report.images if i.name in recorded]
         sn = self._snapshots()
         usage = disk_usage(self.store, names or None, snapshots=sn)
         rows = {u.name: u for u in usage.images}

@@ -44,7 +44,15 @@ from cargohold.oci.manifest import (
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
-from cargohold.plan import DEFAULT_UNPACK_RATIO, PlanImage, estimate_unpacked
+from cargohold.plan import (
+    DEFAULT_MODEL,
+    DEFAULT_UNPACK_RATIO,
+    CostModel,
+    Plan,
+    PlanImage,
+    estimate_unpacked,
+    plan,
+)
 from cargohold.spec import CacheSpec, ImageEntry
 from cargohold.store.interfaces import ContentStore, ImageStore
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
@@ -54,6 +62,8 @@ __all__ = [
     "chain_layer_sizes",
     "layer_chains",
     "measured_ratio",
+    "plan_catalog",
+    "present_footprint",
     "resolve_spec",
     "snapshotter_of",
     "usage_excludes_parents",
@@ -95,6 +105,10 @@ class CatalogImage:
     measured_chains: int
     #: Layers sized by their tar size read off a blob in the store (the rest: estimated).
     blob_sized_chains: int = 0
+    #: ``(digest, size)`` of its blobs the store holds already, and ``(chain ID, size)`` of
+    #: its chains the snapshotter has committed: disk that is used whatever the plan says.
+    present_blobs: tuple[tuple[str, int], ...] = ()
+    present_chains: tuple[tuple[str, int], ...] = ()
 
 
 def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
@@ -271,8 +285,12 @@ def resolve_entry(
     else:
         manifests.append((root, parsed))
     chains: dict[str, int] = {}
+    present_chains: dict[str, int] = {}
     plats: list[str] = []
     measured = from_blob = 0
+    # A full-copy snapshotter keeps every chain as a whole tree: a chain costs the sum of
+    # its layers; overlay-like ones keep each layer once.
+    cumulative = snapshots is not None and not usage_excludes_parents(snapshots)
     for mdesc, m in manifests:
         blobs.setdefault(str(m.config.digest), m.config.size)
         for layer in m.layers:
@@ -281,18 +299,22 @@ def resolve_entry(
         plats.append(str(mdesc.platform) if mdesc.platform else str(cfg.platform))
         pairs = layer_chains(cfg, m)
         sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
+        below = 0
         for (c, layer), size in zip(pairs, sizes, strict=True):
-            if str(c) in chains:
-                continue
+            committed = size is not None
             if size is None:
                 size = local_tar_size(resolver.content, layer)
                 if size is None:
                     size = estimate_unpacked(layer.size, ratio)
-                else:
+                elif str(c) not in chains:
                     from_blob += 1
-            else:
+            elif str(c) not in chains:
                 measured += 1
-            chains[str(c)] = size
+            below += size
+            cost = below if cumulative else size
+            chains.setdefault(str(c), cost)
+            if committed:
+                present_chains.setdefault(str(c), cost)
     image = PlanImage(
         name=name,
         critical=critical,
@@ -301,7 +323,40 @@ def resolve_entry(
         blobs=list(blobs.items()),
         chains=list(chains.items()),
     )
-    return CatalogImage(image, root, tuple(sorted(set(plats))), measured, from_blob)
+    present_blobs = tuple(
+        (d, size) for d, size in blobs.items() if _has_blob(resolver.content, d, size)
+    )
+    return CatalogImage(image, root, tuple(sorted(set(plats))), measured, from_blob,
+                        present_blobs, tuple(present_chains.items()))
+
+
+def _has_blob(content: ContentStore | None, digest: str, size: int) -> bool:
+    if content is None:
+        return False
+    try:
+        return content.info(Digest.parse(digest)).size == size
+    except CargoholdError:
+        return False
+
+
+#: The name of :func:`present_footprint`'s pseudo-image (never a valid reference).
+PRESENT_NAME = "(already in the store)"
+
+
+def present_footprint(catalog: Sequence[CatalogImage]) -> PlanImage | None:
+    """What the store already holds of the catalog's images, as a pseudo-image the planner
+    must pull: its blobs and chains are disk in use whatever the plan decides (nothing is
+    deleted), so an image sharing them pays nothing more for them, and pulling an image
+    whose chains are all committed is free. None when the store holds nothing of them."""
+    blobs: dict[str, int] = {}
+    chains: dict[str, int] = {}
+    for c in catalog:
+        blobs.update(c.present_blobs)
+        chains.update(c.present_chains)
+    if not blobs and not chains:
+        return None
+    return PlanImage(name=PRESENT_NAME, priority=0.0, mode_request="pull",
+                     blobs=list(blobs.items()), chains=list(chains.items()))
 
 
 def resolve_spec(
@@ -350,3 +405,43 @@ def resolve_spec(
             continue
         out.append(resolved)
     return out
+
+
+def plan_catalog(
+    catalog: Sequence[CatalogImage],
+    budget: int | None,
+    *,
+    model: CostModel = DEFAULT_MODEL,
+    allow_skip: bool = True,
+    also_present: Sequence[CatalogImage] = (),
+) -> tuple[Plan, dict[str, Any]]:
+    """Plan the catalog's images with what the store already holds of them as a fixed cost
+    (:func:`present_footprint`). Returns the plan and its JSON document: the images' rows
+    (the pseudo-image left out) with each image's ``platforms``, ``digest``,
+    ``measured_chains`` and ``blob_sized_chains``, the totals (which include the present
+    bytes), and ``present_bytes``. ``also_present``: other images whose present blobs and
+    chains count as fixed too (not planned)."""
+    fixed = present_footprint([*catalog, *also_present])
+    images = [c.image for c in catalog] + ([fixed] if fixed is not None else [])
+    result = plan(images, budget, model=model, allow_skip=allow_skip)
+    doc = result.to_json()
+    rows = [r for r in doc["images"] if r["name"] != PRESENT_NAME]
+    for row, c in zip(rows, catalog, strict=True):
+        committed = {ch for ch, _ in c.present_chains}
+        if row["decision"] == "fetch" and c.image.chains and all(
+            ch in committed for ch, _ in c.image.chains
+        ):
+            # Its layers are all unpacked already: it is pulled, at no cost.
+            row["decision"] = "pull"
+            row["reason"] = "pulled already: its layers are unpacked in the store"
+        row["platforms"] = list(c.platforms)
+        row["digest"] = str(c.target.digest)
+        row["measured_chains"] = c.measured_chains
+        row["blob_sized_chains"] = c.blob_sized_chains
+    doc["images"] = rows
+    doc["present_bytes"] = (
+        0 if fixed is None else sum(s for _, s in fixed.blobs) + sum(s for _, s in fixed.chains)
+    )
+    doc["model"] = {"unpack_throughput": model.unpack_throughput,
+                    "per_image_overhead": model.per_image_overhead}
+    return result, doc

@@ -46,13 +46,14 @@ nearest enclosing line it knows.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -204,6 +205,8 @@ class CacheSpec:
     budget: int | None = None
     reserve: int | None = None
     jobs: int | None = None
+    #: sha256 of the file's bytes as read (empty for a spec parsed from text).
+    digest: str = ""
 
     def platforms_for(self, entry: ImageEntry) -> tuple[Platform, ...]:
         """The image's own platforms, else the global ones (empty: the caller's default)."""
@@ -237,7 +240,8 @@ def load_spec(path: str | os.PathLike[str], *, format: SpecFormat | None = None)
         raise InvalidInputError(f"{name}:{line}: not UTF-8 text") from None
     if format is None:
         format = "toml" if p.suffix.lower() == ".toml" else "list"
-    return parse_spec(text.removeprefix("\ufeff"), name=name, format=format)
+    spec = parse_spec(text.removeprefix("\ufeff"), name=name, format=format)
+    return replace(spec, digest="sha256:" + hashlib.sha256(raw).hexdigest())
 
 
 def parse_spec(text: str, *, name: str = "<spec>", format: SpecFormat = "toml") -> CacheSpec:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from cargohold import __version__
 from cargohold.bake import BakeEvents, BakeImage, BakeOptions, Baker, BakeReport, write_json_atomic
 from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
@@ -14,7 +16,7 @@ from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client, reserve_bytes
 from cargohold.cli.unpack_cmd import summary_line, unpack_lease
-from cargohold.errors import BudgetError, PartialFailureError
+from cargohold.errors import BudgetError, CargoholdError, Interrupted, PartialFailureError
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.spec import format_size, load_spec, parse_size
 from cargohold.unpack.image import UnpackResult
@@ -93,30 +95,59 @@ def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
     out.info(f"baking {spec.path} into the {s.store} store"
              + (f" (namespace {s.namespace})" if containerd else f" at {s.root}")
              + f"; budget {format_size(limit) if limit is not None else 'none'}; {model_note}")
-    progress = FetchProgress(out)
-    with open_store(s) as store:
-        client = registry_client(s)
-        try:
-            baker = Baker(
-                spec, store, client,
-                root=Path(s.root),
-                store_kind=s.store,
-                namespace=s.namespace,
-                options=options,
-                events=_BakeProgress(out),
-                fetch_events=progress,
-                fetch_scope=lambda: progress,
-                unpack_scope=lambda: unpack_lease(store),
-            )
-            report = baker.run()
-        finally:
-            client.close()
     if report_file is not None:
-        write_json_atomic(report_file, report.to_json())
+        report_file.unlink(missing_ok=True)  # never leave an earlier run's report behind
+    progress = FetchProgress(out)
+    baker: Baker | None = None
+    error: BaseException | None = None
+    try:
+        with open_store(s) as store:
+            client = registry_client(s)
+            try:
+                baker = Baker(
+                    spec, store, client,
+                    root=Path(s.root),
+                    store_kind=s.store,
+                    namespace=s.namespace,
+                    options=options,
+                    events=_BakeProgress(out),
+                    fetch_events=progress,
+                    fetch_scope=lambda: progress,
+                    unpack_scope=lambda: unpack_lease(store),
+                )
+                baker.run()
+            finally:
+                client.close()
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        report = baker.report if baker is not None else None
+        if report_file is not None:
+            _write_report(report_file, report, error)
+            if error is not None:
+                out.info(f"report of the stopped bake written to {report_file}")
+    assert report is not None
     _print(out, report)
     if report_file is not None:
         out.info(f"report written to {report_file}")
     _raise_outcome(report)
+
+
+def _write_report(path: Path, report: BakeReport | None, error: BaseException | None) -> None:
+    """The report, with the error that stopped the bake (if any): a failed CI job keeps it."""
+    doc: dict[str, Any] = report.to_json() if report is not None else {
+        "tool": {"name": "cargohold", "version": __version__}, "images": []}
+    if error is not None:
+        if isinstance(error, CargoholdError):
+            doc["error"] = {"error": error.kind, "message": error.message,
+                            "exit_code": error.exit_code}
+        elif isinstance(error, KeyboardInterrupt):
+            doc["error"] = {"error": "interrupted", "message": "interrupted",
+                            "exit_code": Interrupted.exit_code}
+        else:
+            doc["error"] = {"error": "internal", "message": repr(error), "exit_code": 1}
+    write_json_atomic(path, doc)
 
 
 def _print(out: Output, r: BakeReport) -> None:
@@ -159,19 +190,22 @@ def _print(out: Output, r: BakeReport) -> None:
 def _raise_outcome(r: BakeReport) -> None:
     if r.failed:
         names = ", ".join(i.name for i in r.failed)
-        first = r.failed[0].exception
-        codes = {i.exception.exit_code for i in r.failed if i.exception is not None}
         msg = f"{len(r.failed)} of {len(r.images)} images failed: {names}"
-        if not r.ok and len(codes) == 1 and first is not None:
-            raise first  # everything failed the same way: that error's exit code
+        if r.over_budget:
+            msg += f"; the baked images are {format_size(r.over_budget)} over the budget"
+        verify_failed = any(i.error and i.error.get("message", "").startswith("verify:")
+                            for i in r.failed)
         raise PartialFailureError(
-            msg, hint="everything else is baked; fix the cause and run bake again to resume"
+            msg,
+            hint=("run `cargohold verify --repair`, then bake again" if verify_failed else
+                  "everything else is baked and kept; fix the cause and bake again"),
         )
     if r.over_budget:
         raise BudgetError(
             f"the baked images use {format_size(r.total_bytes)}, "
             f"{format_size(r.over_budget)} over the budget of {format_size(r.budget or 0)}: "
-            "unpacked sizes were estimated when planning",
-            hint="run `cargohold bake --replan` (now with measured sizes) after `images rm` "
-                 "of some images, or raise the budget",
+            "layer sizes were estimated or read off the blobs when planning, and files take "
+            "whole blocks on disk",
+            hint="raise the budget, or `images rm` some images and `gc`, then "
+                 "`cargohold bake --replan` (it plans with the sizes measured now)",
         )

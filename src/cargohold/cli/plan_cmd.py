@@ -13,7 +13,13 @@ from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.resources import open_store, registry_client
-from cargohold.errors import BudgetError, DigestMismatchError, InvalidInputError, NotFoundError
+from cargohold.errors import (
+    BudgetError,
+    CargoholdError,
+    DigestMismatchError,
+    InvalidInputError,
+    NotFoundError,
+)
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.plan import CostModel
 from cargohold.settings import Settings
@@ -51,6 +57,12 @@ def _existing_store(app: App) -> Iterator[Any | None]:
     s = app.settings
     if s.store == "containerd":
         with open_store(s) as cstore:
+            try:
+                cstore.version()  # type: ignore[union-attr]
+            except CargoholdError as e:  # plan works offline, without measured sizes
+                app.out.warn(f"{e.message}: planning without the store's measurements")
+                yield None
+                return
             yield cstore
         return
     if s.store != "embedded" or not (Path(s.root) / "metadata.db").exists():
@@ -108,8 +120,8 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                  json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
                  hosts_dir: str | None, authfile: str | None) -> None:
     """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
-    from cargohold.catalog import measured_ratio, resolve_spec
-    from cargohold.plan import DEFAULT_UNPACK_RATIO, plan
+    from cargohold.catalog import measured_ratio, plan_catalog, resolve_spec
+    from cargohold.plan import DEFAULT_UNPACK_RATIO
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
@@ -130,25 +142,18 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                                    ratio=ratio, snapshots=sn)
         finally:
             client.close()
-    result = plan([c.image for c in catalog], limit, model=model)
+    result, doc = plan_catalog(catalog, limit, model=model)
     if json_mode:
-        doc = result.to_json()
-        for img, c in zip(doc["images"], catalog, strict=True):
-            img["platforms"] = list(c.platforms)
-            img["digest"] = str(c.target.digest)
-            img["measured_chains"] = c.measured_chains
-            img["blob_sized_chains"] = c.blob_sized_chains
-        doc["model"] = {"unpack_throughput": model.unpack_throughput,
-                        "per_image_overhead": model.per_image_overhead, "source": model_note}
+        doc["model"]["source"] = model_note
         doc["unpack_ratio"] = ratio
         doc["unpack_ratio_measured"] = measured is not None
         doc["spec"] = str(spec_file)
         app.out.json(doc)
     else:
         rows = [
-            (i.name, i.decision, human_bytes(i.compressed_bytes), human_bytes(i.unpacked_bytes),
-             f"{i.penalty_seconds:.1f} s", i.reason)
-            for i in result.images
+            (r["name"], r["decision"], human_bytes(r["compressed_bytes"]),
+             human_bytes(r["unpacked_bytes"]), f"{r['penalty_seconds']:.1f} s", r["reason"])
+            for r in doc["images"]
         ]
         app.out.table(["IMAGE", "MODE", "COMPRESSED", "UNPACKED", "PENALTY", "REASON"], rows)
         line = (f"total: {human_bytes(result.content_bytes)} content + "
@@ -158,6 +163,8 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
             line += f" of {human_bytes(result.budget)} budget ({human_bytes(result.budget - result.total_bytes)} free)"
         else:
             line += " (no budget)"
+        if doc["present_bytes"]:
+            line += f"; includes {human_bytes(doc['present_bytes'])} already in the store"
         app.out.data(line)
         app.out.data(f"weighted penalty: {result.total_penalty:.1f} s; {result.reason}; "
                      f"{result.algorithm}")

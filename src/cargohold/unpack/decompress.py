@@ -167,37 +167,37 @@ HINT_HEAD = 18
 HINT_TAIL = 4
 
 
+#: The largest unpacked / compressed ratio :func:`uncompressed_size_hint` believes in.
+PLAUSIBLE_MAX_RATIO = 20
+
+
 def uncompressed_size_hint(head: bytes, tail: bytes, size: int) -> int | None:
     """The uncompressed (tar) size of a layer blob of ``size`` bytes from its first
     :data:`HINT_HEAD` and last :data:`HINT_TAIL` bytes, without inflating it; None when the
-    blob does not tell.
+    blob does not tell for sure (the caller then estimates).
 
     * plain tar: ``size``;
-    * gzip: the trailer's ISIZE (the input size mod 2**32). Taken when it is at least
-      ``size`` (gzip never shrinks data by much less than nothing); below that it is
-      either a wrapped size of a layer over 4 GiB (then the smallest ``ISIZE + k * 2**32``
-      >= ``size``, only for blobs of 2 GiB and more) or the last member of a multi-member
-      stream (unknown: None);
-    * zstd: the first frame's Frame_Content_Size when the header has it and it is at least
-      ``size`` (a multi-frame stream's first frame is smaller: None).
+    * gzip: the trailer's ISIZE is the input size mod 2**32, so the true size is one of
+      ``ISIZE + k * 2**32``; taken when exactly one of those lies between ``size`` and
+      ``size`` x :data:`PLAUSIBLE_MAX_RATIO` (always the case below ~200 MiB compressed
+      unless the ratio is absurd), else None. A multi-member stream (rare: ``pigz -i``,
+      concatenated files) has only its last member's size there and is under-read;
+    * zstd: None. A frame header may carry the content size, but a multi-frame stream
+      (seekable zstd, parallel compressors) only tells its first frame's, and counting the
+      frames means reading the whole blob.
     """
     fmt = detect_compression(head)
     if fmt == "none":
         return size
-    if fmt == "gzip":
-        if len(tail) < 4 or size < 18:
-            return None
-        isize = int.from_bytes(tail[-4:], "little")
-        if isize >= size:
-            return isize
-        if size >= 1 << 31:
-            k = -(-(size - isize) // (1 << 32))
-            return isize + k * (1 << 32)
+    if fmt != "gzip" or len(tail) < 4 or size < 18:
         return None
-    import zstandard
-
-    try:
-        fcs = int(zstandard.frame_content_size(head))
-    except zstandard.ZstdError:
-        return None
-    return fcs if fcs >= size else None
+    isize = int.from_bytes(tail[-4:], "little")
+    high = size * PLAUSIBLE_MAX_RATIO
+    candidates = []
+    k = max(0, -(-(size - isize) // (1 << 32)))
+    while (c := isize + k * (1 << 32)) <= high:
+        candidates.append(c)
+        k += 1
+        if len(candidates) > 1:
+            break
+    return candidates[0] if len(candidates) == 1 else None
