@@ -257,3 +257,30 @@ def test_interrupted_bake_resumes(registry: Registry, tmp_path: Path) -> None:
     assert by_name[big.text]["bytes"]["transferred"] < big.built.total_size()
     assert by_name[small.text]["mode"] == "pull"
     assert set(records(root)) == {big.text, small.text}
+
+
+def test_plain_list_spec_bakes_everything_pulled(registry: Registry, tmp_path: Path) -> None:
+    a = push(registry.host, spec_of(351, 50_000), tmp_path / "a")
+    b = push(registry.host, spec_of(352, 60_000), tmp_path / "b")
+    spec = tmp_path / "images.txt"
+    spec.write_text(f"# node image\n{a.text}\n\n{b.text}  # app\n")
+    s = summary(cli(tmp_path / "store", "--json", "bake", str(spec), "--plain-http",
+                    check=True))
+    assert [(i["name"], i["mode"], i["status"]) for i in s["images"]] == [
+        (a.text, "pull", "ok"), (b.text, "pull", "ok")]  # no budget: everything pulled
+
+
+def test_spec_globals_override_env_not_flags(tmp_path: Path) -> None:
+    from cargohold import settings
+    from cargohold.cli.plan_cmd import apply_spec_settings
+    from cargohold.spec import load_spec
+
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text('store = "containerd"\nnamespace = "node"\njobs = 7\n'
+                         'reserve = "2GiB"\n\n[[image]]\nref = "example.com/a:1"\n')
+    (tmp_path / "cfg.toml").write_text('namespace = "from-config"\n')
+    s = settings.load({"namespace": "from-flag"}, config_file=tmp_path / "cfg.toml",
+                      env={"CARGOHOLD_JOBS": "3", "CARGOHOLD_STORE": "embedded"})
+    apply_spec_settings(s, load_spec(spec_file))
+    assert (s.store, s.namespace, s.jobs, s.reserve) == ("containerd", "from-flag", 7, str(2 << 30))
+    assert s.source_of("jobs") == f"spec {spec_file}" and s.source_of("namespace") == "flag"
