@@ -186,10 +186,14 @@ class ApplyStats:
     #: sha256 of the whole uncompressed stream (equal to diff_id when one was given).
     diff_id: Digest | None = None
     seconds: float = 0.0
-    #: Waiting for the input: reading + decompressing.
+    #: Waiting for the input: reading + decompressing (with a prefetch thread, only the
+    #: time the writer waited for it).
     seconds_read: float = 0.0
+    #: Reading + decompressing the blob, wherever it ran (in the prefetch thread it
+    #: overlaps the writes).
+    seconds_decompress: float = 0.0
     seconds_hash: float = 0.0
-    #: Everything else: parsing and file system calls.
+    #: Everything else on the writing thread: parsing and file system calls.
     seconds_write: float = 0.0
     seconds_sync: float = 0.0
     #: Overlay mode: directories created implicitly whose metadata no parent layer provided
@@ -263,7 +267,8 @@ class _Prefetcher:
 class _Source:
     """Buffered reader over the uncompressed stream that hashes every byte it reads."""
 
-    __slots__ = ("_pre", "_raw", "buf", "hasher", "pos", "t_hash", "t_read", "total")
+    __slots__ = ("_pre", "_raw", "buf", "hasher", "pos", "t_decompress", "t_hash", "t_read",
+                 "total")
 
     def __init__(self, raw: Reader, *, prefetch: bool = False) -> None:
         self._raw = raw
@@ -275,6 +280,8 @@ class _Source:
         #: Time waiting for input (reading + inflating, unless a prefetcher overlaps it).
         self.t_read = 0.0
         self.t_hash = 0.0
+        #: Time in the decompressing reader (the prefetcher's, when there is one).
+        self.t_decompress = 0.0
 
     def _chunk(self) -> bytes:
         t0 = time.perf_counter()
@@ -290,12 +297,14 @@ class _Source:
             self.total += len(chunk)
             self.t_hash += time.perf_counter() - t1
         self.t_read += t1 - t0
+        self.t_decompress += t1 - t0
         return chunk
 
     def close(self) -> None:
         if self._pre is not None:
             self._pre.close()
             self.t_hash = self._pre.t_hash
+            self.t_decompress = self._pre.t_read
 
     def block(self) -> bytes | None:
         """The next 512-byte block; None at a clean end of stream."""
@@ -1330,8 +1339,11 @@ def apply_layer(
     stats.diff_id = Digest("sha256", src.hasher.hexdigest())
     stats.seconds = time.perf_counter() - t0
     stats.seconds_read = src.t_read
+    stats.seconds_decompress = src.t_decompress
     stats.seconds_hash = src.t_hash
-    stats.seconds_write = max(0.0, stats.seconds - src.t_read - src.t_hash - stats.seconds_sync)
+    # Inline, the writing thread also hashed; with a prefetcher the hashing overlapped.
+    hashed_here = 0.0 if prefetch else src.t_hash
+    stats.seconds_write = max(0.0, stats.seconds - src.t_read - hashed_here - stats.seconds_sync)
     if diff_id is not None and stats.diff_id != diff_id:
         raise DigestMismatchError(
             f"layer content has diff_id {stats.diff_id}, expected {diff_id}",

@@ -321,7 +321,7 @@ class LayerOutcome:
 
 
 #: ApplyStats fields summed into UnpackResult.phases.
-_PHASES = ("seconds_read", "seconds_hash", "seconds_write", "seconds_sync")
+_PHASES = ("seconds_read", "seconds_decompress", "seconds_hash", "seconds_write", "seconds_sync")
 
 
 @dataclass
