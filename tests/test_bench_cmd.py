@@ -4,34 +4,17 @@ containerd. Timings are only checked to be positive."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from cargohold.calibration import load_calibration
 from cargohold.imagebuild import samples
+from tests.rig.cli import last_json, run_cli
 from tests.rig.containerd import Containerd
 from tests.rig.images import push
 from tests.rig.services import Registry
 
-CLI = [sys.executable, "-m", "cargohold"]
-ENV = {**os.environ, "CARGOHOLD_RETRIES": "2", "CARGOHOLD_BACKOFF": "0.01",
-       "CARGOHOLD_RESERVE": "0"}
-
-
-def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([*CLI, "--root", str(root), *args], capture_output=True, text=True,
-                       timeout=300, env=ENV)
-    if check and p.returncode != 0:
-        raise AssertionError(f"cargohold {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-def last_json(p: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads([x for x in p.stdout.splitlines() if x.strip()][-1])
+cli = run_cli
 
 
 def check_report(out: dict[str, Any], *, store: str, layers: int) -> None:

@@ -8,9 +8,6 @@ Timings are only checked to be positive.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +31,12 @@ from cargohold.store.containerd import ContainerdStore
 from cargohold.store.embedded import EmbeddedStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
 from cargohold.store.interfaces import active_lease
+from tests.rig.cli import last_json, run_cli
 from tests.rig.containerd import Containerd
 from tests.rig.images import push
 from tests.rig.services import Registry
 
-CLI = [sys.executable, "-m", "cargohold"]
-ENV = {**os.environ, "CARGOHOLD_RETRIES": "2", "CARGOHOLD_BACKOFF": "0.01",
-       "CARGOHOLD_RESERVE": "0"}
-
-
-def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([*CLI, "--root", str(root), *args], capture_output=True, text=True,
-                       timeout=300, env=ENV)
-    if check and p.returncode != 0:
-        raise AssertionError(f"cargohold {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-def last_json(p: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads([x for x in p.stdout.splitlines() if x.strip()][-1])
+cli = run_cli
 
 
 def sample_cal(**kw: Any) -> Calibration:
