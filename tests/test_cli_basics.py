@@ -20,8 +20,19 @@ def run(*args: str, root: Path | None = None) -> subprocess.CompletedProcess[str
 def test_help_lists_commands() -> None:
     p = run("--help")
     assert p.returncode == 0
-    for cmd in ("fetch", "images", "content", "gc", "version"):
+    for cmd in ("fetch", "images", "content", "gc", "version", "bake", "plan", "calibrate",
+                "bench", "pull", "run"):
         assert f"  {cmd}" in p.stdout
+
+
+def test_lazy_command_table_matches_the_modules() -> None:
+    """Every command a module defines is in main.COMMANDS under that module, and back."""
+    from cargohold.cli import main
+
+    main._register_commands()
+    defined = {name: getattr(cmd.callback, "__module__", "") for name, cmd in
+               main.cli.commands.items() if name != "version"}
+    assert {k: f"cargohold.cli.{v}" for k, v in main.COMMANDS.items()} == defined
 
 
 def test_version_text_and_json() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import threading
@@ -27,7 +28,19 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported from :data:`COMMANDS` when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"cargohold.cli.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Store directory [default: /var/lib/cargohold as root, else $XDG_DATA_HOME/cargohold].")
 @click.option("-v", "--verbose", count=True, help="More logs on stderr (repeatable).")
@@ -97,19 +110,34 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _register_commands() -> None:
-    """Import command modules; each adds itself to ``cli``."""
-    import importlib
+#: The module under cargohold.cli that defines each command. A command's module is imported
+#: only when that command runs (or for --help), so start-up stays small.
+COMMANDS: dict[str, str] = {
+    "fetch": "fetch_cmd",
+    "images": "images_cmd",
+    "content": "content_cmd",
+    "gc": "gc_cmd",
+    "plan": "plan_cmd",
+    "du": "plan_cmd",
+    "verify": "plan_cmd",
+    "unpack": "unpack_cmd",
+    "pull": "unpack_cmd",
+    "create": "containers_cmd",
+    "mount": "containers_cmd",
+    "umount": "containers_cmd",
+    "containers": "containers_cmd",
+    "run": "containers_cmd",
+    "bake": "bake_cmd",
+    "calibrate": "calibrate_cmd",
+    "bench": "bench_cmd",
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
+
+def _register_commands() -> None:
+    """Import every command module (each adds its commands to ``cli``)."""
     for name in COMMAND_MODULES:
         importlib.import_module(f"cargohold.cli.{name}")
-
-
-#: Modules under cargohold.cli that define commands (kept in one place).
-COMMAND_MODULES: tuple[str, ...] = (
-    "fetch_cmd", "images_cmd", "content_cmd", "gc_cmd", "plan_cmd", "unpack_cmd",
-    "containers_cmd", "bake_cmd", "calibrate_cmd", "bench_cmd",
-)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -120,7 +148,6 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
-    _register_commands()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
