@@ -7,6 +7,7 @@ and listed); ``pull`` is ``fetch`` followed by ``unpack`` (what ``ctr images pul
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import click
 
+from cargohold.blobwait import FetchBoard, WaitingContent
 from cargohold.cli.fetch_cmd import apply_registry_options, record_policy, registry_options
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
@@ -26,7 +28,7 @@ from cargohold.errors import CargoholdError, PartialFailureError
 from cargohold.fetch import LABEL_GC_EXPIRE, Fetcher, FetchFailure, FetchResult
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.oci.reference import parse_reference
+from cargohold.oci.reference import Reference, parse_reference
 from cargohold.store.interfaces import Applier, ContentStore, Snapshotter, active_lease
 from cargohold.unpack.image import (
     STATE_EXISTS,
@@ -178,38 +180,61 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
     out = app.out
     start = time.monotonic()
     unpacked: dict[str, list[UnpackResult]] = {}
-    failures: list[FetchFailure] = []
-    with open_store(s) as store:
-        with FetchProgress(out) as progress:
-            fetcher = Fetcher(store, registry_client_for(app), jobs=jobs or s.jobs,
-                              events=progress, records=record_policy(app, None, False))
+    unpack_errors: dict[str, CargoholdError] = {}
+    fetched: list[FetchResult | FetchFailure] = []
+    cancel = threading.Event()
+    with open_store(s) as store, FetchProgress(out) as progress:
+        # Fetch in one thread; unpack each image as soon as it is resolved, each layer as
+        # soon as its blob is in (cargohold.blobwait), as containerd's pull does.
+        board = FetchBoard(progress)
+        fetcher = Fetcher(store, registry_client_for(app), jobs=jobs or s.jobs, events=board,
+                          records=record_policy(app, None, False), cancel=cancel)
+
+        def run_fetch() -> None:
             try:
-                fetched = fetcher.fetch_all(parsed, platforms=plats)
+                fetched.extend(fetcher.fetch_all(parsed, platforms=plats))
             finally:
-                fetcher.close()
-        ok = [r for r in fetched if isinstance(r, FetchResult)]
-        failures += [r for r in fetched if isinstance(r, FetchFailure)]
-        with make_unpacker(app, store, jobs=jobs) as unpacker, unpack_lease(store):
+                board.finish()
 
-            def one(r: FetchResult) -> list[UnpackResult] | FetchFailure:
-                try:
-                    return [unpacker.unpack(r.target, p) for p in unpack_plats]
-                except CargoholdError as e:
-                    return FetchFailure(r.ref, e)
+        fetch_thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(run_fetch,), name="pull-fetch", daemon=True)
+        fetch_thread.start()
+        content = WaitingContent(store.content, board, cancel)
+        try:
+            with (
+                Unpacker(content, store.snapshots, store.applier, jobs=jobs or s.jobs,
+                         reserve_bytes=reserve_bytes(s), events=UnpackProgress(out),
+                         cancel=cancel, check_blobs=False) as unpacker,
+                unpack_lease(store),
+            ):
 
-            with ThreadPoolExecutor(max_workers=max(1, min(len(ok), jobs or s.jobs)),
-                                    thread_name_prefix="pull") as pool:
-                futs = [(r, pool.submit(contextvars.copy_context().run, one, r)) for r in ok]
-                for r, fut in futs:
-                    try:
-                        res = fut.result()
-                    except KeyboardInterrupt:
-                        unpacker.cancel.set()  # the workers stop and clean up
-                        raise
-                    if isinstance(res, FetchFailure):
-                        failures.append(res)
-                    else:
-                        unpacked[r.name] = res
+                def one(ref: Reference) -> list[UnpackResult]:
+                    target = board.wait_resolved(ref, cancel)
+                    return [unpacker.unpack(target, p) for p in unpack_plats]
+
+                with ThreadPoolExecutor(max_workers=max(1, min(len(parsed), jobs or s.jobs)),
+                                        thread_name_prefix="pull") as pool:
+                    futs = [(ref, pool.submit(contextvars.copy_context().run, one, ref))
+                            for ref in parsed]
+                    for ref, fut in futs:
+                        try:
+                            unpacked[str(ref)] = fut.result()
+                        except CargoholdError as e:
+                            unpack_errors[str(ref)] = e
+                fetch_thread.join()
+        except BaseException:
+            cancel.set()  # the fetch and the unpacks stop and clean up
+            fetch_thread.join()
+            raise
+        finally:
+            fetcher.close()
+    ok = [r for r in fetched if isinstance(r, FetchResult)]
+    failures = [r for r in fetched if isinstance(r, FetchFailure)]
+    fetch_failed = {str(f.ref) for f in failures}
+    # An image whose fetch failed fails for that reason; the others for their unpack's.
+    failures += [FetchFailure(name, e) for name, e in unpack_errors.items()
+                 if name not in fetch_failed]
+    unpacked = {r.name: unpacked[str(r.ref)] for r in ok if str(r.ref) in unpacked}
     elapsed = time.monotonic() - start
     done = [r for r in ok if r.name in unpacked]
     if out.json_mode:

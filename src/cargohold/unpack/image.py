@@ -466,8 +466,12 @@ class Unpacker:
         reserve_bytes: int = 0,
         events: UnpackEvents | None = None,
         cancel: threading.Event | None = None,
+        check_blobs: bool = True,
     ) -> None:
         self.content = content
+        #: Check every missing layer's blob is there before starting (False when the
+        #: content store waits for a running fetch: :mod:`cargohold.blobwait`).
+        self.check_blobs = check_blobs
         self.snapshotter = snapshotter
         self.applier = applier
         self.jobs = max(1, jobs)
@@ -532,7 +536,8 @@ class Unpacker:
         ]
         missing = list(range(base + 1, n))
         if missing:
-            self._check_blobs(img, missing)
+            if self.check_blobs:
+                self._check_blobs(img, missing)
             self._check_space(img, missing)
             job = _Job(img, secrets.token_hex(4), sn.standalone_layers)
             if job.standalone and len(missing) > 1:

@@ -1,0 +1,154 @@
+"""Unpack while fetching: a content store view that waits for blobs a running fetch brings.
+
+``pull`` starts unpacking an image as soon as the fetch has resolved it, through
+:class:`WaitingContent`: reading a blob (``info`` / ``reader``) that is not in the store yet
+blocks until the fetch reports that blob finished (or the fetch ends), instead of failing.
+A layer is then applied while the next one downloads, as containerd's own pull does.
+:class:`FetchBoard` is the fetch's event sink that wakes the waiters (and forwards every
+event to the progress display).
+
+Nothing is trusted early: the fetch commits a blob only after checking its size and digest,
+and a waiter only reads what is committed. When the fetch ends, every waiter gets the
+store's answer as it is then (NotFoundError for a blob the fetch did not bring).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, TypeVar
+
+from cargohold.errors import Interrupted, NotFoundError
+from cargohold.fetch import FetchEvents, FetchResult
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.digest import Digest
+from cargohold.oci.reference import Reference
+from cargohold.store.interfaces import ContentInfo, ContentStore, ContentWriter, IngestStatus
+
+T = TypeVar("T")
+
+
+class FetchBoard(FetchEvents):
+    """Fetch events forwarded to ``inner``; also what has been resolved and finished, for
+    the threads waiting on it."""
+
+    def __init__(self, inner: FetchEvents | None = None) -> None:
+        self.inner = inner or FetchEvents()
+        self._cond = threading.Condition()
+        self._resolved: dict[str, Descriptor] = {}
+        self._finished = False
+        self._generation = 0  # bumped on every blob finished
+
+    # -------------------------------------------------------------- the fetch's side
+
+    def resolved(self, ref: Reference, desc: Descriptor) -> None:
+        self.inner.resolved(ref, desc)
+        with self._cond:
+            self._resolved[str(ref)] = desc
+            self._cond.notify_all()
+
+    def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None:
+        self.inner.blob_started(ref, desc, offset)
+
+    def blob_progress(self, desc: Descriptor, nbytes: int) -> None:
+        self.inner.blob_progress(desc, nbytes)
+
+    def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
+        self.inner.blob_done(desc, state, transferred)
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def image_done(self, result: FetchResult) -> None:
+        self.inner.image_done(result)
+
+    def finish(self) -> None:
+        """The fetch is over (done, failed or interrupted): nothing more will arrive."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    # -------------------------------------------------------------- the waiters' side
+
+    @property
+    def finished(self) -> bool:
+        with self._cond:
+            return self._finished
+
+    def wait_resolved(self, ref: Reference, cancel: threading.Event | None = None) -> Descriptor:
+        """The descriptor ``ref`` resolved to; NotFoundError if the fetch ended without
+        resolving it (its failure is the fetch's to report)."""
+        with self._cond:
+            while True:
+                desc = self._resolved.get(str(ref))
+                if desc is not None:
+                    return desc
+                if self._finished:
+                    raise NotFoundError(f"{ref} was not resolved")
+                _check(cancel)
+                self._cond.wait(0.2)
+
+    def until_present(self, attempt: Callable[[], T], cancel: threading.Event | None = None) -> T:
+        """``attempt()`` until it stops raising NotFoundError: retried each time a blob
+        finishes; its error stands once the fetch is over."""
+        while True:
+            with self._cond:
+                generation = self._generation
+                finished = self._finished
+            try:
+                return attempt()
+            except NotFoundError:
+                if finished:
+                    raise
+            with self._cond:
+                while self._generation == generation and not self._finished:
+                    _check(cancel)
+                    self._cond.wait(0.2)
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Interrupted("interrupted while waiting for the fetch")
+
+
+class WaitingContent:
+    """``content`` where ``info`` and ``reader`` of a blob not there yet wait for ``board``'s
+    fetch (see the module docstring); everything else goes straight through."""
+
+    def __init__(self, content: ContentStore, board: FetchBoard,
+                 cancel: threading.Event | None = None) -> None:
+        self._content = content
+        self._board = board
+        self._cancel = cancel
+
+    def info(self, digest: Digest) -> ContentInfo:
+        return self._board.until_present(lambda: self._content.info(digest), self._cancel)
+
+    def reader(self, digest: Digest) -> AbstractContextManager[BinaryIO]:
+        # Opening checks presence in both stores (embedded: the file; containerd: Info).
+        return self._board.until_present(lambda: self._content.reader(digest), self._cancel)
+
+    def update(self, digest: Digest, labels: Mapping[str, str | None]) -> ContentInfo:
+        return self._content.update(digest, labels)
+
+    def walk(self) -> Iterator[ContentInfo]:
+        return self._content.walk()
+
+    def delete(self, digest: Digest) -> None:
+        self._content.delete(digest)
+
+    def writer(self, ref: str, *, total: int = 0, expected: Digest | None = None) -> ContentWriter:
+        return self._content.writer(ref, total=total, expected=expected)
+
+    def status(self, ref: str) -> IngestStatus:
+        return self._content.status(ref)
+
+    def list_statuses(self) -> list[IngestStatus]:
+        return self._content.list_statuses()
+
+    def abort(self, ref: str) -> None:
+        self._content.abort(ref)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._content, name)

@@ -1,0 +1,89 @@
+"""`pull` unpacks while it fetches: a layer is applied while a later one still downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cargohold.imagebuild.entries import Dir, File
+from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from tests.rig.cli import CLI, TEST_ENV
+from tests.rig.faultproxy import FaultProxy, Rule
+from tests.rig.images import push
+from tests.rig.services import Registry
+from tests.test_fetch import records
+
+WAIT = 120.0
+
+
+@pytest.fixture
+def proxy(registry: Registry) -> Iterator[FaultProxy]:
+    p = FaultProxy(registry.host)
+    yield p
+    for rule in p.rules:  # never leave a handler thread holding a body
+        rule.release.set()
+    p.stop()
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[dict[str, Any] | None]:
+    q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip():
+                q.put(json.loads(line))
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root")
+def test_first_layer_unpacked_while_the_last_downloads(registry: Registry, proxy: FaultProxy,
+                                                        tmp_path: Path) -> None:
+    spec = ImageSpec([
+        LayerSpec([Dir("base"), File("base/f", size=200_000, seed=901)]),
+        LayerSpec([Dir("big"), File("big/f", size=4_000_000, seed=902)], compression="none"),
+    ], cmd=["/bin/true"])
+    pushed = push(registry.host, spec, tmp_path / "img")
+    first, last = pushed.built.layer_descriptors
+    rule = proxy.add(Rule("pause", method="GET", path=f"/blobs/{re.escape(str(last.digest))}$",
+                          cut_after=1 << 20))
+    ref = f"{proxy.host}/{pushed.ref.path}:v1"
+    root = tmp_path / "store"
+    proc = subprocess.Popen([*CLI, "--root", str(root), "--json", "pull", "--plain-http", ref],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **TEST_ENV})
+    events = _lines(proc)
+    try:
+        seen: list[dict[str, Any]] = []
+        while True:
+            ev = events.get(timeout=WAIT)
+            assert ev is not None, f"pull ended early: {proc.wait()} {proc.stderr.read()}"  # type: ignore[union-attr]
+            seen.append(ev)
+            if ev.get("event") == "layer_done" and ev.get("index") == 0:
+                break
+        # The first layer is applied and committed while the last one is held mid-body.
+        assert ev["state"] == "unpacked" and ev["digest"] == str(first.digest)
+        assert rule.reached.is_set()
+        assert not any(e.get("event") == "blob_done" and e.get("digest") == str(last.digest)
+                       for e in seen)
+        assert records(root) == {}  # no record before every blob is in
+    finally:
+        rule.release.set()
+    assert proc.wait(timeout=WAIT) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    summary = [e for e in iter(lambda: events.get(timeout=WAIT), None)][-1]
+    assert summary["event"] == "summary" and not summary["failed"]
+    (img,) = summary["images"]
+    assert img["unpack"][0]["chains_unpacked"] == 2
+    assert records(root) == {ref: str(pushed.built.root.digest)}
