@@ -6,6 +6,8 @@ import json
 import os
 import queue
 import re
+import signal
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from tests.rig.cli import CLI, TEST_ENV
+from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.faultproxy import FaultProxy, Rule
 from tests.rig.images import push
 from tests.rig.services import Registry
@@ -75,7 +77,7 @@ def test_first_layer_unpacked_while_the_last_downloads(registry: Registry, proxy
                 break
         # The first layer is applied and committed while the last one is held mid-body.
         assert ev["state"] == "unpacked" and ev["digest"] == str(first.digest)
-        assert rule.reached.is_set()
+        assert rule.reached.wait(WAIT)
         assert not any(e.get("event") == "blob_done" and e.get("digest") == str(last.digest)
                        for e in seen)
         assert records(root) == {}  # no record before every blob is in
@@ -87,3 +89,51 @@ def test_first_layer_unpacked_while_the_last_downloads(registry: Registry, proxy
     (img,) = summary["images"]
     assert img["unpack"][0]["chains_unpacked"] == 2
     assert records(root) == {ref: str(pushed.built.root.digest)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_fetch_and_unpack(registry: Registry, proxy: FaultProxy,
+                                          tmp_path: Path, sig: int) -> None:
+    """Stopped while a layer download is held: exit 130 without waiting for the download,
+    no record, no half-applied snapshot; the rerun completes."""
+    spec = ImageSpec([
+        LayerSpec([Dir("base"), File("base/f", size=200_000, seed=911)]),
+        LayerSpec([Dir("big"), File("big/f", size=4_000_000, seed=912)], compression="none"),
+    ], cmd=["/bin/true"])
+    pushed = push(registry.host, spec, tmp_path / "img")
+    last = pushed.built.layer_descriptors[-1]
+    rule = proxy.add(Rule("pause", method="GET", path=f"/blobs/{re.escape(str(last.digest))}$",
+                          cut_after=1 << 20, times=1))
+    ref = f"{proxy.host}/{pushed.ref.path}:v1"
+    root = tmp_path / "store"
+    proc = subprocess.Popen([*CLI, "--root", str(root), "--json", "pull", "--plain-http", ref],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **TEST_ENV})
+    events = _lines(proc)
+    try:
+        assert rule.reached.wait(WAIT)
+        while (ev := events.get(timeout=WAIT)) is not None:
+            if ev.get("event") == "layer_done" and ev.get("index") == 0:
+                break
+        proc.send_signal(sig)
+        # Exits while the proxy still holds the body: the download was abandoned.
+        assert proc.wait(timeout=WAIT) == 130, proc.stderr.read()  # type: ignore[union-attr]
+        assert not rule.release.is_set()
+    finally:
+        rule.release.set()
+    assert records(root) == {}
+    assert not [k for k in snapshot_keys(root) if k.startswith("extract-")]
+    done = last_json(run_cli(root, "--json", "pull", "--plain-http", ref))
+    assert not done["failed"] and records(root) == {ref: str(pushed.built.root.digest)}
+
+
+def snapshot_keys(root: Path) -> list[str]:
+    db = root / "snapshots" / "metadata.db"
+    if not db.exists():
+        return []
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in c.execute("SELECT key FROM snapshots")]
+    finally:
+        c.close()

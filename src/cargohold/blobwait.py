@@ -5,7 +5,8 @@
 blocks until the fetch reports that blob finished (or the fetch ends), instead of failing.
 A layer is then applied while the next one downloads, as containerd's own pull does.
 :class:`FetchBoard` is the fetch's event sink that wakes the waiters (and forwards every
-event to the progress display).
+event to the progress display); a waiter proceeds once the fetch has *reported* the blob
+committed (its size, digest and metadata row all written), never on the file alone.
 
 Nothing is trusted early: the fetch commits a blob only after checking its size and digest,
 and a waiter only reads what is committed. When the fetch ends, every waiter gets the
@@ -15,9 +16,9 @@ store's answer as it is then (NotFoundError for a blob the fetch did not bring).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
 from cargohold.errors import Interrupted, NotFoundError
 from cargohold.fetch import FetchEvents, FetchResult
@@ -25,8 +26,6 @@ from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
 from cargohold.store.interfaces import ContentInfo, ContentStore, ContentWriter, IngestStatus
-
-T = TypeVar("T")
 
 
 class FetchBoard(FetchEvents):
@@ -38,7 +37,7 @@ class FetchBoard(FetchEvents):
         self._cond = threading.Condition()
         self._resolved: dict[str, Descriptor] = {}
         self._finished = False
-        self._generation = 0  # bumped on every blob finished
+        self._present: set[str] = set()  # digests the fetch committed or found committed
 
     # -------------------------------------------------------------- the fetch's side
 
@@ -56,9 +55,10 @@ class FetchBoard(FetchEvents):
 
     def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
         self.inner.blob_done(desc, state, transferred)
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
+        if state in ("done", "exists"):  # reported once the commit is complete
+            with self._cond:
+                self._present.add(str(desc.digest))
+                self._cond.notify_all()
 
     def image_done(self, result: FetchResult) -> None:
         self.inner.image_done(result)
@@ -89,22 +89,14 @@ class FetchBoard(FetchEvents):
                 _check(cancel)
                 self._cond.wait(0.2)
 
-    def until_present(self, attempt: Callable[[], T], cancel: threading.Event | None = None) -> T:
-        """``attempt()`` until it stops raising NotFoundError: retried each time a blob
-        finishes; its error stands once the fetch is over."""
-        while True:
-            with self._cond:
-                generation = self._generation
-                finished = self._finished
-            try:
-                return attempt()
-            except NotFoundError:
-                if finished:
-                    raise
-            with self._cond:
-                while self._generation == generation and not self._finished:
-                    _check(cancel)
-                    self._cond.wait(0.2)
+    def wait_blob(self, digest: Digest, cancel: threading.Event | None = None) -> None:
+        """Until the fetch has reported ``digest`` committed (or found it committed), or has
+        ended. Waiting for the report, not for the file, matters: a blob becomes readable
+        before its commit has finished recording it."""
+        with self._cond:
+            while str(digest) not in self._present and not self._finished:
+                _check(cancel)
+                self._cond.wait(0.2)
 
 
 def _check(cancel: threading.Event | None) -> None:
@@ -123,11 +115,12 @@ class WaitingContent:
         self._cancel = cancel
 
     def info(self, digest: Digest) -> ContentInfo:
-        return self._board.until_present(lambda: self._content.info(digest), self._cancel)
+        self._board.wait_blob(digest, self._cancel)
+        return self._content.info(digest)
 
     def reader(self, digest: Digest) -> AbstractContextManager[BinaryIO]:
-        # Opening checks presence in both stores (embedded: the file; containerd: Info).
-        return self._board.until_present(lambda: self._content.reader(digest), self._cancel)
+        self._board.wait_blob(digest, self._cancel)
+        return self._content.reader(digest)
 
     def update(self, digest: Digest, labels: Mapping[str, str | None]) -> ContentInfo:
         return self._content.update(digest, labels)

@@ -235,6 +235,14 @@ class Fetcher:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def abort(self) -> None:
+        """Stop now (from any thread): no new blob starts, downloads in flight end at once
+        (the registry client shuts their sockets down); ingests stay for a resume."""
+        self.cancel.set()
+        abort = getattr(self.registry, "abort", None)
+        if callable(abort):
+            abort()
+
     # ------------------------------------------------------------ public
 
     def fetch_all(
@@ -291,7 +299,7 @@ class Fetcher:
             except TimeoutError:
                 continue
             except KeyboardInterrupt:
-                self.cancel.set()
+                self.abort()
                 raise
 
     def _fetch_one_safe(

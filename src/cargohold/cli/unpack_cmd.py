@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import click
@@ -24,8 +24,8 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
-from cargohold.errors import CargoholdError, PartialFailureError
-from cargohold.fetch import LABEL_GC_EXPIRE, Fetcher, FetchFailure, FetchResult
+from cargohold.errors import CargoholdError, NotFoundError, PartialFailureError
+from cargohold.fetch import LABEL_GC_EXPIRE, LEASE_EXPIRY, Fetcher, FetchFailure, FetchResult
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
@@ -41,11 +41,27 @@ from cargohold.unpack.image import (
 
 
 class UnpackProgress(UnpackEvents):
-    """One line per layer on stderr (off a TTY and on it), NDJSON events with --json."""
+    """One line per layer on stderr (off a TTY and on it), NDJSON events with --json.
+    ``defer``: hold the lines until :meth:`flush` (while a live display owns the TTY)."""
 
-    def __init__(self, out: Output, *, events: bool = True) -> None:
+    def __init__(self, out: Output, *, events: bool = True, defer: bool = False) -> None:
         self.out = out
         self.emit_events = events
+        self._deferred: list[Callable[[], None]] | None = [] if defer else None
+        self._lock = threading.Lock()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._deferred = self._deferred or [], None
+        for emit in pending:
+            emit()
+
+    def _emit(self, emit: Callable[[], None]) -> None:
+        with self._lock:
+            if self._deferred is not None:
+                self._deferred.append(emit)
+                return
+        emit()
 
     def layer_done(self, outcome: LayerOutcome) -> None:
         if self.out.json_mode:
@@ -56,9 +72,10 @@ class UnpackProgress(UnpackEvents):
         size = human_bytes(o.uncompressed or o.layer.size)
         extra = f"  {o.seconds:.2f} s" if o.seconds else ""
         line = f"layer    {str(o.layer.digest)[:19]}  {o.state:<8} {size}{extra}"
-        (self.out.debug if o.state == STATE_EXISTS else self.out.info)(line)
+        log = self.out.debug if o.state == STATE_EXISTS else self.out.info
+        self._emit(lambda: log(line))
         if o.state == STATE_FAILED:
-            self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed")
+            self._emit(lambda: self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed"))
 
 
 class UnpackStore(Protocol):
@@ -95,14 +112,16 @@ def unpack_lease(store: Any) -> Iterator[None]:
     if isinstance(store, LocalStore):
         yield
         return
-    expire = datetime.now(UTC) + timedelta(hours=1)
+    # As long as a fetch's lease: `pull` holds it across its fetch, which may take hours.
+    expire = datetime.now(UTC) + LEASE_EXPIRY
     lease = store.leases.create(labels={LABEL_GC_EXPIRE: expire.isoformat()})
     token = active_lease.set(lease.id)
     try:
         yield
     finally:
         active_lease.reset(token)
-        store.leases.delete(lease.id)
+        with suppress(NotFoundError):  # expired and collected: the real error is elsewhere
+            store.leases.delete(lease.id)
 
 
 def parse_platform_option(text: str | None) -> Platform | None:
@@ -190,9 +209,13 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
         fetcher = Fetcher(store, registry_client_for(app), jobs=jobs or s.jobs, events=board,
                           records=record_policy(app, None, False), cancel=cancel)
 
+        fetch_crash: list[BaseException] = []
+
         def run_fetch() -> None:
             try:
                 fetched.extend(fetcher.fetch_all(parsed, platforms=plats))
+            except BaseException as e:  # re-raised in the main thread after the join
+                fetch_crash.append(e)
             finally:
                 board.finish()
 
@@ -200,10 +223,12 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
                                         args=(run_fetch,), name="pull-fetch", daemon=True)
         fetch_thread.start()
         content = WaitingContent(store.content, board, cancel)
+        # Layer lines wait while the live fetch table owns the terminal.
+        unpack_progress = UnpackProgress(out, defer=out.live)
         try:
             with (
                 Unpacker(content, store.snapshots, store.applier, jobs=jobs or s.jobs,
-                         reserve_bytes=reserve_bytes(s), events=UnpackProgress(out),
+                         reserve_bytes=reserve_bytes(s), events=unpack_progress,
                          cancel=cancel, check_blobs=False) as unpacker,
                 unpack_lease(store),
             ):
@@ -216,18 +241,25 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
                                         thread_name_prefix="pull") as pool:
                     futs = [(ref, pool.submit(contextvars.copy_context().run, one, ref))
                             for ref in parsed]
-                    for ref, fut in futs:
-                        try:
-                            unpacked[str(ref)] = fut.result()
-                        except CargoholdError as e:
-                            unpack_errors[str(ref)] = e
+                    try:
+                        for ref, fut in futs:
+                            try:
+                                unpacked[str(ref)] = fut.result()
+                            except CargoholdError as e:
+                                unpack_errors[str(ref)] = e
+                    except BaseException:
+                        fetcher.abort()  # now, before the pool waits for its workers
+                        raise
                 fetch_thread.join()
         except BaseException:
-            cancel.set()  # the fetch and the unpacks stop and clean up
+            fetcher.abort()  # the fetch and the unpacks stop and clean up
             fetch_thread.join()
             raise
         finally:
             fetcher.close()
+    unpack_progress.flush()
+    if fetch_crash:
+        raise fetch_crash[0]
     ok = [r for r in fetched if isinstance(r, FetchResult)]
     failures = [r for r in fetched if isinstance(r, FetchFailure)]
     fetch_failed = {str(f.ref) for f in failures}

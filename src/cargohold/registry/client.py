@@ -33,6 +33,7 @@ from urllib3.exceptions import HTTPError as _U3HTTPError
 from cargohold import __version__
 from cargohold.errors import (
     DigestMismatchError,
+    Interrupted,
     InvalidInputError,
     NotFoundError,
     UnauthorizedError,
@@ -192,6 +193,9 @@ class RegistryClient:
         self.credentials = credentials or CredentialStore(authfile)
         self.auth = Authorizer(self.transport, self.credentials)
         self._lock = threading.Lock()
+        # Blob downloads in flight, and whether abort() stopped them.
+        self._streams: set[Response] = set()
+        self._aborted = threading.Event()
         # Manifest bodies a GET resolve read, for the fetch_manifest that follows (a few).
         self._resolved_bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._endpoint_cache: dict[str, list[Endpoint]] = {}
@@ -541,6 +545,8 @@ class RegistryClient:
                 self._stream(ep, ref, desc, write, state, on_progress)
                 return
             except _Cut as e:
+                if self._aborted.is_set():
+                    raise Interrupted(f"blob {desc.digest} of {ref.name}: download stopped") from None
                 if state.pos > start:
                     attempt = 0  # progress: the budget is for consecutive failures
                 attempt += 1
@@ -564,9 +570,13 @@ class RegistryClient:
         size = desc.size
         what = f"blob {desc.digest} of {ref.name}"
         headers = {"Range": f"bytes={pos}-"} if pos else {}
+        if self._aborted.is_set():
+            raise Interrupted(f"{what}: download stopped")
         resp = self._call(
             ep, ref.repository, "pull", "GET", _pull_path(ep, ref, f"blobs/{desc.digest}"), headers=headers
         )
+        with self._lock:
+            self._streams.add(resp)
         try:
             status = resp.status
             skip = 0
@@ -619,6 +629,8 @@ class RegistryClient:
             if remaining:
                 raise _Cut(f"body ended {remaining} bytes short")
         finally:
+            with self._lock:
+                self._streams.discard(resp)
             resp.close()
 
     def blob_exists(self, ref: Reference, desc: Descriptor) -> bool:
@@ -838,6 +850,16 @@ class RegistryClient:
                     yield t
             m = _LINK_NEXT.search(link or "")
             url = urljoin(resp.url, m.group(1)) if m else None
+
+    def abort(self) -> None:
+        """Stop every blob download now, from any thread (Ctrl-C, SIGTERM): blocked reads
+        return at once and the downloads raise Interrupted; what was written stays for a
+        resume."""
+        self._aborted.set()
+        with self._lock:
+            streams = list(self._streams)
+        for resp in streams:
+            resp.abort()
 
     def close(self) -> None:
         self.transport.clear()

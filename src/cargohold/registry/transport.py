@@ -22,6 +22,7 @@ the body was read to the end, and discards it otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import ipaddress
 import random
@@ -147,6 +148,12 @@ class Response:
     def read(self, amt: int = CHUNK) -> bytes:
         """Up to ``amt`` bytes; ``b""`` at the end. Raises urllib3 / OS errors on a cut."""
         return self._resp.read(amt)
+
+    def abort(self) -> None:
+        """Shut the socket down from another thread: a read blocked on it returns (with an
+        error) at once instead of at the read timeout."""
+        with contextlib.suppress(Exception):  # aborting must not fail
+            self._resp.shutdown()
 
     def read_limited(self, limit: int) -> bytes:
         """The whole body if it has at most ``limit`` bytes, else the first ``limit + 1``."""

@@ -326,7 +326,10 @@ class EmbeddedContentWriter:
                     "INSERT INTO content (digest, size, created_at, updated_at, labels) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET "
                     "size = excluded.size, created_at = excluded.created_at, "
-                    "updated_at = excluded.updated_at, labels = excluded.labels",
+                    "updated_at = excluded.updated_at, "
+                    # Merged, not replaced: a reader may have labelled the blob (e.g. an
+                    # unpack's gc.ref.snapshot) between the file appearing and this row.
+                    "labels = json_patch(coalesce(content.labels, '{}'), excluded.labels)",
                     (str(expected), size, ts(at), ts(at), labels_json),
                 )
                 if self._lease:
