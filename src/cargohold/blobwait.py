@@ -18,14 +18,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import Any, BinaryIO
 
-from cargohold.errors import Interrupted, NotFoundError
+from cargohold.errors import CargoholdError, Interrupted, NotFoundError
 from cargohold.fetch import FetchEvents, FetchResult
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
 from cargohold.store.interfaces import ContentInfo, ContentStore, ContentWriter, IngestStatus
+
+#: The reference whose image the current thread unpacks (set by the caller; unpack worker
+#: threads inherit it): a wait for a blob of an image whose fetch failed ends at once.
+current_ref: ContextVar[str | None] = ContextVar("cargohold_current_ref", default=None)
 
 
 class FetchBoard(FetchEvents):
@@ -38,6 +43,7 @@ class FetchBoard(FetchEvents):
         self._resolved: dict[str, Descriptor] = {}
         self._finished = False
         self._present: set[str] = set()  # digests the fetch committed or found committed
+        self._failed: set[str] = set()  # refs whose fetch failed
 
     # -------------------------------------------------------------- the fetch's side
 
@@ -63,6 +69,12 @@ class FetchBoard(FetchEvents):
     def image_done(self, result: FetchResult) -> None:
         self.inner.image_done(result)
 
+    def image_failed(self, ref: Reference, error: CargoholdError) -> None:
+        self.inner.image_failed(ref, error)
+        with self._cond:
+            self._failed.add(str(ref))
+            self._cond.notify_all()
+
     def finish(self) -> None:
         """The fetch is over (done, failed or interrupted): nothing more will arrive."""
         with self._cond:
@@ -84,7 +96,7 @@ class FetchBoard(FetchEvents):
                 desc = self._resolved.get(str(ref))
                 if desc is not None:
                     return desc
-                if self._finished:
+                if self._finished or str(ref) in self._failed:
                     raise NotFoundError(f"{ref} was not resolved")
                 _check(cancel)
                 self._cond.wait(0.2)
@@ -93,8 +105,11 @@ class FetchBoard(FetchEvents):
         """Until the fetch has reported ``digest`` committed (or found it committed), or has
         ended. Waiting for the report, not for the file, matters: a blob becomes readable
         before its commit has finished recording it."""
+        ref = current_ref.get()
         with self._cond:
             while str(digest) not in self._present and not self._finished:
+                if ref is not None and ref in self._failed:
+                    return  # that image's fetch failed: nothing more comes for it
                 _check(cancel)
                 self._cond.wait(0.2)
 

@@ -98,6 +98,8 @@ class FetchEvents:
 
     def image_done(self, result: FetchResult) -> None: ...
 
+    def image_failed(self, ref: Reference, error: CargoholdError) -> None: ...
+
 
 @dataclass
 class FetchResult:
@@ -308,6 +310,7 @@ class Fetcher:
         try:
             return self._fetch_one(ref, platforms, all_platforms)
         except CargoholdError as e:
+            self.events.image_failed(ref, e)
             return FetchFailure(ref, e)
 
     def _fetch_one(

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import click
 
-from cargohold.blobwait import FetchBoard, WaitingContent
+from cargohold.blobwait import FetchBoard, WaitingContent, current_ref
 from cargohold.cli.fetch_cmd import apply_registry_options, record_policy, registry_options
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
@@ -234,6 +234,7 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
             ):
 
                 def one(ref: Reference) -> list[UnpackResult]:
+                    current_ref.set(str(ref))  # this worker's own context (copied at submit)
                     target = board.wait_resolved(ref, cancel)
                     return [unpacker.unpack(target, p) for p in unpack_plats]
 
