@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold import __version__
-from cargohold.catalog import CatalogImage, measured_ratio, plan_catalog, resolve_spec
+from cargohold.catalog import CatalogImage, plan_catalog, resolve_spec
 from cargohold.du import disk_usage
 from cargohold.errors import (
     BudgetError,
@@ -54,7 +54,7 @@ from cargohold.errors import (
 )
 from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
 from cargohold.oci.descriptor import Platform
-from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, Decision
+from cargohold.plan import DEFAULT_MODEL, CostModel, Decision
 from cargohold.spec import CacheSpec, ImageEntry, format_size
 from cargohold.unpack.image import Unpacker, UnpackResult
 from cargohold.verify import Problem, verify
@@ -274,7 +274,7 @@ class BakeEvents:
     """Progress callbacks of a bake (the CLI subclasses it); fetch progress goes to the
     ``fetch_events`` given to :class:`Baker`."""
 
-    def phase(self, name: str, detail: str = "") -> None: ...
+    def phase(self, name: str) -> None: ...
 
     def unpacked(self, image: BakeImage, result: UnpackResult) -> None: ...
 
@@ -289,7 +289,6 @@ class BakeOptions:
     verify: bool = True
     cri_records: bool = False
     model: CostModel = DEFAULT_MODEL
-    check_free_space: bool = True
 
 
 class Baker:
@@ -407,14 +406,13 @@ class Baker:
 
     def _resolve(self, spec: CacheSpec,
                  failures: list[tuple[ImageEntry, CargoholdError]]) -> list[CatalogImage]:
-        sn = self._snapshots()
+        # resolve_spec estimates unmeasured layers at the ratio measured on this store.
         return resolve_spec(
             spec,
             self.registry,
             store=self.store,
             default_platforms=self.options.default_platforms,
-            ratio=measured_ratio(self.store, sn) or DEFAULT_UNPACK_RATIO,
-            snapshots=sn,
+            snapshots=self._snapshots(),
             failures=failures,
         )
 
@@ -527,7 +525,7 @@ class Baker:
     def _check_free_space(self, report: BakeReport) -> None:
         """Embedded store: the plan's bytes not on disk yet must fit the free space less the
         reserve (containerd's disk is not ours to see)."""
-        if not self.options.check_free_space or self.store_kind != "embedded":
+        if self.store_kind != "embedded":
             return
         need = int(report.plan.get("total_bytes") or 0)
         new = max(0, need - int(report.plan.get("present_bytes") or 0))

@@ -26,11 +26,11 @@ class _BakeProgress(BakeEvents):
     def __init__(self, out: Output) -> None:
         self.out = out
 
-    def phase(self, name: str, detail: str = "") -> None:
+    def phase(self, name: str) -> None:
         if self.out.json_mode:
             self.out.event("phase", phase=name)
         else:
-            self.out.info(f"== {name}" + (f": {detail}" if detail else ""))
+            self.out.info(f"== {name}")
 
     def unpacked(self, image: BakeImage, result: UnpackResult) -> None:
         if self.out.json_mode:
