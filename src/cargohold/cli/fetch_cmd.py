@@ -100,23 +100,32 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
         })
     else:
         for r in ok:
-            what = ("already present, nothing transferred" if r.transferred_nothing
-                    else f"{human_bytes(r.bytes_transferred)} transferred")
-            out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
-                     f"{human_bytes(r.bytes_total)}  ({what})")
+            out.data(fetched_line(r))
         if len(results) > 1:  # a lone failure is the command's error, printed once by main
             for f in failed:
                 out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
         rate = transferred / elapsed / (1 << 20) if elapsed > 0 else 0.0
         out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)} ({rate:.1f} MiB/s)")
-    if failed:
-        if len(results) == 1:
-            raise failed[0].error
-        codes = {f.error.exit_code for f in failed}
-        err = PartialFailureError(
-            f"{len(failed)} of {len(results)} images failed: "
-            + ", ".join(str(f.ref) for f in failed)
-        )
-        if len(codes) == 1 and not ok:
-            raise failed[0].error
-        raise err
+    raise_failures(failed, total=len(results))
+
+
+def fetched_line(r: FetchResult) -> str:
+    """``NAME  DIGEST  N blobs  SIZE  (what was transferred)``: a fetched image, as text."""
+    what = ("already present, nothing transferred" if r.transferred_nothing
+            else f"{human_bytes(r.bytes_transferred)} transferred")
+    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {human_bytes(r.bytes_total)}  ({what})"
+
+
+def raise_failures(failures: list[FetchFailure], *, total: int) -> None:
+    """The exit status of a batch of ``total`` images: the error of a lone failure, or of
+    every image failing the same way; else PartialFailureError naming the failed ones."""
+    if not failures:
+        return
+    if total == 1:
+        raise failures[0].error
+    codes = {f.error.exit_code for f in failures}
+    if len(codes) == 1 and len(failures) == total:
+        raise failures[0].error
+    raise PartialFailureError(
+        f"{len(failures)} of {total} images failed: " + ", ".join(str(f.ref) for f in failures)
+    )

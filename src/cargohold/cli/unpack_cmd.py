@@ -18,13 +18,19 @@ from typing import Any, Protocol
 import click
 
 from cargohold.blobwait import FetchBoard, WaitingContent, current_ref
-from cargohold.cli.fetch_cmd import apply_registry_options, record_policy, registry_options
+from cargohold.cli.fetch_cmd import (
+    apply_registry_options,
+    fetched_line,
+    raise_failures,
+    record_policy,
+    registry_options,
+)
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
-from cargohold.errors import CargoholdError, NotFoundError, PartialFailureError
+from cargohold.cli.resources import LocalStore, open_store, registry_client, reserve_bytes
+from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.fetch import LABEL_GC_EXPIRE, LEASE_EXPIRY, Fetcher, FetchFailure, FetchResult
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
@@ -206,7 +212,7 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
         # Fetch in one thread; unpack each image as soon as it is resolved, each layer as
         # soon as its blob is in (cargohold.blobwait), as containerd's pull does.
         board = FetchBoard(progress)
-        fetcher = Fetcher(store, registry_client_for(app), jobs=jobs or s.jobs, events=board,
+        fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=board,
                           records=record_policy(app, None, False), cancel=cancel)
 
         fetch_crash: list[BaseException] = []
@@ -281,33 +287,10 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
         })
     else:
         for r in done:
-            what = ("already present, nothing transferred" if r.transferred_nothing
-                    else f"{human_bytes(r.bytes_transferred)} transferred")
-            out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
-                     f"{human_bytes(r.bytes_total)}  ({what})")
+            out.data(fetched_line(r))
             for u in unpacked[r.name]:
                 report_unpack(out, r.name, u)
         for f in failures:
             out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
         out.info(f"elapsed: {elapsed:.1f} s")
     raise_failures(failures, total=len(parsed))
-
-
-def registry_client_for(app: App) -> Any:
-    from cargohold.cli.resources import registry_client
-
-    return registry_client(app.settings)
-
-
-def raise_failures(failures: list[FetchFailure], *, total: int) -> None:
-    """The exit status of a batch: the error of a lone failure, else partial failure."""
-    if not failures:
-        return
-    if total == 1:
-        raise failures[0].error
-    codes = {f.error.exit_code for f in failures}
-    if len(codes) == 1 and len(failures) == total:
-        raise failures[0].error
-    raise PartialFailureError(
-        f"{len(failures)} of {total} images failed: " + ", ".join(str(f.ref) for f in failures)
-    )
