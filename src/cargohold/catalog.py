@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cargohold.errors import CargoholdError, NotFoundError, UnsupportedError
-from cargohold.imagecontent import image_contents
+from cargohold.imagecontent import image_contents, present_configs
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
@@ -201,14 +201,7 @@ def measured_ratio(store: StoreLike, snapshots: Any | None = None) -> float | No
             contents = image_contents(content, img.target)
         except CargoholdError:
             continue
-        for _, m in contents.manifests:
-            data = _local_blob(content, m.config)
-            if data is None:
-                continue
-            try:
-                cfg = parse_config(data)
-            except CargoholdError:
-                continue
+        for m, cfg in present_configs(content, contents, _local_blob):
             pairs = layer_chains(cfg, m)
             sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
             for (c, layer), size in zip(pairs, sizes, strict=True):

@@ -28,8 +28,7 @@ from typing import Any
 
 from cargohold.catalog import layer_chains
 from cargohold.errors import CargoholdError
-from cargohold.imagecontent import image_contents, read_blob
-from cargohold.oci.manifest import parse_config
+from cargohold.imagecontent import image_contents, present_configs
 from cargohold.verify import select_images
 
 __all__ = ["DiskUsage", "ImageUsage", "disk_usage"]
@@ -117,14 +116,7 @@ class DiskUsage:
 
 def _image_chains(content: Any, contents: Any) -> list[str]:
     out: list[str] = []
-    for _, m in contents.manifests:
-        data = read_blob(content, m.config)
-        if data is None:
-            continue
-        try:
-            cfg = parse_config(data)
-        except CargoholdError:
-            continue
+    for m, cfg in present_configs(content, contents):
         for c, _ in layer_chains(cfg, m):
             if str(c) not in out:
                 out.append(str(c))

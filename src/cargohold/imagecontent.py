@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
-from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest_or_index
+from cargohold.oci.manifest import (
+    ImageConfig,
+    Index,
+    Manifest,
+    parse_config,
+    parse_manifest_or_index,
+)
 from cargohold.store.interfaces import ContentStore
 
 
@@ -110,3 +117,21 @@ def _present(content: ContentStore, desc: Descriptor) -> bool:
         return content.info(desc.digest).size == desc.size
     except NotFoundError:
         return False
+
+
+def present_configs(
+    content: ContentStore,
+    contents: ImageContents,
+    read: Callable[[ContentStore, Descriptor], bytes | None] = read_blob,
+) -> Iterator[tuple[Manifest, ImageConfig]]:
+    """Each present manifest of ``contents`` with its parsed config; manifests whose config
+    is missing or does not parse are left out. ``read``: how a config blob is read (e.g. a
+    reader that also verifies its digest)."""
+    for _, m in contents.manifests:
+        data = read(content, m.config)
+        if data is None:
+            continue
+        try:
+            yield m, parse_config(data)
+        except CargoholdError:
+            continue
