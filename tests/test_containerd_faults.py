@@ -35,7 +35,7 @@ from cargohold.oci.descriptor import Platform
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd import ContainerdStore
 from tests.rig.containerd import Containerd
-from tests.rig.faultproxy import FaultProxy, Rule
+from tests.rig.faultproxy import FaultProxy, Rule, running_proxy
 from tests.rig.images import push, push_index, unique_repo
 from tests.rig.services import Registry
 
@@ -139,11 +139,8 @@ def bigish(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
 
 @pytest.fixture
 def proxy(registry: Registry) -> Iterator[FaultProxy]:
-    p = FaultProxy(registry.host)
-    yield p
-    for rule in p.rules:  # never leave a handler thread holding a body
-        rule.release.set()
-    p.stop()
+    with running_proxy(registry.host) as p:
+        yield p
 
 
 def pause_big_layer(proxy: FaultProxy, built: BuiltImage) -> Rule:

@@ -19,8 +19,8 @@ import pytest
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
-from tests.rig.faultproxy import FaultProxy, Rule
-from tests.rig.images import push
+from tests.rig.faultproxy import FaultProxy, Rule, running_proxy
+from tests.rig.images import Pushed, push
 from tests.rig.services import Registry
 from tests.test_fetch import records
 
@@ -29,11 +29,8 @@ WAIT = 120.0
 
 @pytest.fixture
 def proxy(registry: Registry) -> Iterator[FaultProxy]:
-    p = FaultProxy(registry.host)
-    yield p
-    for rule in p.rules:  # never leave a handler thread holding a body
-        rule.release.set()
-    p.stop()
+    with running_proxy(registry.host) as p:
+        yield p
 
 
 def _lines(proc: subprocess.Popen[str]) -> queue.Queue[dict[str, Any] | None]:
@@ -50,18 +47,28 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[dict[str, Any] | None]:
     return q
 
 
+def _held_two_layer_image(registry: Registry, proxy: FaultProxy, tmp_path: Path,
+                          seed: int) -> tuple[Pushed, Rule, str]:
+    """A small base layer and a 4 MB last layer whose first download the proxy holds after
+    1 MiB (until the rule is released). Returns the image, the rule and the ref through the
+    proxy."""
+    spec = ImageSpec([
+        LayerSpec([Dir("base"), File("base/f", size=200_000, seed=seed)]),
+        LayerSpec([Dir("big"), File("big/f", size=4_000_000, seed=seed + 1)],
+                  compression="none"),
+    ], cmd=["/bin/true"])
+    pushed = push(registry.host, spec, tmp_path / "img")
+    last = pushed.built.layer_descriptors[-1]
+    rule = proxy.add(Rule("pause", method="GET", path=f"/blobs/{re.escape(str(last.digest))}$",
+                          cut_after=1 << 20, times=1))
+    return pushed, rule, f"{proxy.host}/{pushed.ref.path}:v1"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root")
 def test_first_layer_unpacked_while_the_last_downloads(registry: Registry, proxy: FaultProxy,
                                                         tmp_path: Path) -> None:
-    spec = ImageSpec([
-        LayerSpec([Dir("base"), File("base/f", size=200_000, seed=901)]),
-        LayerSpec([Dir("big"), File("big/f", size=4_000_000, seed=902)], compression="none"),
-    ], cmd=["/bin/true"])
-    pushed = push(registry.host, spec, tmp_path / "img")
+    pushed, rule, ref = _held_two_layer_image(registry, proxy, tmp_path, seed=901)
     first, last = pushed.built.layer_descriptors
-    rule = proxy.add(Rule("pause", method="GET", path=f"/blobs/{re.escape(str(last.digest))}$",
-                          cut_after=1 << 20))
-    ref = f"{proxy.host}/{pushed.ref.path}:v1"
     root = tmp_path / "store"
     proc = subprocess.Popen([*CLI, "--root", str(root), "--json", "pull", "--plain-http", ref],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -97,15 +104,7 @@ def test_interrupt_stops_fetch_and_unpack(registry: Registry, proxy: FaultProxy,
                                           tmp_path: Path, sig: int) -> None:
     """Stopped while a layer download is held: exit 130 without waiting for the download,
     no record, no half-applied snapshot; the rerun completes."""
-    spec = ImageSpec([
-        LayerSpec([Dir("base"), File("base/f", size=200_000, seed=911)]),
-        LayerSpec([Dir("big"), File("big/f", size=4_000_000, seed=912)], compression="none"),
-    ], cmd=["/bin/true"])
-    pushed = push(registry.host, spec, tmp_path / "img")
-    last = pushed.built.layer_descriptors[-1]
-    rule = proxy.add(Rule("pause", method="GET", path=f"/blobs/{re.escape(str(last.digest))}$",
-                          cut_after=1 << 20, times=1))
-    ref = f"{proxy.host}/{pushed.ref.path}:v1"
+    pushed, rule, ref = _held_two_layer_image(registry, proxy, tmp_path, seed=911)
     root = tmp_path / "store"
     proc = subprocess.Popen([*CLI, "--root", str(root), "--json", "pull", "--plain-http", ref],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -21,7 +21,7 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -365,3 +365,16 @@ def _reader(data: bytes) -> Callable[[int], bytes]:
 
 def query(path: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(path).query)
+
+
+@contextlib.contextmanager
+def running_proxy(upstream: str) -> Iterator[FaultProxy]:
+    """A FaultProxy for a test: on exit, every held body is released (no handler thread
+    is left waiting) and the proxy stopped."""
+    p = FaultProxy(upstream)
+    try:
+        yield p
+    finally:
+        for rule in p.rules:
+            rule.release.set()
+        p.stop()
