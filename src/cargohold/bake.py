@@ -353,12 +353,8 @@ class Baker:
         )
         try:
             self._bake(report, catalog, phases)
-        except BaseException:
-            # A bake that did not finish resumes with its plan unless the plan itself is
-            # what failed (then the next bake plans afresh).
-            report.seconds = time.monotonic() - start
-            raise
-        report.seconds = time.monotonic() - start
+        finally:
+            report.seconds = time.monotonic() - start  # also for the report of a stopped bake
         return report
 
     def _bake(self, report: BakeReport, catalog: list[CatalogImage],
