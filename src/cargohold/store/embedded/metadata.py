@@ -113,33 +113,32 @@ def load_labels(text: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in obj.items()} if isinstance(obj, dict) else {}
 
 
-def translate(e: sqlite3.Error, what: str) -> CargoholdError:
-    """Map an SQLite error to cargohold's error tree."""
+def translate(e: sqlite3.Error, what: str, kind: str = "metadata") -> CargoholdError:
+    """Map an SQLite error to cargohold's error tree (``kind``: whose database it is)."""
     code = getattr(e, "sqlite_errorcode", None)
     if code == _SQLITE_FULL:
-        return OutOfSpaceError(f"{what}: no space left for the metadata database ({e})")
+        return OutOfSpaceError(f"{what}: no space left for the {kind} database ({e})")
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return ConflictError(f"{what}: the metadata database stayed busy ({e})")
-    return CargoholdError(f"{what}: metadata database error: {e}")
+        return ConflictError(f"{what}: the {kind} database stayed busy ({e})")
+    return CargoholdError(f"{what}: {kind} database error: {e}")
 
 
-class MetadataDB:
-    """The store's SQLite database: per-thread connections, explicit transactions."""
+class SqliteDB:
+    """An SQLite database shared by threads: per-thread connections in autocommit mode,
+    explicit write transactions, errors mapped to cargohold's (``kind`` names it in them),
+    a WAL checkpoint on close. ``closed_name`` says what was closed if it is used after."""
 
-    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, *, timeout: float = 30.0, kind: str = "metadata",
+                 closed_name: str = "", foreign_keys: bool = False) -> None:
         self.path = path
+        self.kind = kind
+        self._closed_name = closed_name or f"the {kind} database {path}"
+        self._foreign_keys = foreign_keys
         self._timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
-        try:
-            conn = self.conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate(conn)
-        except sqlite3.Error as e:
-            self.close()
-            raise translate(e, f"opening {path}") from e
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (autocommit mode; use :meth:`write` for transactions)."""
@@ -148,15 +147,19 @@ class MetadataDB:
             return c
         with self._lock:
             if self._closed:
-                raise CargoholdError(f"the store's database {self.path} is closed")
+                raise CargoholdError(f"{self._closed_name} is closed")
             c = sqlite3.connect(
                 self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
             self._conns.append(c)
         c.execute("PRAGMA synchronous=NORMAL")
-        c.execute("PRAGMA foreign_keys=ON")
+        if self._foreign_keys:
+            c.execute("PRAGMA foreign_keys=ON")
         self._local.conn = c
         return c
+
+    def translate(self, e: sqlite3.Error, what: str) -> CargoholdError:
+        return translate(e, what, self.kind)
 
     @contextmanager
     def write(self, what: str = "writing metadata") -> Iterator[sqlite3.Connection]:
@@ -165,7 +168,7 @@ class MetadataDB:
         try:
             c.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            raise translate(e, what) from e
+            raise self.translate(e, what) from e
         try:
             yield c
             c.execute("COMMIT")
@@ -173,7 +176,7 @@ class MetadataDB:
             with suppress(sqlite3.Error):
                 c.execute("ROLLBACK")
             if isinstance(e, sqlite3.Error):
-                raise translate(e, what) from e
+                raise self.translate(e, what) from e
             raise
 
     def query(self, sql: str, params: tuple[Any, ...] = (), what: str = "reading metadata") -> list[Any]:
@@ -181,7 +184,38 @@ class MetadataDB:
         try:
             return self.conn().execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            raise translate(e, what) from e
+            raise self.translate(e, what) from e
+
+    def close(self) -> None:
+        """Checkpoint the WAL (durable from here on) and close every thread's connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns, self._conns = self._conns, []
+        if conns:
+            # May fail while another process reads; the last connection to close checkpoints.
+            with suppress(sqlite3.Error):
+                conns[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for c in conns:
+            with suppress(sqlite3.Error):
+                c.close()
+        self._local = threading.local()
+
+
+class MetadataDB(SqliteDB):
+    """The store's SQLite database (schema migrated on open)."""
+
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        super().__init__(path, timeout=timeout, closed_name=f"the store's database {path}",
+                         foreign_keys=True)
+        try:
+            conn = self.conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._migrate(conn)
+        except sqlite3.Error as e:
+            self.close()
+            raise translate(e, f"opening {path}") from e
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -207,18 +241,3 @@ class MetadataDB:
         row = self.query("SELECT MAX(version) FROM schema_version")
         return int(row[0][0]) if row and row[0][0] is not None else 0
 
-    def close(self) -> None:
-        """Checkpoint the WAL (durable from here on) and close every thread's connection."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            conns, self._conns = self._conns, []
-        if conns:
-            # May fail while another process reads; the last connection to close checkpoints.
-            with suppress(sqlite3.Error):
-                conns[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        for c in conns:
-            with suppress(sqlite3.Error):
-                c.close()
-        self._local = threading.local()

@@ -64,9 +64,8 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Set
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +81,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.mount import overlay_supported
+from cargohold.store.embedded.metadata import SqliteDB
 from cargohold.store.interfaces import (
     KIND_ACTIVE,
     KIND_COMMITTED,
@@ -235,15 +235,14 @@ class EmbeddedSnapshotter:
         self.dir = Path(root) / SNAPSHOTS_DIR
         self.leases = leases
         self.reserve_bytes = reserve_bytes
-        self._timeout = timeout
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
-        self._closed = False
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CargoholdError(f"cannot create {self.dir}: {e}") from e
+        self._db = SqliteDB(self.dir / DB_FILE, timeout=timeout, kind="snapshot",
+                            closed_name=f"the snapshotter at {self.dir}")
+        self._conn = self._db.conn
+        self._write = self._db.write
         try:
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")
@@ -264,50 +263,6 @@ class EmbeddedSnapshotter:
         return self.backend == "overlay"
 
     # ------------------------------------------------------------ database
-
-    def _conn(self) -> sqlite3.Connection:
-        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if c is not None:
-            return c
-        with self._lock:
-            if self._closed:
-                raise CargoholdError(f"the snapshotter at {self.dir} is closed")
-            c = sqlite3.connect(
-                self.dir / DB_FILE,
-                timeout=self._timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conns.append(c)
-        c.execute("PRAGMA synchronous=NORMAL")
-        self._local.conn = c
-        return c
-
-    @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        c = self._conn()
-        try:
-            c.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise self._translate(e, what) from e
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException as e:
-            with suppress(sqlite3.Error):
-                c.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise self._translate(e, what) from e
-            raise
-
-    @staticmethod
-    def _translate(e: sqlite3.Error, what: str) -> CargoholdError:
-        code = getattr(e, "sqlite_errorcode", None)
-        if code == 13:  # SQLITE_FULL
-            return OutOfSpaceError(f"{what}: no space left for the snapshot database ({e})")
-        if code in (5, 6):  # BUSY, LOCKED
-            return ConflictError(f"{what}: the snapshot database stayed busy ({e})")
-        return CargoholdError(f"{what}: snapshot database error: {e}")
 
     def _get(self, c: sqlite3.Connection, key: str) -> _Row | None:
         r = c.execute(f"SELECT {_COLS} FROM snapshots WHERE key = ?", (key,)).fetchone()
@@ -334,18 +289,7 @@ class EmbeddedSnapshotter:
         return [int(r[0]) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            conns, self._conns = self._conns, []
-        if conns:
-            with suppress(sqlite3.Error):
-                conns[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        for c in conns:
-            with suppress(sqlite3.Error):
-                c.close()
-        self._local = threading.local()
+        self._db.close()
 
     def __enter__(self) -> EmbeddedSnapshotter:
         return self
