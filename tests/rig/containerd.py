@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cargohold.devtools.registry import stop_process
 from tests.rig.services import IN_CI, require_binary
 
 #: Plugins that probe or need host state we do not want (or have) in tests.
@@ -195,13 +196,8 @@ class Containerd:
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20)
         self.proc = None
 
     def restart(self) -> None:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.devtools.registry import free_port, registry_config, spawn_registry, wait_http
+from cargohold.devtools.registry import (
+    free_port,
+    registry_config,
+    spawn_registry,
+    stop_process,
+    wait_http,
+)
 
 __all__ = ["Registry", "TokenAuth", "free_port", "require_binary", "start_registry", "wait_http"]
 
@@ -49,13 +55,7 @@ class Registry:
         return f"{self.scheme}://{self.host}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def restart(self) -> None:
         self.stop()
