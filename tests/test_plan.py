@@ -372,7 +372,7 @@ def test_skip_is_the_last_resort_and_can_be_forbidden() -> None:
     assert p.names("skip") == ["huge"]
     huge = p.images[1]
     assert huge.penalty_seconds == pytest.approx(30 + 4 * GB / 25e6 + 0.5 + 9 * GB / 100e6)
-    assert huge.reason.startswith("skipped: budget exhausted (fetching needs 3.7 GiB more")
+    assert huge.reason.startswith("skipped: budget exhausted (fetching needs 4.0 GB more")
     q = plan(images, 2 * GB, allow_skip=False)
     assert not q.feasible and "every other image fetched" in q.reason
     assert not q.names("skip")

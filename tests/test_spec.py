@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cargohold.cli.output import human_bytes
 from cargohold.errors import InvalidInputError
 from cargohold.spec import (
     GIB,
     KIB,
+    MB,
     MIB,
     CacheSpec,
     format_size,
@@ -18,6 +20,7 @@ from cargohold.spec import (
     parse_size,
     parse_spec,
 )
+from cargohold.units import format_rate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -393,14 +396,21 @@ def test_parse_size_units(amount: int, unit: tuple[str, int], space: str) -> Non
 @given(st.integers(min_value=0, max_value=2**50))
 def test_format_size_round_trips_within_rounding(n: int) -> None:
     text = format_size(n)
-    assert re.fullmatch(r"\d+ B|\d+\.\d (KiB|MiB|GiB|TiB|PiB)", text), text
+    assert re.fullmatch(r"\d+ B|\d+\.\d (kB|MB|GB|TB|PB)", text), text
     back = parse_size(text)
     assert abs(back - n) <= 0.05 * n + 1
 
 
 def test_format_size() -> None:
+    """One convention, SI: a size written "200MB" reads back as 200.0 MB (issue 14, 9)."""
     assert format_size(0) == "0 B"
-    assert format_size(1023) == "1023 B"
-    assert format_size(1536) == "1.5 KiB"
-    assert format_size(20 * GIB) == "20.0 GiB"
-    assert format_size(-3 * MIB) == "-3.0 MiB"
+    assert format_size(999) == "999 B"
+    assert format_size(1500) == "1.5 kB"
+    assert format_size(parse_size("200MB")) == "200.0 MB"
+    assert format_size(parse_size("250MB")) == "250.0 MB"
+    assert format_size(20 * GIB) == "21.5 GB"
+    assert format_size(-3 * MB) == "-3.0 MB"
+    assert format_size(999_960) == "1.0 MB"  # never "1000.0 kB"
+    assert format_size(10**18) == "1000.0 PB"
+    assert human_bytes is format_size  # the CLI's name for the same formatter
+    assert format_rate(12_300_000) == "12.3 MB/s"

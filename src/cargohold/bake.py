@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold import __version__
-from cargohold.catalog import CatalogImage, plan_catalog, resolve_spec
+from cargohold.catalog import CatalogImage, UnpackRatio, plan_catalog, resolve_spec, unpack_ratio
 from cargohold.du import disk_usage
 from cargohold.errors import (
     BudgetError,
@@ -328,6 +328,8 @@ class Baker:
         self.fetch_scope = fetch_scope
         self.unresolved: list[tuple[ImageEntry, CargoholdError]] = []
         self.report: BakeReport | None = None
+        #: The ratio unmeasured layers are estimated at (measured when the plan is made).
+        self.ratio = UnpackRatio()
 
     # ------------------------------------------------------------ phases
 
@@ -402,12 +404,13 @@ class Baker:
 
     def _resolve(self, spec: CacheSpec,
                  failures: list[tuple[ImageEntry, CargoholdError]]) -> list[CatalogImage]:
-        # resolve_spec estimates unmeasured layers at the ratio measured on this store.
+        # Unmeasured layers are estimated at the ratio measured on this store.
         return resolve_spec(
             spec,
             self.registry,
             store=self.store,
             default_platforms=self.options.default_platforms,
+            ratio=self.ratio.value,
             snapshots=self._snapshots(),
             failures=failures,
         )
@@ -415,6 +418,7 @@ class Baker:
     def _catalog(self) -> list[CatalogImage]:
         """The resolved entries; those that cannot be resolved go to ``self.unresolved``
         (reported as failed, the others baked)."""
+        self.ratio = unpack_ratio(self.store, self._snapshots())
         return self._resolve(self.spec, self.unresolved)
 
     def _state_file(self) -> Path:
@@ -437,6 +441,7 @@ class Baker:
                 return dict(saved["plan"]), True
         _, doc = plan_catalog(catalog, self.options.budget, model=self.options.model)
         doc["refined"] = False
+        doc["unpack_ratio"] = self.ratio.to_json()
         return doc, False
 
     def _applies(self, saved: dict[str, Any], catalog: list[CatalogImage]) -> bool:

@@ -18,9 +18,10 @@ the registry); no layer is downloaded. For every entry of the spec:
     without inflating it (:func:`local_tar_size`: the gzip trailer's ISIZE, the zstd frame
     header's content size, the size of an uncompressed layer);
   - else **estimated** as ``estimate_unpacked(layer compressed size, ratio)``, where
-    ``ratio`` = unpacked / compressed bytes measured over the layers of this store's images
-    that are unpacked (:func:`measured_ratio`), or, when nothing is unpacked (or no
-    snapshotter is available), :data:`~cargohold.plan.DEFAULT_UNPACK_RATIO` (2.5).
+    ``ratio`` = unpacked / compressed bytes over the layers of this store's images that are
+    unpacked, each of at least :data:`RATIO_MIN_LAYER` (1 MB) compressed, clamped to
+    :data:`RATIO_RANGE` (1-8x) (:func:`unpack_ratio`), or, when no such layer is unpacked
+    (or no snapshotter is available), :data:`~cargohold.plan.DEFAULT_UNPACK_RATIO` (2.5).
 """
 
 from __future__ import annotations
@@ -55,17 +56,22 @@ from cargohold.plan import (
 )
 from cargohold.spec import CacheSpec, ImageEntry
 from cargohold.store.interfaces import ContentStore, ImageStore
+from cargohold.units import format_size
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
 
 __all__ = [
+    "RATIO_MIN_LAYER",
+    "RATIO_RANGE",
     "CatalogImage",
+    "UnpackRatio",
     "chain_layer_sizes",
     "layer_chains",
-    "measured_ratio",
     "plan_catalog",
     "present_footprint",
+    "ratio_of",
     "resolve_spec",
     "snapshotter_of",
+    "unpack_ratio",
     "usage_excludes_parents",
 ]
 
@@ -186,16 +192,97 @@ def _local_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
     return data
 
 
-def measured_ratio(store: StoreLike, snapshots: Any | None = None) -> float | None:
-    """Unpacked / compressed bytes over every unpacked layer of the store's images (None if
-    no layer is unpacked or there is no snapshotter)."""
+#: Layers smaller than this (compressed) are left out of the measured ratio: a tar pads to
+#: whole blocks and a file takes whole disk blocks, so 200 B of gzip can take 16 kB unpacked.
+RATIO_MIN_LAYER = 1_000_000
+#: The measured ratio is clamped to this range (gzip on real layers gives 2-4x, text up to
+#: about 8x; below 1x the unpacked layer would be smaller than its compressed blob).
+RATIO_RANGE = (1.0, 8.0)
+
+
+@dataclass(frozen=True)
+class UnpackRatio:
+    """The unpacked / compressed ratio the catalog estimates unmeasured layers with, and what
+    it was measured on: the layers of the store's images that are unpacked, each at least
+    :data:`RATIO_MIN_LAYER` compressed, each counted once, weighted by their bytes (total
+    unpacked / total compressed), clamped to :data:`RATIO_RANGE`; the default
+    (:data:`~cargohold.plan.DEFAULT_UNPACK_RATIO`) when no such layer is unpacked."""
+
+    value: float = DEFAULT_UNPACK_RATIO
+    #: The ratio measured before clamping (None: nothing to measure on).
+    measured: float | None = None
+    compressed_bytes: int = 0
+    unpacked_bytes: int = 0
+    layers: int = 0
+    #: Unpacked layers below :data:`RATIO_MIN_LAYER`, left out.
+    small_layers: int = 0
+
+    @property
+    def clamped(self) -> bool:
+        return self.measured is not None and self.measured != self.value
+
+    def describe(self) -> str:
+        """``2.31x compressed (measured on this store: 3 layers, 45.2 MB compressed)``."""
+        if self.measured is None:
+            why = (f"; {_plural(self.small_layers, 'unpacked layer')} under "
+                   f"{format_size(RATIO_MIN_LAYER)} left out" if self.small_layers else "")
+            return f"{self.value:.2f}x compressed (default{why})"
+        text = (f"{self.value:.2f}x compressed (measured on this store: "
+                f"{_plural(self.layers, 'layer')}, {format_size(self.compressed_bytes)} compressed")
+        if self.clamped:
+            text += (f"; {self.measured:.2f}x clamped to "
+                     f"{RATIO_RANGE[0]:g}-{RATIO_RANGE[1]:g}x")
+        return text + ")"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ratio": self.value,
+            "measured": self.measured is not None,
+            "measured_ratio": self.measured,
+            "clamped": self.clamped,
+            "compressed_bytes": self.compressed_bytes,
+            "unpacked_bytes": self.unpacked_bytes,
+            "layers": self.layers,
+            "small_layers": self.small_layers,
+            "min_layer_bytes": RATIO_MIN_LAYER,
+            "range": list(RATIO_RANGE),
+        }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def ratio_of(layers: Iterable[tuple[int, int]]) -> UnpackRatio:
+    """The :class:`UnpackRatio` of ``(compressed, unpacked)`` sizes of distinct unpacked
+    layers: those under :data:`RATIO_MIN_LAYER` left out, the rest weighted by their bytes,
+    clamped to :data:`RATIO_RANGE`."""
+    comp = unp = n = small = 0
+    for c, u in layers:
+        if c < RATIO_MIN_LAYER:
+            small += 1
+            continue
+        comp += c
+        unp += u
+        n += 1
+    if comp <= 0 or unp <= 0:
+        return UnpackRatio(small_layers=small)
+    raw = unp / comp
+    lo, hi = RATIO_RANGE
+    return UnpackRatio(min(hi, max(lo, raw)), raw, comp, unp, n, small)
+
+
+def unpack_ratio(store: StoreLike | None, snapshots: Any | None = None) -> UnpackRatio:
+    """The ratio measured on the unpacked layers of the store's images (each once; see
+    :func:`ratio_of`); the default when there is no store or no snapshotter."""
+    if store is None:
+        return UnpackRatio()
     if snapshots is None:
         snapshots = snapshotter_of(store)
     if snapshots is None:
-        return None
+        return UnpackRatio()
     content = store.content
-    seen: set[str] = set()
-    comp = unp = 0
+    sizes_of: dict[str, tuple[int, int]] = {}
     for img in store.images.list():
         try:
             contents = image_contents(content, img.target)
@@ -205,14 +292,9 @@ def measured_ratio(store: StoreLike, snapshots: Any | None = None) -> float | No
             pairs = layer_chains(cfg, m)
             sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
             for (c, layer), size in zip(pairs, sizes, strict=True):
-                if size is None or str(c) in seen:
-                    continue
-                seen.add(str(c))
-                comp += layer.size
-                unp += size
-    if comp <= 0 or unp <= 0:
-        return None
-    return unp / comp
+                if size is not None:
+                    sizes_of.setdefault(str(c), (layer.size, size))
+    return ratio_of(sizes_of.values())
 
 
 class _Resolver:
@@ -372,9 +454,7 @@ def resolve_spec(
     if snapshots is None and store is not None:
         snapshots = snapshotter_of(store)
     if ratio is None:
-        ratio = (measured_ratio(store, snapshots) if store is not None else None) or (
-            DEFAULT_UNPACK_RATIO
-        )
+        ratio = unpack_ratio(store, snapshots).value
     defaults = tuple(default_platforms) or (host_platform(),)
     resolver = _Resolver(registry, content)
     out: list[CatalogImage] = []

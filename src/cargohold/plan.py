@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cargohold.errors import BudgetError, InvalidInputError
-from cargohold.spec import format_size
+from cargohold.units import format_size
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -62,6 +62,7 @@ from cargohold.errors import InvalidInputError
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import parse_platform
 from cargohold.oci.reference import Reference, parse_reference
+from cargohold.units import format_size
 
 __all__ = [
     "GB",
@@ -154,17 +155,6 @@ def parse_size(value: str | int) -> int:
     except InvalidOperation:  # pragma: no cover - the regex admits only decimals
         raise InvalidInputError(f"invalid size {_show(value)}: bad number") from None
     return int(amount * _UNITS[low])
-
-
-def format_size(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``: IEC units, one decimal (bytes as a whole number)."""
-    sign = "-" if n < 0 else ""
-    v = float(abs(n))
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if v < 1024 or unit == "PiB":
-            break
-        v /= 1024
-    return f"{sign}{v:.0f} {unit}" if unit == "B" else f"{sign}{v:.1f} {unit}"
 
 
 # --------------------------------------------------------------------------- model

@@ -8,6 +8,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from cargohold.units import format_size
+
+#: Sizes in the CLI's output: the one formatter (:mod:`cargohold.units`), under the name the
+#: commands import.
+human_bytes = format_size
+
 
 class Output:
     def __init__(
@@ -68,11 +74,3 @@ class Output:
         self._write(self.err, f"error: {msg}")
         if hint and self.verbosity >= 0:
             self._write(self.err, f"hint: {hint}")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

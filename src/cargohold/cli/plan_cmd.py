@@ -120,8 +120,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                  json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
                  hosts_dir: str | None, authfile: str | None) -> None:
     """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
-    from cargohold.catalog import measured_ratio, plan_catalog, resolve_spec
-    from cargohold.plan import DEFAULT_UNPACK_RATIO
+    from cargohold.catalog import plan_catalog, resolve_spec, unpack_ratio
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
@@ -134,20 +133,20 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
     plats = [parse_platform(p) for p in (platforms or s.platforms)] or [host_platform()]
     with _existing_store(app) as store, _snapshotter(Path(s.root)) as local_sn:
         sn = store.snapshots if s.store == "containerd" and store is not None else local_sn
-        measured = measured_ratio(store, sn) if store is not None and sn is not None else None
-        ratio = measured or DEFAULT_UNPACK_RATIO
+        ratio = unpack_ratio(store, sn) if sn is not None else unpack_ratio(None)
         client = registry_client(s)
         try:
             catalog = resolve_spec(spec, client, store=store, default_platforms=plats,
-                                   ratio=ratio, snapshots=sn)
+                                   ratio=ratio.value, snapshots=sn)
         finally:
             client.close()
     result, doc = plan_catalog(catalog, limit, model=model)
     if json_mode:
         doc["model"]["source"] = model_note
-        doc["unpack_ratio"] = ratio
-        doc["unpack_ratio_measured"] = measured is not None
-        doc["spec"] = str(spec_file)
+        doc["unpack_ratio"] = ratio.value
+        doc["unpack_ratio_measured"] = ratio.measured is not None
+        doc["unpack_ratio_sample"] = ratio.to_json()
+        doc["spec"] = str(spec_file.absolute())
         app.out.json(doc)
     else:
         rows = [
@@ -168,8 +167,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
         app.out.data(line)
         app.out.data(f"weighted penalty: {result.total_penalty:.1f} s; {result.reason}; "
                      f"{result.algorithm}")
-        how = "measured on this store" if measured is not None else "default"
-        app.out.info(f"unpacked sizes not measured are estimated at {ratio:.2f}x compressed ({how})")
+        app.out.info(f"unpacked sizes not measured are estimated at {ratio.describe()}")
         app.out.info(f"penalties: {model_note}")
     if not result.feasible:
         raise BudgetError(result.reason)
