@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.units import format_size
 from tests.rig.images import push
 from tests.rig.services import Registry
 from tests.test_fetch import blob_files, cli
@@ -113,5 +114,17 @@ def test_du_totals_match_disk_and_count_shared_once(registry: Registry, tmp_path
     only = first_json(cli(root, "du", "--json", a.text, check=True).stdout)
     assert [r["name"] for r in only["images"]] == [a.text]
     assert only["images"][0]["content_shared_bytes"] == base_a.size
+    assert only["selected"] == {"images": 1, "content_bytes": a.built.total_size(),
+                                "snapshot_bytes": 0, "total_bytes": a.built.total_size()}
     table = cli(root, "du", check=True).stdout
     assert a.text in table and "unreferenced" in table
+
+    # Issue 14, 9: `du REF` totals the images named, not the store.
+    named = cli(root, "du", a.text, check=True)
+    assert named.stdout.splitlines()[-1] == (
+        f"total of the 1 image named: content {format_size(a.built.total_size())} + "
+        f"snapshots 0 B = "
+        f"{format_size(a.built.total_size())} (shared bytes once)")
+    assert f"the whole store: content {format_size(walked)}" in named.stderr
+    both = first_json(cli(root, "du", "--json", a.text, b.text, check=True).stdout)
+    assert both["selected"]["content_bytes"] == totals["referenced_bytes"]

@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from cargohold import __version__
-from cargohold.catalog import CatalogImage, UnpackRatio, plan_catalog, resolve_spec, unpack_ratio
+from cargohold.catalog import (
+    CatalogImage,
+    UnpackRatio,
+    budget_hint,
+    plan_catalog,
+    resolve_spec,
+    unpack_ratio,
+)
 from cargohold.du import disk_usage
 from cargohold.errors import (
     BudgetError,
@@ -73,6 +80,11 @@ def spec_digest(spec: CacheSpec) -> str:
     """sha256 of the spec file's bytes as :func:`~cargohold.spec.load_spec` read them (what
     a reused plan is keyed by); of the spec's path for a spec parsed from text."""
     return spec.digest or "sha256:" + hashlib.sha256(spec.path.encode()).hexdigest()
+
+
+def spec_path(spec: CacheSpec) -> str:
+    """The spec's file as an absolute path (a spec parsed from text: its name as given)."""
+    return os.path.abspath(spec.path) if spec.digest else spec.path
 
 
 def state_path(root: Path, spec: CacheSpec, store: str, namespace: str) -> Path:
@@ -127,6 +139,8 @@ class BakeImage:
     content_bytes: int = 0
     snapshot_bytes: int = 0
     exception: CargoholdError | None = field(default=None, repr=False)
+    #: False for an entry that could not be resolved: it has no decision (``mode`` null).
+    resolved: bool = True
 
     @property
     def bytes_transferred(self) -> int:
@@ -139,6 +153,35 @@ class BakeImage:
     @property
     def unpack_seconds(self) -> float:
         return sum(u.seconds for u in self.unpack if not u.already_unpacked)
+
+    @property
+    def planned_bytes(self) -> int:
+        """What the plan expected it to take on disk: its blobs if kept, its chains if
+        pulled (shared bytes counted in each image that has them, as :attr:`measured_bytes`)."""
+        kept = self.planned_compressed_bytes if self.decision != "skip" else 0
+        return kept + (self.planned_unpacked_bytes if self.decision == "pull" else 0)
+
+    @property
+    def measured_bytes(self) -> int:
+        return self.content_bytes + self.snapshot_bytes
+
+    def over_plan(self) -> tuple[int, str] | None:
+        """``(bytes, why)`` when it takes more disk than planned, else None: snapshots of an
+        image the plan did not pull (unpacked outside the bake: a container's first start,
+        ``pull``, ``unpack``), content of one it skipped (an earlier fetch), or more bytes
+        than estimated."""
+        excess = self.measured_bytes - self.planned_bytes
+        if excess <= 0:
+            return None
+        if self.decision != "pull" and self.snapshot_bytes > 0:
+            return excess, (f"{format_size(self.snapshot_bytes)} of snapshots the plan did not "
+                            "pull (unpacked outside the bake: a container's first start, "
+                            "`pull` or `unpack`)")
+        if self.decision == "skip" and self.content_bytes > 0:
+            return excess, (f"{format_size(self.content_bytes)} of content the plan skipped "
+                            "(fetched outside this bake)")
+        return excess, (f"{format_size(excess)} more than planned (layer sizes estimated or "
+                        "read off the blobs; files take whole blocks)")
 
     @property
     def did_work(self) -> bool:
@@ -154,7 +197,7 @@ class BakeImage:
             "name": self.name,
             "digest": self.digest,
             "platforms": self.platforms,
-            "mode": self.decision,
+            "mode": self.decision if self.resolved else None,
             "critical": self.critical,
             "priority": self.priority,
             "status": self.status,
@@ -234,7 +277,19 @@ class BakeReport:
         return max(0, self.total_bytes - self.budget)
 
     def count(self, decision: Decision) -> int:
-        return sum(1 for i in self.images if i.decision == decision)
+        """Images with this decision that did not fail (a failed image counts only as
+        failed, so the counts add up to the images)."""
+        return sum(1 for i in self.images if i.decision == decision and i.status != "failed")
+
+    def over_budget_causes(self) -> list[tuple[str, int, str]]:
+        """``(image, bytes, why)`` of the images that take more disk than the plan gave
+        them, the most first: what put the bake over its budget."""
+        causes = []
+        for img in self.images:
+            over = img.over_plan()
+            if over is not None:
+                causes.append((img.name, over[0], over[1]))
+        return sorted(causes, key=lambda c: (-c[1], c[0]))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -342,7 +397,7 @@ class Baker:
             catalog = self._catalog()
             plan_doc, reused = self._plan(catalog)
         report = self.report = BakeReport(
-            spec=self.spec.path,
+            spec=spec_path(self.spec),
             spec_digest=spec_digest(self.spec),
             store=self.store_kind,
             namespace=self.namespace,
@@ -363,7 +418,7 @@ class Baker:
               phases: dict[str, float]) -> None:
         if not report.plan["feasible"]:
             self._save_state(report, catalog, status="failed")
-            raise BudgetError(str(report.plan["reason"]))
+            raise BudgetError(str(report.plan["reason"]), hint=budget_hint(report.plan))
         self._check_free_space(report)
         self._save_state(report, catalog, status="baking")
 
@@ -485,7 +540,7 @@ class Baker:
             "version": STATE_VERSION,
             "status": status,
             "updated_at": _now(),
-            "spec": self.spec.path,
+            "spec": report.spec,
             "spec_digest": report.spec_digest,
             "store": self.store_kind,
             "namespace": self.namespace,
@@ -518,6 +573,7 @@ class Baker:
                 name=str(entry.ref), decision="skip", critical=entry.critical,
                 priority=entry.priority, platforms=[], digest="",
                 planned_compressed_bytes=0, planned_unpacked_bytes=0, penalty_seconds=0.0,
+                resolved=False,
             )
             _fail(img, error)
             out.append(img)

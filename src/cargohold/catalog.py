@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cargohold.errors import CargoholdError, NotFoundError, UnsupportedError
+from cargohold.errors import BudgetError, CargoholdError, NotFoundError, UnsupportedError
 from cargohold.imagecontent import image_contents, present_configs
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -64,6 +64,7 @@ __all__ = [
     "RATIO_RANGE",
     "CatalogImage",
     "UnpackRatio",
+    "budget_hint",
     "chain_layer_sizes",
     "layer_chains",
     "plan_catalog",
@@ -414,24 +415,19 @@ def _has_blob(content: ContentStore | None, digest: str, size: int) -> bool:
         return False
 
 
-#: The name of :func:`present_footprint`'s pseudo-image (never a valid reference).
-PRESENT_NAME = "(already in the store)"
-
-
-def present_footprint(catalog: Sequence[CatalogImage]) -> PlanImage | None:
-    """What the store already holds of the catalog's images, as a pseudo-image the planner
-    must pull: its blobs and chains are disk in use whatever the plan decides (nothing is
-    deleted), so an image sharing them pays nothing more for them, and pulling an image
-    whose chains are all committed is free. None when the store holds nothing of them."""
-    blobs: dict[str, int] = {}
-    chains: dict[str, int] = {}
+def present_footprint(catalog: Sequence[CatalogImage]) -> list[PlanImage]:
+    """What the store already holds of the catalog's images, one present pseudo-image
+    (:attr:`PlanImage.present <cargohold.plan.PlanImage>`) per image holding something,
+    named as the image: its blobs and chains are disk in use whatever the plan decides
+    (nothing is deleted), so an image sharing them pays nothing more for them, pulling an
+    image whose chains are all committed is free, and an infeasible plan names the images
+    whose bytes the store holds."""
+    out: list[PlanImage] = []
     for c in catalog:
-        blobs.update(c.present_blobs)
-        chains.update(c.present_chains)
-    if not blobs and not chains:
-        return None
-    return PlanImage(name=PRESENT_NAME, priority=0.0, mode_request="pull",
-                     blobs=list(blobs.items()), chains=list(chains.items()))
+        if c.present_blobs or c.present_chains:
+            out.append(PlanImage(name=c.image.name, priority=0.0, mode_request="pull",
+                                 blobs=c.present_blobs, chains=c.present_chains, present=True))
+    return out
 
 
 def resolve_spec(
@@ -480,6 +476,21 @@ def resolve_spec(
     return out
 
 
+def _relabel(doc: dict[str, Any], row: dict[str, Any], decision: str, penalty: float,
+             reason: str) -> None:
+    """Set a plan row to what the store holds of its image (and the plan's penalty with it)."""
+    doc["total_penalty"] += float(row["priority"]) * (penalty - float(row["penalty_seconds"]))
+    row.update(decision=decision, penalty_seconds=penalty, reason=reason)
+
+
+def budget_hint(doc: dict[str, Any]) -> str:
+    """The hint of an infeasible plan (``plan_catalog``'s document)."""
+    if doc.get("present_bytes"):
+        return ("raise the budget, drop images from the spec, or free what the store holds of "
+                "the images named (`containers rm` their containers, `images rm`, then `gc`)")
+    return BudgetError.hint
+
+
 def plan_catalog(
     catalog: Sequence[CatalogImage],
     budget: int | None,
@@ -490,31 +501,38 @@ def plan_catalog(
 ) -> tuple[Plan, dict[str, Any]]:
     """Plan the catalog's images with what the store already holds of them as a fixed cost
     (:func:`present_footprint`). Returns the plan and its JSON document: the images' rows
-    (the pseudo-image left out) with each image's ``platforms``, ``digest``,
+    (the present pseudo-images left out) with each image's ``platforms``, ``digest``,
     ``measured_chains`` and ``blob_sized_chains``, the totals (which include the present
     bytes), and ``present_bytes``. ``also_present``: other images whose present blobs and
     chains count as fixed too (not planned)."""
     fixed = present_footprint([*catalog, *also_present])
-    images = [c.image for c in catalog] + ([fixed] if fixed is not None else [])
+    images = [c.image for c in catalog] + fixed
     result = plan(images, budget, model=model, allow_skip=allow_skip)
     doc = result.to_json()
-    rows = [r for r in doc["images"] if r["name"] != PRESENT_NAME]
+    rows = doc["images"][:len(catalog)]  # the present pseudo-images come after
     for row, c in zip(rows, catalog, strict=True):
         committed = {ch for ch, _ in c.present_chains}
-        if row["decision"] == "fetch" and c.image.chains and all(
-            ch in committed for ch, _ in c.image.chains
-        ):
+        held = {d for d, _ in c.present_blobs}
+        unpacked = bool(c.image.chains) and all(ch in committed for ch, _ in c.image.chains)
+        fetched = bool(c.image.blobs) and all(d in held for d, _ in c.image.blobs)
+        decision = row["decision"]
+        if unpacked and (decision == "fetch" or fetched) and row["requested"] != "fetch":
             # Its layers are all unpacked already: it is pulled, at no cost.
-            row["decision"] = "pull"
-            row["reason"] = "pulled already: its layers are unpacked in the store"
+            if decision != "pull" or row["requested"] == "auto":
+                _relabel(doc, row, "pull", 0.0,
+                         "pulled already: its layers are unpacked in the store")
+        elif fetched and decision == "skip":
+            left = sum(size for ch, size in c.image.chains if ch not in committed)
+            _relabel(doc, row, "fetch", model.fetch_penalty(left),
+                     "fetched already: its blobs are in the store")
         row["platforms"] = list(c.platforms)
         row["digest"] = str(c.target.digest)
         row["measured_chains"] = c.measured_chains
         row["blob_sized_chains"] = c.blob_sized_chains
     doc["images"] = rows
-    doc["present_bytes"] = (
-        0 if fixed is None else sum(s for _, s in fixed.blobs) + sum(s for _, s in fixed.chains)
-    )
+    present_blobs = {d: size for f in fixed for d, size in f.blobs}
+    present_chains = {ch: size for f in fixed for ch, size in f.chains}
+    doc["present_bytes"] = sum(present_blobs.values()) + sum(present_chains.values())
     doc["model"] = {"unpack_throughput": model.unpack_throughput,
                     "per_image_overhead": model.per_image_overhead}
     return result, doc

@@ -17,7 +17,9 @@ Totals count every blob once: ``content_bytes`` = the sum of the sizes of every 
 blob file (what ``<root>/content/blobs`` holds), = ``referenced_bytes`` +
 ``unreferenced_bytes`` (blobs no image record reaches: leased downloads, leftovers gc would
 remove; listed in ``unreferenced``). ``snapshot_bytes`` = the usage of every snapshot the
-snapshotter has, counted once.
+snapshotter has, counted once. ``selected_content_bytes`` / ``selected_snapshot_bytes``: the
+rows' images together (every image, or the ones named), each blob and chain once: what
+removing all of them would leave to share or free.
 """
 
 from __future__ import annotations
@@ -98,9 +100,20 @@ class DiskUsage:
     def total_bytes(self) -> int:
         return self.content_bytes + self.snapshot_bytes
 
+    @property
+    def selected_total_bytes(self) -> int:
+        return self.selected_content_bytes + self.selected_snapshot_bytes
+
     def to_json(self) -> dict[str, Any]:
         return {
             "images": [i.to_json() for i in self.images],
+            "selected": {
+                "images": len(self.images),
+                "content_bytes": self.selected_content_bytes,
+                "snapshot_bytes": (self.selected_snapshot_bytes if self.snapshots_available
+                                   else None),
+                "total_bytes": self.selected_total_bytes,
+            },
             "totals": {
                 "content_bytes": self.content_bytes,
                 "referenced_bytes": self.referenced_bytes,

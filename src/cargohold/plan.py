@@ -180,7 +180,13 @@ DEFAULT_MODEL = CostModel()
 class PlanImage:
     """One image to plan. ``blobs``: ``(digest, compressed size)`` of its index,
     manifests, configs and layers; ``chains``: ``(chain ID, unpacked size of that
-    layer)`` of its layers. Lists are accepted and stored as tuples."""
+    layer)`` of its layers. Lists are accepted and stored as tuples.
+
+    ``present``: not an image to decide but what the store holds already of the image
+    ``name`` (its blobs and unpacked chains): disk in use whatever the plan says, a fixed
+    cost (always "pulled", priority 0). It may share its name with the image it belongs
+    to, is left out of the plan's counts, and an infeasible plan's reason names it with its
+    bytes."""
 
     name: str
     critical: bool = False
@@ -188,6 +194,7 @@ class PlanImage:
     mode_request: Mode = "auto"
     blobs: Sequence[tuple[str, int]] = ()
     chains: Sequence[tuple[str, int]] = ()
+    present: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blobs", tuple((str(d), int(s)) for d, s in self.blobs))
@@ -195,8 +202,8 @@ class PlanImage:
 
     @property
     def requested(self) -> Mode:
-        """``pull`` for critical images, else ``mode_request``."""
-        return "pull" if self.critical else self.mode_request
+        """``pull`` for critical and present images, else ``mode_request``."""
+        return "pull" if self.critical or self.present else self.mode_request
 
 
 @dataclass(frozen=True)
@@ -222,12 +229,15 @@ class ImagePlan:
     shared_unpacked_bytes: int
     penalty_seconds: float
     reason: str
+    #: What the store holds already of the image (see :class:`PlanImage`), not a decision.
+    present: bool = False
 
     @property
     def weighted_penalty(self) -> float:
         return self.priority * self.penalty_seconds
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"present": True} if self.present else {}
         return {
             "name": self.name,
             "decision": self.decision,
@@ -240,6 +250,7 @@ class ImagePlan:
             "shared_unpacked_bytes": self.shared_unpacked_bytes,
             "penalty_seconds": self.penalty_seconds,
             "reason": self.reason,
+            **extra,
         }
 
 
@@ -273,12 +284,14 @@ class Plan:
 
     def decision(self, name: str) -> Decision:
         for img in self.images:
-            if img.name == name:
+            if img.name == name and not img.present:
                 return img.decision
         raise KeyError(name)
 
     def names(self, decision: Decision) -> list[str]:
-        return [img.name for img in self.images if img.decision == decision]
+        """The images (not the present pseudo-images) with this decision."""
+        return [img.name for img in self.images
+                if img.decision == decision and not img.present]
 
     def require_feasible(self) -> Plan:
         """The plan itself, or BudgetError with the reason if it is infeasible."""
@@ -339,9 +352,10 @@ class _Catalog:
         self.forced: list[int | None] = []
         seen: set[str] = set()
         for img in self.images:
-            if img.name in seen:
-                raise InvalidInputError(f"plan: image {img.name!r} is listed twice")
-            seen.add(img.name)
+            if not img.present:
+                if img.name in seen:
+                    raise InvalidInputError(f"plan: image {img.name!r} is listed twice")
+                seen.add(img.name)
             p = img.priority
             if isinstance(p, bool) or not isinstance(p, int | float):
                 raise InvalidInputError(f"plan: {img.name}: priority must be a number")
@@ -880,7 +894,7 @@ def _build(
         if feasible or cat.forced[i] is not None:
             text = _reason(cat, st, i, budget)
         elif cat.allow_skip:
-            text = "skipped: the critical and requested images exceed the budget"
+            text = f"skipped: {_forced_what(cat)} exceed the budget"
         else:
             text = "fetched: skipping is not allowed, and fetching everything exceeds the budget"
         out.append(
@@ -899,11 +913,13 @@ def _build(
                     cat.chain_size[c] for c in cat.chains[i] if st.pc[c] >= pulled_min
                 ),
                 penalty_seconds=ev.pen[i],
-                reason=text,
+                reason="already in the store" if img.present else text,
+                present=img.present,
             )
         )
     if feasible and not reason:
-        counts = [sum(1 for x in dec if x == k) for k in (PULL, FETCH, SKIP)]
+        counts = [sum(1 for i, x in enumerate(dec) if x == k and not cat.images[i].present)
+                  for k in (PULL, FETCH, SKIP)]
         reason = f"{counts[0]} pulled, {counts[1]} fetched, {counts[2]} skipped"
         if budget is not None:
             reason += f"; {_fmt(ev.disk)} of {_fmt(budget)}"
@@ -920,6 +936,41 @@ def _build(
     )
 
 
+def _forced_what(cat: _Catalog) -> str:
+    """What an infeasible plan's forced set is: ``the critical and requested images`` and,
+    when the store holds some of the images, ``what the store holds already``."""
+    if any(im.present for im in cat.images):
+        return "the critical and requested images and what the store holds already"
+    return "the critical and requested images"
+
+
+#: Present images an infeasible plan's reason names at most.
+_NAMED_PRESENT = 5
+
+
+def _present_group(cat: _Catalog, short: int) -> str:
+    """``already in the store: big:1.0 45.7 MB content + 96.9 MB snapshots``: the images
+    whose bytes in the store put the plan over, the largest first until they make up the
+    ``short`` bytes (at most :data:`_NAMED_PRESENT`), then how many more hold what."""
+    held = [(cat.comp[i] + cat.unp[i], i) for i, im in enumerate(cat.images)
+            if im.present and cat.comp[i] + cat.unp[i] > 0]
+    held.sort(key=lambda t: (-t[0], t[1]))
+    parts: list[str] = []
+    covered = 0
+    for size, i in held:
+        if covered >= short or len(parts) == _NAMED_PRESENT:
+            break
+        text = f"{cat.images[i].name} {_fmt(cat.comp[i])} content"
+        if cat.unp[i]:
+            text += f" + {_fmt(cat.unp[i])} snapshots"
+        parts.append(text)
+        covered += size
+    rest = held[len(parts):]
+    if rest:
+        parts.append(f"{len(rest)} more holding {_fmt(sum(size for size, _ in rest))}")
+    return f"already in the store: {', '.join(parts)}" if parts else ""
+
+
 def _infeasible(cat: _Catalog, budget: int, dec: Sequence[int], algorithm: str) -> Plan | None:
     """An infeasible Plan if the forced images alone exceed the budget, else None."""
     ev = _evaluate(cat, dec)
@@ -930,15 +981,18 @@ def _infeasible(cat: _Catalog, budget: int, dec: Sequence[int], algorithm: str) 
         names = [
             im.name
             for im in cat.images
-            if label == ("critical" if im.critical else f"requested {im.mode_request}")
+            if not im.present
+            and label == ("critical" if im.critical else f"requested {im.mode_request}")
         ]
         if names:
             groups.append(f"{label}: {', '.join(names)}")
+    present = _present_group(cat, ev.disk - budget)
+    if present:
+        groups.append(present)
+    what = _forced_what(cat)
     if not cat.allow_skip and cat.auto:
         groups.append(f"fetched because skipping is not allowed: {len(cat.auto)} images")
-        what = "the critical and requested images, with every other image fetched,"
-    else:
-        what = "the critical and requested images"
+        what += ", with every other image fetched,"
     reason = (
         f"{what} need {_fmt(ev.disk)} but the budget is "
         f"{_fmt(budget)}: {_fmt(ev.disk - budget)} short ({'; '.join(groups)})"

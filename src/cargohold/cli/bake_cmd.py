@@ -156,10 +156,13 @@ def _print(out: Output, r: BakeReport) -> None:
         return
     rows = []
     for i in r.images:
+        # What the image takes on disk, whatever the plan decided for it.
         rows.append((
-            i.name, i.decision, i.digest[7:19] if i.digest.startswith("sha256:") else i.digest,
-            human_bytes(i.content_bytes) if i.status == "ok" else "-",
-            human_bytes(i.snapshot_bytes) if i.decision == "pull" and i.status == "ok" else "-",
+            i.name, i.decision if i.resolved else "-",
+            i.digest[7:19] if i.digest.startswith("sha256:") else i.digest,
+            human_bytes(i.content_bytes) if i.content_bytes or i.status == "ok" else "-",
+            human_bytes(i.snapshot_bytes) if i.snapshot_bytes or (
+                i.decision == "pull" and i.status == "ok") else "-",
             f"{i.fetch_seconds:.2f} s" if i.fetch else "-",
             f"{i.unpack_seconds:.2f} s" if i.unpack else "-",
             i.status if i.status != "failed" or not i.error else f"failed: {i.error['message']}",
@@ -183,8 +186,11 @@ def _print(out: Output, r: BakeReport) -> None:
              + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()))
     if r.plan_reused:
         out.info("reused the plan of the last bake of this spec (--replan to plan again)")
-    if r.nothing_done:
+    if r.nothing_done and not r.over_budget:
         out.data("nothing to do: every image of the spec was already baked (verified)")
+    elif r.nothing_done:
+        out.data("nothing fetched, recorded or unpacked: every image was baked already, but "
+                 "the spec's images take more disk than the budget (see below)")
 
 
 def _raise_outcome(r: BakeReport) -> None:
@@ -192,7 +198,8 @@ def _raise_outcome(r: BakeReport) -> None:
         names = ", ".join(i.name for i in r.failed)
         msg = f"{len(r.failed)} of {len(r.images)} images failed: {names}"
         if r.over_budget:
-            msg += f"; the baked images are {format_size(r.over_budget)} over the budget"
+            msg += (f"; the baked images are {format_size(r.over_budget)} over the budget"
+                    + _causes(r))
         verify_failed = any(i.error and i.error.get("message", "").startswith("verify:")
                             for i in r.failed)
         raise PartialFailureError(
@@ -201,11 +208,36 @@ def _raise_outcome(r: BakeReport) -> None:
                   "everything else is baked and kept; fix the cause and bake again"),
         )
     if r.over_budget:
+        outside = any(i.decision != "pull" and i.snapshot_bytes for i in r.images)
         raise BudgetError(
-            f"the baked images use {format_size(r.total_bytes)}, "
-            f"{format_size(r.over_budget)} over the budget of {format_size(r.budget or 0)}: "
-            "layer sizes were estimated or read off the blobs when planning, and files take "
-            "whole blocks on disk",
-            hint="raise the budget, or `images rm` some images and `gc`, then "
-                 "`cargohold bake --replan` (it plans with the sizes measured now)",
+            f"the spec's images use {format_size(r.total_bytes)}, "
+            f"{format_size(r.over_budget)} over the budget of {format_size(r.budget or 0)}"
+            + _causes(r),
+            hint=("raise the budget, or free what the images named hold (`containers rm` their "
+                  "containers, `images rm`, `gc`) and bake again" if outside else
+                  "raise the budget, or `images rm` some images and `gc`, then "
+                  "`cargohold bake --replan` (it plans with the sizes measured now)"),
         )
+
+
+#: Images an over-budget message names at most.
+_NAMED_CAUSES = 3
+
+
+def _causes(r: BakeReport) -> str:
+    """`` because of big:1.0: 96.9 MB of snapshots the plan did not pull (...)``: the images
+    whose bytes put the bake over its budget, the most first until they make up the excess
+    (at most :data:`_NAMED_CAUSES`), then how many more took more than planned."""
+    causes = r.over_budget_causes()
+    named: list[str] = []
+    covered = 0
+    for name, size, why in causes:
+        if covered >= r.over_budget or len(named) == _NAMED_CAUSES:
+            break
+        named.append(f"{name}: {why}")
+        covered += size
+    rest = causes[len(named):]
+    if rest:
+        named.append(f"{len(rest)} more took {format_size(sum(c[1] for c in rest))} more "
+                     "than planned")
+    return f" because of {'; '.join(named)}" if named else ""

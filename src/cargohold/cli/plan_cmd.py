@@ -120,7 +120,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                  json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
                  hosts_dir: str | None, authfile: str | None) -> None:
     """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
-    from cargohold.catalog import plan_catalog, resolve_spec, unpack_ratio
+    from cargohold.catalog import budget_hint, plan_catalog, resolve_spec, unpack_ratio
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
@@ -165,12 +165,12 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
         if doc["present_bytes"]:
             line += f"; includes {human_bytes(doc['present_bytes'])} already in the store"
         app.out.data(line)
-        app.out.data(f"weighted penalty: {result.total_penalty:.1f} s; {result.reason}; "
+        app.out.data(f"weighted penalty: {doc['total_penalty']:.1f} s; {result.reason}; "
                      f"{result.algorithm}")
         app.out.info(f"unpacked sizes not measured are estimated at {ratio.describe()}")
         app.out.info(f"penalties: {model_note}")
     if not result.feasible:
-        raise BudgetError(result.reason)
+        raise BudgetError(result.reason, hint=budget_hint(doc))
 
 
 @cli.command("du")
@@ -195,6 +195,18 @@ def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
     ]
     app.out.table(["IMAGE", "CONTENT", "EXCLUSIVE", "SHARED", "SNAPSHOTS", "EXCLUSIVE",
                    "SHARED"], rows)
+    if refs:
+        n = len(usage.images)
+        app.out.data(
+            f"total of the {n} image{'' if n == 1 else 's'} named: content "
+            f"{human_bytes(usage.selected_content_bytes)}"
+            + (f" + snapshots {human_bytes(usage.selected_snapshot_bytes)}"
+               if usage.snapshots_available else "")
+            + f" = {human_bytes(usage.selected_total_bytes)} (shared bytes once)")
+        app.out.info(f"the whole store: content {human_bytes(usage.content_bytes)}"
+                     + (f", snapshots {human_bytes(usage.snapshot_bytes)}"
+                        if usage.snapshots_available else ""))
+        return
     app.out.data(
         f"total: content {human_bytes(usage.content_bytes)} "
         f"({human_bytes(usage.shared_content_bytes)} shared, "
