@@ -4,10 +4,12 @@ containerd. Timings are only checked to be positive."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from cargohold.calibration import load_calibration
+from cargohold.cli.bench_cmd import DROP_CACHES
 from cargohold.imagebuild import samples
 from tests.rig.cli import last_json, run_cli
 from tests.rig.containerd import Containerd
@@ -21,13 +23,23 @@ def check_report(out: dict[str, Any], *, store: str, layers: int) -> None:
     assert out["event"] == "bench" and out["store"] == store
     assert out["platform"] == "linux/amd64"
     fetch, create, pull, disk = out["fetch"], out["first_create"], out["pull"], out["disk"]
-    assert fetch["seconds"] > 0 and fetch["bytes"] > 0 and fetch["mib_per_s"] > 0
+    assert fetch["seconds"] > 0 and fetch["bytes"] > 0 and fetch["bytes_per_second"] > 0
     assert fetch["bytes"] == fetch["bytes_total"] and fetch["cold"] is True
     assert create["seconds"] > 0 and create["unpack_seconds"] > 0
     assert create["seconds"] >= create["unpack_seconds"]
     assert create["layers"] == layers and create["unpacked_bytes"] > 0
     assert create["tar_bytes"] > 0 and create["unpack_throughput"] > 0
     assert pull["seconds"] > 0 and pull["bytes"] == fetch["bytes"] and pull["cold"] is True
+    # The pull's own phases (issue 14, 11).
+    assert pull["fetch_seconds"] > 0 and pull["unpack_seconds"] > 0
+    assert pull["fetch_seconds"] + pull["unpack_seconds"] <= pull["seconds"]
+    # Each step starts settled: synced, the page cache dropped where permitted.
+    settled = out["settled"]
+    assert [x["before"] for x in settled] == ["the fetch", "the first create", "the pull"]
+    for x in settled:
+        assert x["sync_seconds"] >= 0
+        assert x["dropped_caches"] is (os.geteuid() == 0 and os.access(DROP_CACHES, os.W_OK))
+        assert x["dropped_caches"] or x["note"]
     fo, pd = disk["fetch_only"], disk["pull"]
     assert fo["snapshot_bytes"] == 0 and fo["content_bytes"] > 0
     assert pd["content_bytes"] == fo["content_bytes"]
@@ -64,7 +76,10 @@ def test_bench_embedded(registry: Registry, tmp_path: Path) -> None:
     assert lines[2].startswith("fetch (content only)")
     assert lines[3].startswith("first create (lazy unpack)")
     assert lines[4].startswith("pull (fetch + unpack)")
-    assert lines[-1].startswith("fetch-only saves ") and "first start pays" in lines[-1]
+    assert lines[-2].startswith("fetch-only saves ") and "first start pays" in lines[-2]
+    assert lines[-1].startswith("each step started after a sync")
+    assert "fetch " in lines[4] and " + unpack " in lines[4]
+    assert "before the pull: synced" in p.stderr
     # stderr names the fetch-only store first, then the pulled one.
     kept = [Path(x.removeprefix("kept: ")) for x in p.stderr.splitlines()
             if x.startswith("kept: ")]

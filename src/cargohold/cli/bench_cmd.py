@@ -1,7 +1,13 @@
 """`cargohold bench REF`: the seed's experiment as a command, in scratch stores.
 
+Before each step the file systems are **settled** (:func:`settle`) so that no step pays for
+the one before: ``sync`` (the previous step's dirty pages are written back; how long that
+took is reported) and, where permitted (root, a writable ``/proc/sys/vm/drop_caches``;
+``--no-drop-caches`` leaves it), the page cache, dentries and inodes are dropped, so each
+step reads and writes cold, as a node's first start does.
+
 1. **fetch**: a cold ``fetch`` of REF (compressed content + image record) into a fresh
-   scratch store (:mod:`cargohold.cli.scratch`): wall seconds, bytes, MiB/s; then its disk
+   scratch store (:mod:`cargohold.cli.scratch`): wall seconds, bytes, MB/s; then its disk
    use (content only).
 2. **first create**: what the first container of a fetched-only image pays, in that store.
    Embedded: ``cargohold create``'s own code (unpack through the store's Unpacker, container
@@ -10,9 +16,9 @@
    plus the container's active snapshot prepared on the image, which is what containerd
    does when a container is created from a fetched-only image (its own unpacker may differ
    a little in speed).
-3. **pull**: a cold ``pull`` (fetch + unpack) into a second fresh scratch store: wall, MiB/s
-   (compressed bytes over the whole pull); then its disk use: content + snapshots (the
-   snapshotter's usage, as ``cargohold du`` counts it).
+3. **pull**: a cold ``pull`` (fetch, then unpack) into a second fresh scratch store: wall,
+   and its own phases (the fetch's and the unpack's seconds); then its disk use: content +
+   snapshots (the snapshotter's usage, as ``cargohold du`` counts it).
 
 The first scratch store is removed before the second is made (``--keep`` keeps both): on
 containerd blobs are shared across namespaces, so the pull would not be cold otherwise. If
@@ -27,6 +33,7 @@ the per-image overhead) is saved as the store's calibration (``source = "bench"`
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +55,52 @@ from cargohold.gcmark import LABEL_GC_ROOT
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
+from cargohold.units import format_rate
 from cargohold.unpack.image import UnpackResult
 
 __all__ = ["BenchResult", "run_bench"]
 
-MIB = 1 << 20
 BENCH_CONTAINER = "bench"
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+@dataclass
+class Settle:
+    """What was done before a step so that it does not pay for the one before."""
+
+    before: str
+    sync_seconds: float = 0.0
+    dropped_caches: bool = False
+    #: Why the caches were not dropped (empty when they were).
+    note: str = ""
+
+    def describe(self) -> str:
+        done = "synced" + (" and dropped the page cache" if self.dropped_caches else "")
+        text = f"before {self.before}: {done} ({self.sync_seconds:.2f} s of writeback)"
+        return text + (f"; {self.note}" if self.note else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"before": self.before, "sync_seconds": round(self.sync_seconds, 4),
+                "dropped_caches": self.dropped_caches, "note": self.note}
+
+
+def settle(before: str, *, drop_caches: bool = True) -> Settle:
+    """``sync``, then drop the page cache, dentries and inodes where permitted."""
+    t0 = time.monotonic()
+    os.sync()
+    res = Settle(before, time.monotonic() - t0)
+    if not drop_caches:
+        res.note = "page cache kept (--no-drop-caches)"
+    elif os.geteuid() != 0:
+        res.note = "page cache kept: dropping it needs root"
+    else:
+        try:
+            with open(DROP_CACHES, "w") as f:
+                f.write("3\n")
+            res.dropped_caches = True
+        except OSError as e:
+            res.note = f"page cache kept: {DROP_CACHES}: {e.strerror or e}"
+    return res
 
 
 @dataclass
@@ -64,9 +111,13 @@ class Step:
     #: Compressed bytes of the image (what a cold step transfers).
     bytes_total: int = 0
 
+    #: The pull's own phases (a fetch step: its whole time is fetch).
+    fetch_seconds: float = 0.0
+    unpack_seconds: float = 0.0
+
     @property
-    def mib_per_s(self) -> float:
-        return self.bytes / self.seconds / MIB if self.seconds > 0 else 0.0
+    def bytes_per_second(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def cold(self) -> bool:
@@ -77,8 +128,10 @@ class Step:
             "seconds": round(self.seconds, 4),
             "bytes": self.bytes,
             "bytes_total": self.bytes_total,
-            "mib_per_s": round(self.mib_per_s, 2),
+            "bytes_per_second": round(self.bytes_per_second),
             "cold": self.cold,
+            "fetch_seconds": round(self.fetch_seconds, 4),
+            "unpack_seconds": round(self.unpack_seconds, 4),
         }
 
 
@@ -115,6 +168,7 @@ class BenchResult:
     fetch_disk: Disk = field(default_factory=Disk)
     pull_disk: Disk = field(default_factory=Disk)
     kept: list[str] = field(default_factory=list)
+    settled: list[Settle] = field(default_factory=list)
 
     @property
     def saved_bytes(self) -> int:
@@ -166,6 +220,7 @@ class BenchResult:
             "penalty_seconds": round(self.create_seconds, 4),
             "verdict": self.verdict(),
             "kept": self.kept,
+            "settled": [x.to_json() for x in self.settled],
         }
 
 
@@ -210,7 +265,7 @@ def _first_create(app: App, scratch: Scratch, name: str, plat: Platform | None,
 
 
 def run_bench(app: App, ref: Reference, plat: Platform | None, jobs: int,
-              keep: bool) -> BenchResult:
+              keep: bool, drop_caches: bool = True) -> BenchResult:
     s = app.settings
     out = app.out
     given = [plat] if plat is not None else [parse_platform(p) for p in s.platforms]
@@ -218,15 +273,22 @@ def run_bench(app: App, ref: Reference, plat: Platform | None, jobs: int,
     unpack_plat = given[0] if given else None
     res = BenchResult(ref=str(ref), store=s.store)
 
+    def settled(before: str) -> None:
+        res.settled.append(settle(before, drop_caches=drop_caches))
+        out.info(res.settled[-1].describe())
+
     with open_scratch(s, "bench", keep=keep, warn=out.warn) as a:
         out.info(f"fetch into {a.where}")
+        settled("the fetch")
         t0 = time.monotonic()
         fr = _fetch(app, a, ref, fetch_plats, jobs)
-        res.fetch = Step(time.monotonic() - t0, fr.bytes_transferred, fr.bytes_total)
+        seconds = time.monotonic() - t0
+        res.fetch = Step(seconds, fr.bytes_transferred, fr.bytes_total, fetch_seconds=seconds)
         res.name, res.digest = fr.name, str(fr.target.digest)
         res.fetch_disk = _disk(a)
         out.info(f"fetch: {human_bytes(fr.bytes_transferred)} in {res.fetch.seconds:.2f} s; "
                  f"first create")
+        settled("the first create")
         res.create_seconds, unpack = _first_create(app, a, fr.name, unpack_plat, jobs)
         res.unpack_seconds = unpack.seconds
         res.unpacked_bytes = unpacked_bytes(a.store.snapshots, unpack)
@@ -239,12 +301,16 @@ def run_bench(app: App, ref: Reference, plat: Platform | None, jobs: int,
 
     with open_scratch(s, "bench", keep=keep, warn=out.warn) as b:
         out.info(f"first create: {res.create_seconds:.2f} s; pull into {b.where}")
+        settled("the pull")
         t0 = time.monotonic()
         pr = _fetch(app, b, ref, fetch_plats, jobs)
+        t1 = time.monotonic()
         with make_unpacker(app, b.store, jobs=jobs,
                            events=UnpackProgress(out, events=False)) as unpacker:
             unpacker.unpack(pr.target, unpack_plat)
-        res.pull = Step(time.monotonic() - t0, pr.bytes_transferred, pr.bytes_total)
+        t2 = time.monotonic()
+        res.pull = Step(t2 - t0, pr.bytes_transferred, pr.bytes_total,
+                        fetch_seconds=t1 - t0, unpack_seconds=t2 - t1)
         res.pull_disk = _disk(b)
         if keep:
             res.kept.append(b.where)
@@ -265,24 +331,32 @@ def report(out: Output, res: BenchResult, cal: Calibration | None, path: str) ->
     def warm(step: Step) -> str:
         return "" if step.cold else " (warm: blobs were present)"
 
+    pull = res.pull
     rows = [
         ("fetch (content only)", f"{res.fetch.seconds:.2f} s", human_bytes(res.fetch.bytes),
-         f"{res.fetch.mib_per_s:.1f} MiB/s{warm(res.fetch)}", human_bytes(fd.total_bytes)),
+         f"{format_rate(res.fetch.bytes_per_second)}{warm(res.fetch)}",
+         human_bytes(fd.total_bytes)),
         ("first create (lazy unpack)", f"{res.create_seconds:.2f} s",
          human_bytes(res.unpacked_bytes),
-         f"unpack {res.unpack_throughput / 1e6:.1f} MB/s in {res.unpack_seconds:.2f} s", ""),
-        ("pull (fetch + unpack)", f"{res.pull.seconds:.2f} s", human_bytes(res.pull.bytes),
-         f"{res.pull.mib_per_s:.1f} MiB/s{warm(res.pull)}",
+         f"unpack {format_rate(res.unpack_throughput)} in {res.unpack_seconds:.2f} s", ""),
+        ("pull (fetch + unpack)", f"{pull.seconds:.2f} s", human_bytes(pull.bytes),
+         f"fetch {pull.fetch_seconds:.2f} s + unpack {pull.unpack_seconds:.2f} s"
+         f"{warm(pull)}",
          f"{human_bytes(pd.total_bytes)} ({human_bytes(pd.content_bytes)} content + "
          f"{human_bytes(pd.snapshot_bytes)} snapshots)"),
     ]
     out.data(f"{res.name}  {res.platform}  {res.store} store ({res.snapshotter})")
     out.table(["STEP", "WALL", "BYTES", "RATE", "DISK"], rows)
     out.data(res.verdict())
+    if res.settled:
+        dropped = all(x.dropped_caches for x in res.settled)
+        note = "" if dropped else f" ({res.settled[-1].note})"
+        out.data("each step started after a sync" + (" and a dropped page cache" if dropped
+                                                     else note))
     for where in res.kept:
         out.info(f"kept: {where}")
     if cal is not None:
-        out.info(f"calibration saved to {path}: unpack {cal.unpack_throughput / 1e6:.1f} MB/s, "
+        out.info(f"calibration saved to {path}: unpack {format_rate(cal.unpack_throughput)}, "
                  f"overhead {cal.per_image_overhead:.3f} s")
 
 
@@ -294,11 +368,13 @@ def report(out: Output, res: BenchResult, cal: Calibration | None, path: str) ->
               help="Parallel downloads, and layers applied at once [default: 4].")
 @click.option("--keep", is_flag=True,
               help="Keep the scratch stores (under <root>/tmp, or containerd namespaces).")
+@click.option("--drop-caches/--no-drop-caches", default=True, show_default=True,
+              help="Drop the page cache between steps (root only; a sync always).")
 @registry_options
 @pass_app
 def bench(app: App, ref: str, platform: str | None, jobs: int | None, keep: bool,
-          plain_http: bool | None, insecure_skip_verify: bool | None, hosts_dir: str | None,
-          authfile: str | None) -> None:
+          drop_caches: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
+          hosts_dir: str | None, authfile: str | None) -> None:
     """Measure fetch-only vs pull for REF in scratch stores: cold fetch, the first
     create's lazy unpack, cold pull, and the disk each keeps. Saves the measured unpack
     speed as the store's calibration."""
@@ -307,7 +383,7 @@ def bench(app: App, ref: str, platform: str | None, jobs: int | None, keep: bool
     s = app.settings
     parsed = parse_reference(ref)
     plat = parse_platform(platform) if platform else None
-    res = run_bench(app, parsed, plat, jobs or s.jobs, keep)
+    res = run_bench(app, parsed, plat, jobs or s.jobs, keep, drop_caches)
     cal: Calibration | None = None
     if res.unpacked_bytes > 0 and res.unpack_seconds > 0:
         try:
