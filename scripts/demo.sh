@@ -3,10 +3,14 @@
 # Starts a throw-away local registry, pushes sample images built by cargohold (several small
 # ones, a critical one, a big one), then plans and bakes a cache spec under a disk budget into
 # a scratch embedded store, shows disk use, and creates a container from a fetched-only image
-# to show its first-start penalty. KEEP=1 keeps the temp dir; BUDGET=300MB changes the budget.
+# to show its first-start penalty.
+#   KEEP=1        keep the temp dir (store, spec, registry storage) and say how to explore it
+#   PORT=5055     run the registry on this loopback port (default: a free one)
+#   BUDGET=600MB  the spec's budget (default 250MB); BIG_SIZE=BYTES the big image's size
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CARGOHOLD_SKIP_INSTALL:-}" ]; then
+  echo "installing what the demo needs (Debian packages, cargohold in ./.venv; about a minute the first time)" >&2
   bash scripts/install-deps.sh
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q -e .
@@ -16,13 +20,24 @@ CH=".venv/bin/cargohold"
 WORK=$(mktemp -d /tmp/cargohold-demo.XXXXXX)
 cleanup() {
   $PY -m cargohold.devtools stop-registry "$WORK/registry" 2>/dev/null || true
-  if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
+  if [ -z "${KEEP:-}" ]; then
+    rm -rf "$WORK"
+  else
+    cat >&2 <<EOT
+
+kept $WORK (the registry is stopped). To explore it:
+  $PY -m cargohold.devtools registry $WORK/registry    # restart the registry (same port, same images)
+  export CARGOHOLD_ROOT=$WORK/store
+  $CH du; $CH plan --plain-http $WORK/cache.toml
+  $PY -m cargohold.devtools stop-registry $WORK/registry; rm -rf $WORK    # when done
+EOT
+  fi
 }
 trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
 step "start a local registry (Debian's docker-registry) on loopback"
-REG=$($PY -m cargohold.devtools registry "$WORK/registry")
+REG=$($PY -m cargohold.devtools registry "$WORK/registry" ${PORT:+--port "$PORT"})
 echo "registry at $REG" >&2
 
 step "build sample images with cargohold's image builder and push them"

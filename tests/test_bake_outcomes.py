@@ -35,6 +35,12 @@ def test_lazy_unpack_over_budget_names_the_image(registry: Registry, tmp_path: P
     root = tmp_path / "store"
     first = report_of_bake(root, spec, tmp_path / "first.json")
     assert first[big.text]["mode"] == "fetch" and first[small.text]["mode"] == "pull"
+    # The plan's summary counts what its rows say (images pulled already included).
+    done = json.loads(cli(root, "plan", str(spec), "--plain-http", "--json",
+                          check=True).stdout.splitlines()[0])
+    counts = [sum(r["decision"] == d for r in done["images"]) for d in ("pull", "fetch", "skip")]
+    assert counts == [2, 1, 0], done["images"]
+    assert done["reason"].startswith("2 pulled, 1 fetched, 0 skipped; "), done["reason"]
 
     # The first container of the fetched-only image unpacks its layers (the lazy path).
     cli(root, "create", big.text, "c1", check=True)

@@ -530,6 +530,13 @@ def plan_catalog(
         row["measured_chains"] = c.measured_chains
         row["blob_sized_chains"] = c.blob_sized_chains
     doc["images"] = rows
+    planned = [i.decision for i in result.images[:len(catalog)]]
+    if result.feasible and [r["decision"] for r in rows] != planned:
+        # The summary counts what the rows say now ("N pulled, ...; X of Y").
+        counts = [sum(1 for r in rows if r["decision"] == d) for d in ("pull", "fetch", "skip")]
+        doc["reason"] = "; ".join([
+            f"{counts[0]} pulled, {counts[1]} fetched, {counts[2]} skipped",
+            *str(doc["reason"]).split("; ", 1)[1:]])
     present_blobs = {d: size for f in fixed for d, size in f.blobs}
     present_chains = {ch: size for f in fixed for ch, size in f.chains}
     doc["present_bytes"] = sum(present_blobs.values()) + sum(present_chains.values())

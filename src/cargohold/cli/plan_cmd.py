@@ -165,7 +165,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
         if doc["present_bytes"]:
             line += f"; includes {human_bytes(doc['present_bytes'])} already in the store"
         app.out.data(line)
-        app.out.data(f"weighted penalty: {doc['total_penalty']:.1f} s; {result.reason}; "
+        app.out.data(f"weighted penalty: {doc['total_penalty']:.1f} s; {doc['reason']}; "
                      f"{result.algorithm}")
         app.out.info(f"unpacked sizes not measured are estimated at {ratio.describe()}")
         app.out.info(f"penalties: {model_note}")

@@ -1,6 +1,6 @@
 """``python -m cargohold.devtools``: a local registry and sample images, for demos.
 
-    python -m cargohold.devtools registry DIR        # start in the background, print host:port
+    python -m cargohold.devtools registry DIR [--port P]  # start in the background, print host:port
     python -m cargohold.devtools stop-registry DIR
     python -m cargohold.devtools push-samples HOST:PORT [--big-size BYTES]
 """
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -23,13 +25,30 @@ def main() -> None:
     """Development helpers: local registry and sample images."""
 
 
+def previous_port(directory: Path) -> int | None:
+    """The port a registry started earlier under ``directory`` listened on (its config)."""
+    try:
+        text = (directory / "config.yml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    m = re.search(r"^\s*addr:\s*127\.0\.0\.1:(\d+)\s*$", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-def registry(directory: Path) -> None:
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port on 127.0.0.1 [default: the one a registry started earlier under "
+                   "DIRECTORY used (a restart keeps its address and images), else a free one].")
+def registry(directory: Path, port: int | None) -> None:
     """Start docker-registry with storage under DIRECTORY; print its host:port."""
     from cargohold.devtools.registry import start_registry
+    from cargohold.errors import CargoholdError
 
-    reg = start_registry(directory)
+    try:
+        reg = start_registry(directory, port=port or previous_port(directory) or 0)
+    except CargoholdError as e:
+        raise click.ClickException(f"{e.message}\nhint: {e.hint_text()}") from None
     (directory / "pid").write_text(str(reg.proc.pid))
     click.echo(reg.host)
 
@@ -38,9 +57,34 @@ def registry(directory: Path) -> None:
 @click.argument("directory", type=click.Path(path_type=Path))
 def stop_registry(directory: Path) -> None:
     """Stop a registry started by `registry DIRECTORY`."""
-    pid = int((directory / "pid").read_text())
+    try:
+        pid = int((directory / "pid").read_text())
+    except (OSError, ValueError):
+        raise click.ClickException(f"no registry was started under {directory}") from None
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
+        # Wait until it is gone, so that a restart finds its port free.
+        if not _gone(pid, 10.0):
+            os.kill(pid, signal.SIGKILL)
+            _gone(pid, 10.0)
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @main.command("push-samples")
