@@ -51,6 +51,9 @@ def test_lazy_unpack_over_budget_names_the_image(registry: Registry, tmp_path: P
     doc = report_of(rep)
     snaps = {i["name"]: i["bytes"]["snapshots"] for i in doc["images"]}
     assert snaps[big.text] > 3_000_000
+    over = doc["totals"]["over_plan"]
+    assert over[0]["name"] == big.text and over[0]["bytes"] >= snaps[big.text]
+    assert "snapshots the plan did not pull" in over[0]["reason"]
     # The table shows the big image's snapshots although the plan fetched it.
     assert _row(p.stdout, big.text)[1] == "fetch"
     assert format_size(snaps[big.text]) in " ".join(_row(p.stdout, big.text))

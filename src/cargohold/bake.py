@@ -314,6 +314,8 @@ class BakeReport:
                 "snapshot_bytes": self.snapshot_bytes if self.snapshots_measured else None,
                 "total_bytes": self.total_bytes,
                 "over_budget_bytes": self.over_budget,
+                "over_plan": [{"name": n, "bytes": b, "reason": why}
+                              for n, b, why in self.over_budget_causes()],
                 "bytes_transferred": sum(i.bytes_transferred for i in self.images),
                 "planned_total_bytes": self.plan.get("total_bytes"),
                 "planned_penalty_seconds": self.plan.get("total_penalty"),
