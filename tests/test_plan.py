@@ -602,3 +602,29 @@ def test_search_bound_is_the_knapsack_relaxation(allow_skip: bool) -> None:
     state.set(0, planner.FETCH)
     assert state.lb == pytest.approx(2 * 10.5)
     assert planner._open_bound(state, [1], budget) == 0.0
+
+
+def test_present_images_are_a_fixed_cost_and_named_when_over() -> None:
+    """Issue 14, 2: what the store holds of an image (a present pseudo-image, named as the
+    image) is counted once, never counted as a decision, and named when it puts a plan over."""
+    big = PlanImage("big", blobs=[("b1", 100)], chains=[("c1", 300)])
+    held = PlanImage("big", present=True, blobs=[("b1", 100)], chains=[("c1", 300)])
+    small = PlanImage("small", blobs=[("b2", 10)], chains=[("c2", 20)])
+    crit = PlanImage("crit", critical=True, blobs=[("b3", 5)], chains=[("c3", 5)])
+    ok = plan([crit, small, big, held], 1000)
+    assert ok.feasible and ok.total_bytes == 440  # the held bytes once
+    counts = [int(w) for w in ok.reason.split(";")[0].split() if w.isdigit()]
+    assert sum(counts) == 3, ok.reason  # the present pseudo-image is not counted
+    assert ok.decision("big") in ("pull", "fetch") and ok.total_penalty == 0
+    assert "big" in ok.names(ok.decision("big")) and len(ok.names("skip")) == 0
+    over = plan([crit, small, big, held], 350)
+    assert not over.feasible
+    assert over.reason == (
+        "the critical and requested images and what the store holds already need 410 B but "
+        "the budget is 350 B: 60 B short (critical: crit; already in the store: big 100 B "
+        "content + 300 B snapshots)")
+    assert [i.reason for i in over.images if i.name == "small"] == [
+        "skipped: the critical and requested images and what the store holds already "
+        "exceed the budget"]
+    with pytest.raises(InvalidInputError, match="listed twice"):
+        plan([big, big], None)
