@@ -127,8 +127,10 @@ def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
             _write_report(report_file, report, error)
             if error is not None:
                 out.info(f"report of the stopped bake written to {report_file}")
-    assert report is not None
+    assert report is not None and baker is not None
     _print(out, report)
+    if not report.plan_reused:
+        out.info(f"unpacked sizes not measured were estimated at {baker.ratio.describe()}")
     if report_file is not None:
         out.info(f"report written to {report_file}")
     _raise_outcome(report)
