@@ -55,7 +55,7 @@ SPEC="$WORK/cache.toml"
 {
   echo '# The demo node image: what to cache and how much disk it may take.'
   echo "budget = \"${BUDGET:-250MB}\"   # compressed content + unpacked snapshots"
-  echo 'reserve = "256MiB"'
+  echo 'reserve = "256MB"'
   entry critical 'critical = true          # boot-critical: always pulled'
   entry busybox 'priority = 8'
   entry app-a 'priority = 4'

@@ -43,7 +43,7 @@ class _BakeProgress(BakeEvents):
 
 @cli.command("bake")
 @click.argument("spec_file", metavar="SPEC", type=click.Path(path_type=Path))
-@click.option("--budget", default=None, help="Disk budget (e.g. 20GiB) [default: the spec's].")
+@click.option("--budget", default=None, help="Disk budget (e.g. 20GB; SI or IEC units) [default: the spec's].")
 @click.option("--platform", "platforms", multiple=True,
               help="os/arch[/variant] for images the spec gives none (repeatable) "
                    "[default: the spec's, settings, else this host's].")

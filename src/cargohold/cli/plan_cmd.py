@@ -109,7 +109,7 @@ def cost_model_for(root: Path) -> tuple[CostModel, str]:
 
 @cli.command("plan")
 @click.argument("spec_file", metavar="SPEC", type=click.Path(path_type=Path))
-@click.option("--budget", default=None, help="Disk budget (e.g. 20GiB) [default: the spec's].")
+@click.option("--budget", default=None, help="Disk budget (e.g. 20GB; SI or IEC units) [default: the spec's].")
 @click.option("--platform", "platforms", multiple=True,
               help="os/arch[/variant] for images the spec gives none (repeatable) "
                    "[default: settings, else this host's].")
