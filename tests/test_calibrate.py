@@ -8,6 +8,7 @@ Timings are only checked to be positive.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,10 @@ def test_calibrate_embedded_leaves_user_store_alone(registry: Registry, tmp_path
 
     text = cli(root, "calibrate", "--size", "1MB", "--runs", "1")
     assert text.stdout.startswith("unpack throughput: "), text.stdout
-    assert " MB/s (" in text.stdout and "1 run)" in text.stdout
+    # "1 run)" or, when the tiny image's unpack took >= 10 ms, "1 run; 0.02 s of it
+    # per-image overhead)": both are right; the test must not depend on the machine's load.
+    assert " MB/s (" in text.stdout
+    assert re.search(r"1 run(; [0-9.]+ s of it per-image overhead)?\)", text.stdout), text.stdout
     assert "saved to" in text.stderr
     assert sorted(p.name for p in (root / "tmp").iterdir()) == ["bench-kept"]
     assert store_state(root) == before
