@@ -85,7 +85,7 @@ def test_bench_embedded(registry: Registry, tmp_path: Path) -> None:
             if x.startswith("kept: ")]
     assert len(kept) == 2 and sorted(d.parent for d in kept) == sorted((root / "tmp").iterdir())
     assert all((d.parent / "KEEP").exists() and (d / "metadata.db").exists() for d in kept)
-    first = last_json(cli(kept[0], "--json", "containers", "ls"))
+    first = last_json(cli(kept[0], "--json", "containers", "ls"))["containers"]
     assert [c["name"] for c in first] == ["bench"]
     du = last_json(cli(kept[1], "--json", "du"))
     assert du["totals"]["snapshot_bytes"] > 0 and du["images"][0]["name"] == pushed.text

@@ -94,7 +94,7 @@ def test_digest_ref_pins_and_images_commands(registry: Registry, tmp_path: Path)
     cli(root, "fetch", "--plain-http", by_digest, check=True)
     assert records(root) == {by_digest: digest}
 
-    ls = json.loads(cli(root, "--json", "images", "ls", check=True).stdout)
+    ls = json.loads(cli(root, "--json", "images", "ls", check=True).stdout)["images"]
     assert ls[0]["name"] == by_digest and ls[0]["complete"] is True
     assert ls[0]["size"] == pushed.built.total_size()
     assert ls[0]["platforms"] == ["linux/amd64"]

@@ -63,7 +63,8 @@ def root(tmp_path: Path, busybox: Pushed) -> Path:
 
 
 def containers(root: Path) -> list[str]:
-    out: list[dict[str, Any]] = json.loads(ok(cli(root, "--json", "containers", "ls")).stdout)
+    out: list[dict[str, Any]] = json.loads(
+        ok(cli(root, "--json", "containers", "ls")).stdout)["containers"]
     return [c["name"] for c in out]
 
 

@@ -63,7 +63,7 @@ def last_json(p: subprocess.CompletedProcess[str]) -> Any:
 
 
 def images_ls(root: Path) -> dict[str, dict[str, Any]]:
-    return {i["name"]: i for i in last_json(cli(root, "--json", "images", "ls"))}
+    return {i["name"]: i for i in last_json(cli(root, "--json", "images", "ls"))["images"]}
 
 
 def snapshots(root: Path) -> dict[str, str]:
@@ -117,7 +117,7 @@ def test_fetch_then_create_unpacks_lazily_once(registry: Registry, tmp_path: Pat
     assert {k: v for k, v in snaps.items() if k.startswith("containers/")} == {
         f"containers/c{i}": KIND_ACTIVE for i in (1, 2, 3)
     }
-    listed = last_json(cli(root, "--json", "containers", "ls"))
+    listed = last_json(cli(root, "--json", "containers", "ls"))["containers"]
     assert [(c["name"], c["image"]) for c in listed] == [(f"c{i}", pushed.text) for i in (1, 2, 3)]
     ls = images_ls(root)[pushed.text]
     assert ls["unpacked"] is True and ls["unpacked_size"] > 300_000
@@ -368,7 +368,7 @@ def test_bad_layer_leaves_no_partial_snapshot(registry: Registry, tmp_path: Path
     assert KIND_ACTIVE not in snaps.values()  # the failed layer's snapshot is gone
     assert not any(k.startswith("containers/") for k in snaps)
     assert images_ls(root)[pushed.text]["unpacked"] is False
-    assert last_json(cli(root, "--json", "containers", "ls")) == []
+    assert last_json(cli(root, "--json", "containers", "ls")) == {"containers": []}
 
 
 # ------------------------------------------------------------------ crash and gc

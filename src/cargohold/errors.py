@@ -70,6 +70,14 @@ class DigestMismatchError(CargoholdError):
     hint = "the registry or mirror served corrupt or tampered content; nothing was stored"
 
 
+class StoreDamagedError(DigestMismatchError):
+    """The store's own records are unreadable, or missing while the data they describe
+    exists: never silently started afresh (a gc would then remove everything)."""
+
+    hint = ("nothing was changed; README \"Recovering a damaged store\" says how to start "
+            "a new store and fetch the images again")
+
+
 class UnavailableError(CargoholdError):
     """A registry, daemon or mirror could not be reached or kept failing."""
 
@@ -139,6 +147,7 @@ ALL_ERRORS: tuple[type[CargoholdError], ...] = (
     NotFoundError,
     UnauthorizedError,
     DigestMismatchError,
+    StoreDamagedError,
     UnavailableError,
     ConflictError,
     AlreadyExistsError,

@@ -19,6 +19,14 @@ from cargohold.errors import InvalidInputError
 SYSTEM_CONFIG = Path("/etc/cargohold/config.toml")
 ENV_PREFIX = "CARGOHOLD_"
 
+#: What to do about a bad setting (the message names the flag, variable or file).
+SETTINGS_HINT = ("fix the flag, CARGOHOLD_* variable or config file named in the message "
+                 "(README \"Settings\" lists the keys)")
+
+
+def _bad(message: str) -> InvalidInputError:
+    return InvalidInputError(message, hint=SETTINGS_HINT)
+
 
 def default_root() -> Path:
     if os.geteuid() == 0:
@@ -38,7 +46,7 @@ def _parse_bool(text: str, where: str) -> bool:
         return True
     if low in ("0", "false", "no", "off", ""):
         return False
-    raise InvalidInputError(f"{where}: expected a boolean, got {text!r}")
+    raise _bad(f"{where}: expected a boolean, got {text!r}")
 
 
 @dataclass
@@ -75,12 +83,12 @@ def _coerce(name: str, value: Any, template: Any, where: str) -> Any:
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise InvalidInputError(f"{where}: {name} must be a number, got {value!r}") from None
+            raise _bad(f"{where}: {name} must be a number, got {value!r}") from None
     if isinstance(template, int):
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise InvalidInputError(f"{where}: {name} must be an integer, got {value!r}") from None
+            raise _bad(f"{where}: {name} must be an integer, got {value!r}") from None
     if isinstance(template, Path):
         return Path(str(value)).expanduser()
     if isinstance(template, list):
@@ -88,7 +96,7 @@ def _coerce(name: str, value: Any, template: Any, where: str) -> Any:
             return [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list):
             return [str(v) for v in value]
-        raise InvalidInputError(f"{where}: {name} must be a list")
+        raise _bad(f"{where}: {name} must be a list")
     return str(value)
 
 
@@ -99,9 +107,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as e:
-        raise InvalidInputError(f"{path}: invalid TOML: {e}") from None
+        raise _bad(f"config file {path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise _bad(f"config file {path}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise _bad(f"config file {path}: invalid TOML: nested too deeply") from None
     except PermissionError:
         return {}
+    except OSError as e:
+        raise _bad(f"config file {path}: cannot read: {e.strerror or e}") from None
 
 
 def load(
@@ -119,7 +133,7 @@ def load(
     if config_file is not None or cfg_env:
         path = config_file or Path(str(cfg_env))
         if not path.exists():
-            raise InvalidInputError(f"config file {path} does not exist")
+            raise _bad(f"config file {path} does not exist")
         layers.append((str(path), _read_toml(path)))
     else:
         layers.append((str(SYSTEM_CONFIG), _read_toml(SYSTEM_CONFIG)))
@@ -128,7 +142,7 @@ def load(
         for key, value in table.items():
             k = key.replace("-", "_")
             if k not in names:
-                raise InvalidInputError(f"{src}: unknown setting {key!r}")
+                raise _bad(f"{src}: unknown setting {key!r}")
             setattr(s, k, _coerce(k, value, getattr(s, k), src))
             s.sources[k] = src
     for k in names:

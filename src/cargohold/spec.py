@@ -210,6 +210,11 @@ class CacheSpec:
 # --------------------------------------------------------------------------- loading
 
 
+#: What to do about an invalid spec (the message names the file, line and field).
+SPEC_HINT = ("fix the spec at the file:line named; examples/cache.toml shows every field "
+             "(a plain list spec is one reference per line)")
+
+
 def load_spec(path: str | os.PathLike[str], *, format: SpecFormat | None = None) -> CacheSpec:
     """Read and validate a spec file. The format is TOML if the name ends in ``.toml``
     (any case), else a plain list, unless ``format`` says otherwise."""
@@ -230,7 +235,12 @@ def load_spec(path: str | os.PathLike[str], *, format: SpecFormat | None = None)
         raise InvalidInputError(f"{name}:{line}: not UTF-8 text") from None
     if format is None:
         format = "toml" if p.suffix.lower() == ".toml" else "list"
-    spec = parse_spec(text.removeprefix("\ufeff"), name=name, format=format)
+    try:
+        spec = parse_spec(text.removeprefix("\ufeff"), name=name, format=format)
+    except InvalidInputError as e:
+        if e.hint_text() == InvalidInputError.hint:  # not a more specific one
+            e.instance_hint = SPEC_HINT
+        raise
     return replace(spec, digest="sha256:" + hashlib.sha256(raw).hexdigest())
 
 
@@ -456,6 +466,9 @@ class _TomlSpec:
             m = re.search(r"at line (\d+)", str(e))
             line = m.group(1) if m else "1"
             raise InvalidInputError(f"{self.name}:{line}: invalid TOML: {e}") from None
+        except RecursionError:
+            raise InvalidInputError(f"{self.name}: invalid TOML: arrays or tables nested too "
+                                    "deeply to read") from None
         for key in doc:
             if key not in _GLOBAL_KEYS:
                 raise self.error(self.lines.global_line(key), key, _unknown_key(key, _GLOBAL_KEYS))

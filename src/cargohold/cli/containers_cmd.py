@@ -192,7 +192,7 @@ def containers() -> None:
 @pass_app
 def containers_ls(app: App) -> None:
     """List containers."""
-    with open_embedded(app.settings) as store:
+    with open_embedded(app.settings, must_exist=True) as store:
         rows = store.containers.list()
         sizes: dict[str, int | None] = {}
         for c in rows:
@@ -201,7 +201,7 @@ def containers_ls(app: App) -> None:
             except NotFoundError:
                 sizes[c.name] = None
     if app.out.json_mode:
-        app.out.json([{**c.to_json(), "size": sizes[c.name]} for c in rows])
+        app.out.json({"containers": [{**c.to_json(), "size": sizes[c.name]} for c in rows]})
         return
     app.out.table(
         ["NAME", "IMAGE", "PLATFORM", "SNAPSHOT", "SIZE", "CREATED"],

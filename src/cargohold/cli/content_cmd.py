@@ -19,7 +19,7 @@ def content() -> None:
 @pass_app
 def content_ls(app: App) -> None:
     """List committed blobs with size and labels."""
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         infos = sorted(store.content.walk(), key=lambda i: str(i.digest))
         ingests = store.content.list_statuses()
     if app.out.json_mode:

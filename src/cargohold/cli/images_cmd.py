@@ -43,7 +43,7 @@ def images_ls(app: App) -> None:
     """
     from cargohold.unpack.image import is_unpacked, unpacked_size
 
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         check = not isinstance(store, LocalStore) or store.has_snapshots
         rows = []
         for img in sorted(store.images.list(), key=lambda i: i.name):
@@ -52,12 +52,12 @@ def images_ls(app: App) -> None:
             size = unpacked_size(store.content, store.snapshots, img) if unpacked else 0
             rows.append((img, c, unpacked, size))
     if app.out.json_mode:
-        app.out.json([
+        app.out.json({"images": [
             {"name": img.name, "digest": str(img.target.digest), "media_type": img.target.media_type,
              "size": c.present_bytes, "complete": c.complete, "platforms": c.platforms,
              "labels": dict(img.labels), "unpacked": unpacked, "unpacked_size": usize}
             for img, c, unpacked, usize in rows
-        ])
+        ]})
         return
     app.out.table(
         ["REF", "DIGEST", "SIZE", "PLATFORMS", "COMPLETE", "UNPACKED", "UNPACKED-SIZE"],
@@ -73,7 +73,7 @@ def images_ls(app: App) -> None:
 @pass_app
 def images_inspect(app: App, ref: str) -> None:
     """Show an image record and the blobs it references."""
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         name = lookup_name(store, ref)
         img = store.images.get(name)
         c = image_contents(store.content, img.target)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,150 @@ class App:
     out: Output
 
 
-pass_app = click.make_pass_decorator(App)
+#: ``ctx.meta`` key of the global options given on the command line, per nesting depth.
+_FLAGS_KEY = "cargohold.global_flags"
+_APP_KEY = "cargohold.app"
 
 
-class LazyGroup(click.Group):
+class GlobalOption(click.Option):
+    """An option every command accepts, before or after its name (``cargohold --root X
+    bake spec`` and ``cargohold bake spec --root X``); when given at several levels the
+    one nearest the end of the command line wins. Its value goes to ``ctx.meta``, not to the
+    command's callback."""
+
+    def __init__(self, decls: list[str], setting: str, **kw: Any) -> None:
+        super().__init__(decls, expose_value=False, callback=self._record, **kw)
+        self.setting = setting
+
+    def _record(self, ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or ctx.get_parameter_source(param.name or "") in (
+            None, click.core.ParameterSource.DEFAULT
+        ):
+            return
+        depth = 0
+        parent = ctx.parent
+        while parent is not None:
+            depth, parent = depth + 1, parent.parent
+        ctx.meta.setdefault(_FLAGS_KEY, {}).setdefault(depth, {})[self.setting] = value
+
+
+def global_options() -> list[GlobalOption]:
+    """Fresh instances of the global options (one set per command)."""
+    return [
+        GlobalOption(["--root"], "root", type=click.Path(path_type=Path), default=None,
+                     help="Store directory [default: /var/lib/cargohold as root, else "
+                          "$XDG_DATA_HOME/cargohold]."),
+        GlobalOption(["-v", "--verbose"], "verbose", count=True,
+                     help="More logs on stderr (repeatable)."),
+        GlobalOption(["-q", "--quiet"], "quiet", count=True, help="Fewer logs on stderr."),
+        GlobalOption(["--json"], "json", is_flag=True, default=None,
+                     help="Machine-readable output on stdout."),
+        GlobalOption(["--no-progress"], "no_progress", is_flag=True, default=None,
+                     help="No live progress display."),
+        GlobalOption(["--config"], "config_file", type=click.Path(path_type=Path), default=None,
+                     help="TOML config file (replaces /etc/cargohold/config.toml and the "
+                          "user's)."),
+        GlobalOption(["--store"], "store", type=click.Choice(["embedded", "containerd"]),
+                     default=None, help="Which store to use [default: embedded]."),
+        GlobalOption(["--address"], "address", default=None,
+                     help="containerd socket [default: /run/containerd/containerd.sock]."),
+        GlobalOption(["--namespace"], "namespace", default=None,
+                     help="containerd namespace [default: k8s.io]."),
+    ]
+
+
+def _add_global_options(cmd: click.Command) -> None:
+    """Give ``cmd`` the global options it does not define itself (a command's own ``--json``
+    stays: it does the same)."""
+    taken = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+    for opt in global_options():
+        if not taken & set(opt.opts):
+            cmd.params.append(opt)
+
+
+def _format_global_last(cmd: click.Command, ctx: click.Context,
+                        formatter: click.HelpFormatter) -> None:
+    own: list[tuple[str, str]] = []
+    glob: list[tuple[str, str]] = []
+    for p in cmd.get_params(ctx):
+        rec = p.get_help_record(ctx)
+        if rec is not None:
+            (glob if isinstance(p, GlobalOption) else own).append(rec)
+    if own:
+        with formatter.section("Options"):
+            formatter.write_dl(own)
+    if glob:
+        where = "after" if ctx.parent is None else "before"
+        with formatter.section(f"Global options (also accepted {where} the command)"):
+            formatter.write_dl(glob)
+
+
+class GlobalCommand(click.Command):
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_global_last(self, ctx, formatter)
+
+
+class GlobalGroup(click.Group):
+    """A group whose commands (and subgroups) all accept the global options."""
+
+    command_class = GlobalCommand
+    group_class: type[click.Group] | type[type] = type  # subgroups: this class too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _add_global_options(cmd)
+        super().add_command(cmd, name)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_global_last(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+
+def flags_from(ctx: click.Context) -> tuple[dict[str, Any], Path | None]:
+    """The settings the global options gave (nearest the end of the command line wins) and
+    the ``--config`` file."""
+    merged: dict[str, Any] = {}
+    verbosity: int | None = None
+    for _depth, given in sorted(ctx.meta.get(_FLAGS_KEY, {}).items()):
+        if "verbose" in given or "quiet" in given:
+            verbosity = given.get("verbose", 0) - given.get("quiet", 0)
+        merged.update({k: v for k, v in given.items() if k not in ("verbose", "quiet")})
+    flags: dict[str, Any] = {
+        "root": merged.get("root"),
+        "verbosity": verbosity,
+        "json": merged.get("json"),
+        "progress": False if merged.get("no_progress") else None,
+        "store": merged.get("store"),
+        "address": merged.get("address"),
+        "namespace": merged.get("namespace"),
+    }
+    return flags, merged.get("config_file")
+
+
+def get_app(ctx: click.Context) -> App:
+    """The App of this invocation, built from the global options on first use."""
+    app: App | None = ctx.meta.get(_APP_KEY)
+    if app is None:
+        flags, config_file = flags_from(ctx)
+        s = settings.load(flags, config_file=config_file)
+        app = App(s, Output(json_mode=s.json, verbosity=s.verbosity, progress=s.progress))
+        ctx.meta[_APP_KEY] = app
+    return app
+
+
+def pass_app(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: call ``f`` with the :class:`App` as its first argument."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return f(get_app(click.get_current_context()), *args, **kwargs)
+
+    return wrapper
+
+
+class LazyGroup(GlobalGroup):
     """A group whose commands are imported from :data:`COMMANDS` when first asked for."""
+
+    group_class: type[click.Group] | type[type] = GlobalGroup
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
@@ -40,45 +181,13 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Store directory [default: /var/lib/cargohold as root, else $XDG_DATA_HOME/cargohold].")
-@click.option("-v", "--verbose", count=True, help="More logs on stderr (repeatable).")
-@click.option("-q", "--quiet", count=True, help="Fewer logs on stderr.")
-@click.option("--json", "json_mode", is_flag=True, default=None, help="Machine-readable output on stdout.")
-@click.option("--no-progress", is_flag=True, default=None, help="No live progress display.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="TOML config file (replaces /etc/cargohold/config.toml and the user's).")
-@click.option("--store", type=click.Choice(["embedded", "containerd"]), default=None,
-              help="Which store to use [default: embedded].")
-@click.option("--address", default=None, help="containerd socket [default: /run/containerd/containerd.sock].")
-@click.option("--namespace", default=None, help="containerd namespace [default: k8s.io].")
+@click.group(cls=LazyGroup, params=global_options(),
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="cargohold")
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    root: Path | None,
-    verbose: int,
-    quiet: int,
-    json_mode: bool | None,
-    no_progress: bool | None,
-    config_file: Path | None,
-    store: str | None,
-    address: str | None,
-    namespace: str | None,
-) -> None:
-    """cargohold: cache container images in node images, fetched compressed or fully pulled."""
-    flags: dict[str, Any] = {
-        "root": root,
-        "verbosity": (verbose - quiet) if (verbose or quiet) else None,
-        "json": json_mode,
-        "progress": (not no_progress) if no_progress else None,
-        "store": store,
-        "address": address,
-        "namespace": namespace,
-    }
-    s = settings.load(flags, config_file=config_file)
-    ctx.obj = App(s, Output(json_mode=s.json, verbosity=s.verbosity, progress=s.progress))
+def cli() -> None:
+    """cargohold: cache container images in node images, fetched compressed or fully pulled.
+
+    The global options are accepted before the command and after it (after wins)."""
 
 
 @cli.command()

@@ -12,7 +12,7 @@ import click
 from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import open_store, registry_client
+from cargohold.cli.resources import embedded_store_exists, open_store, registry_client
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -65,10 +65,14 @@ def _existing_store(app: App) -> Iterator[Any | None]:
                 return
             yield cstore
         return
-    if s.store != "embedded" or not (Path(s.root) / "metadata.db").exists():
+    if s.store != "embedded":
         yield None
         return
-    with open_store(s) as store:
+    if not embedded_store_exists(s):
+        app.out.info(f"no store at {s.root} yet: planning for an empty store")
+        yield None
+        return
+    with open_store(s, must_exist=True) as store:
         yield store
 
 
@@ -182,7 +186,8 @@ def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
     from cargohold.du import disk_usage
 
     json_mode = _json(app, json_local)
-    with open_store(app.settings) as store, _snapshotter(Path(app.settings.root)) as sn:
+    with (open_store(app.settings, must_exist=True) as store,
+          _snapshotter(Path(app.settings.root)) as sn):
         usage = disk_usage(store, list(refs) or None, snapshots=sn)
     if json_mode:
         app.out.json(usage.to_json())
@@ -238,7 +243,7 @@ def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | No
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
                            hosts_dir=hosts_dir, authfile=authfile)
     s = app.settings
-    with open_store(s) as store, _snapshotter(Path(s.root)) as sn:
+    with open_store(s, must_exist=True) as store, _snapshotter(Path(s.root)) as sn:
         checked = len(select_images(store.images, list(refs) or None))
         fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs) if repair else None
         try:

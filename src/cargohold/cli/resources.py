@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cargohold.errors import InvalidInputError, UnsupportedError
+from cargohold.errors import (
+    CargoholdError,
+    InvalidInputError,
+    NotFoundError,
+    OutOfSpaceError,
+    UnsupportedError,
+)
 from cargohold.settings import Settings
 from cargohold.spec import parse_size
 from cargohold.store.embedded.lock import RootLock
+from cargohold.store.embedded.metadata import DB_FILE
 from cargohold.store.embedded.store import EmbeddedStore
 
 if TYPE_CHECKING:
@@ -88,12 +98,52 @@ def reserve_bytes(s: Settings) -> int:
         raise InvalidInputError(f"setting reserve: {e.message}") from None
 
 
+def _root_of(s: Settings) -> tuple[Path, str]:
+    """The store root and where it was set (for messages)."""
+    where = {"flag": "--root", "env": "CARGOHOLD_ROOT", "default": "the default root"}
+    src = s.source_of("root")
+    return Path(s.root), where.get(src, f"root in {src}")
+
+
+def root_error(e: OSError, root: Path, where: str) -> CargoholdError:
+    """An OS error on the store root as an error of the tree, naming the root and its source."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        return OutOfSpaceError(f"store root {root} ({where}): {reason}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InvalidInputError(f"store root {root} ({where}): {reason}",
+                                 hint="choose a --root this user may write, or run as root")
+    return InvalidInputError(f"store root {root} ({where}) cannot be used: {reason}",
+                             hint="--root names a directory: the store, created if missing")
+
+
+def embedded_store_exists(s: Settings) -> bool:
+    """Whether the configured root holds an embedded store; InvalidInputError when the root
+    is not a directory, StoreDamagedError when its database is lost while data remains."""
+    root, where = _root_of(s)
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise root_error(e, root, where) from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise root_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), root, where)
+    from cargohold.store.embedded.content import BLOBS
+    from cargohold.store.embedded.metadata import check_not_orphaned
+
+    check_not_orphaned(root / DB_FILE, [(root / "content" / BLOBS, 2), (root / "snapshots", 1)])
+    return (root / DB_FILE).exists()
+
+
 @contextmanager
 def open_store(
-    s: Settings, *, exclusive: bool = False
+    s: Settings, *, exclusive: bool = False, must_exist: bool = False
 ) -> Iterator[LocalStore | ContainerdStore]:
     """Open the configured store: the embedded one under the root lock (shared, or
     exclusive for gc), or containerd's namespace ``s.namespace`` at ``s.address``.
+    ``must_exist`` (read-only commands): a missing embedded store is a NotFoundError naming
+    the root, not a new empty store.
 
     Both have ``.content``, ``.images``, ``.leases``, ``.snapshots`` and ``.applier``."""
     if s.store == "containerd":
@@ -104,7 +154,7 @@ def open_store(
         return
     if s.store != "embedded":
         raise InvalidInputError(f"unknown store {s.store!r}; use embedded or containerd")
-    with open_embedded(s, exclusive=exclusive) as store:
+    with open_embedded(s, exclusive=exclusive, must_exist=must_exist) as store:
         yield store
 
 
@@ -113,6 +163,7 @@ def open_embedded(
     s: Settings,
     *,
     exclusive: bool = False,
+    must_exist: bool = False,
     hint: str = "use --store embedded (containerd keeps its own containers: use ctr)",
 ) -> Iterator[LocalStore]:
     """The embedded store only (UnsupportedError with ``hint`` for ``--store containerd``):
@@ -122,12 +173,24 @@ def open_embedded(
             f"this command works on the embedded store only, not on {s.store!r}", hint=hint
         )
     reserve = reserve_bytes(s)
-    root = Path(s.root)
-    root.mkdir(parents=True, exist_ok=True)
-    with (
-        RootLock(root, exclusive=exclusive, wait=not exclusive),
-        LocalStore(root, reserve_bytes=reserve) as store,
-    ):
+    root, where = _root_of(s)
+    if not embedded_store_exists(s):
+        if must_exist:
+            raise NotFoundError(
+                f"no cargohold store at {root} ({where}): "
+                + ("the directory does not exist" if not root.exists() else f"no {DB_FILE}"),
+                hint="check the root (--root, CARGOHOLD_ROOT); fetch, pull or bake create a store",
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise root_error(e, root, where) from e
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(RootLock(root, exclusive=exclusive, wait=not exclusive))
+            store = stack.enter_context(LocalStore(root, reserve_bytes=reserve))
+        except OSError as e:  # e.g. the lock file is not ours to open
+            raise root_error(e, root, where) from e
         yield store
 
 

@@ -136,7 +136,11 @@ def _looks_like_domain(component: str) -> bool:
 
 
 def _fail(text: str, reason: str) -> InvalidInputError:
-    return InvalidInputError(f"invalid reference {text!r}: {reason}")
+    return InvalidInputError(
+        f"invalid reference {text!r}: {reason}",
+        hint="a reference is [host[:port]/]repository[:tag][@sha256:<64 hex>], "
+             "e.g. docker.io/library/busybox:1.36",
+    )
 
 
 def _check_tag(text: str, tag: str) -> None:
@@ -206,6 +210,9 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
         raise _fail(text, f"repository name must be lowercase (got {path!r})")
     if not _DOMAIN_RE.match(domain):
         raise _fail(text, f"invalid domain {domain!r}")
+    port = domain.rpartition(":")[2] if not domain.endswith("]") else ""
+    if port.isdigit() and not 0 < int(port) < 65536:
+        raise _fail(text, f"port {port} of {domain!r} is out of range (1-65535)")
     for component in path.split("/"):
         if not component:
             raise _fail(text, "empty path component (stray '/')")

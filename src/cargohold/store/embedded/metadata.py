@@ -22,6 +22,7 @@ Settings and why:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,7 @@ from cargohold.errors import (
     ConflictError,
     InvalidInputError,
     OutOfSpaceError,
+    StoreDamagedError,
     UnsupportedError,
 )
 
@@ -81,6 +83,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _SQLITE_FULL = 13
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 
 def now() -> datetime:
@@ -120,7 +124,47 @@ def translate(e: sqlite3.Error, what: str, kind: str = "metadata") -> CargoholdE
         return OutOfSpaceError(f"{what}: no space left for the {kind} database ({e})")
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return ConflictError(f"{what}: the {kind} database stayed busy ({e})")
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreDamagedError(f"{what}: the {kind} database is damaged ({e})")
     return CargoholdError(f"{what}: {kind} database error: {e}")
+
+
+def _holds_data(d: Path, depth: int, ignore: frozenset[str]) -> bool:
+    """Whether directory ``d`` holds a file ``depth`` levels down (names in ``ignore`` at
+    the top level do not count)."""
+    try:
+        with os.scandir(d) as it:
+            for entry in it:
+                if entry.name in ignore:
+                    continue
+                if depth <= 1 or (entry.is_dir(follow_symlinks=False)
+                                  and _holds_data(Path(entry.path), depth - 1, frozenset())):
+                    return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise StoreDamagedError(f"cannot read {d}: {e.strerror or e}") from e
+    return False
+
+
+def check_not_orphaned(db_path: Path, data: list[tuple[Path, int]], *,
+                       ignore: frozenset[str] = frozenset()) -> None:
+    """StoreDamagedError when ``db_path`` is missing or empty while one of the ``data``
+    directories (each with the depth its files are at) holds files: that database was lost,
+    and starting a fresh one would hide (and let gc delete) everything it described."""
+    try:
+        size: int | None = db_path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    except OSError as e:
+        raise StoreDamagedError(f"cannot read {db_path}: {e.strerror or e}") from e
+    if size:
+        return
+    for d, depth in data:
+        if _holds_data(d, depth, ignore):
+            state = "missing" if size is None else "empty (0 bytes)"
+            raise StoreDamagedError(
+                f"{db_path} is {state} but {d} holds data: the store's records are lost")
 
 
 class SqliteDB:

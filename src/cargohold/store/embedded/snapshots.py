@@ -81,7 +81,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.mount import overlay_supported
-from cargohold.store.embedded.metadata import SqliteDB
+from cargohold.store.embedded.metadata import SqliteDB, check_not_orphaned
 from cargohold.store.interfaces import (
     KIND_ACTIVE,
     KIND_COMMITTED,
@@ -239,6 +239,9 @@ class EmbeddedSnapshotter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CargoholdError(f"cannot create {self.dir}: {e}") from e
+        # Snapshot directories without their database: lost rows, not a new snapshotter.
+        check_not_orphaned(self.dir / DB_FILE, [(self.dir, 1)],
+                           ignore=frozenset({DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"}))
         self._db = SqliteDB(self.dir / DB_FILE, timeout=timeout, kind="snapshot",
                             closed_name=f"the snapshotter at {self.dir}")
         self._conn = self._db.conn
@@ -250,7 +253,7 @@ class EmbeddedSnapshotter:
                 conn.execute(stmt)
         except sqlite3.Error as e:
             self.close()
-            raise CargoholdError(f"opening {self.dir / DB_FILE}: {e}") from e
+            raise self._db.translate(e, f"opening {self.dir / DB_FILE}") from e
 
     # ------------------------------------------------------------ naming
 

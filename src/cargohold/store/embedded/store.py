@@ -14,16 +14,17 @@ Opening the store does not take the root lock: callers hold a ``RootLock`` aroun
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import TracebackType
 
-from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.errors import InvalidInputError, NotFoundError, OutOfSpaceError
 from cargohold.store.embedded.content import BLOBS, INGEST, EmbeddedContentStore
 from cargohold.store.embedded.images import EmbeddedImageStore
 from cargohold.store.embedded.leases import EmbeddedLeaseManager
 from cargohold.store.embedded.lock import LOCK_FILE
-from cargohold.store.embedded.metadata import DB_FILE, MetadataDB
+from cargohold.store.embedded.metadata import DB_FILE, MetadataDB, check_not_orphaned
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
@@ -40,12 +41,19 @@ class EmbeddedStore:
     def __init__(self, root: Path | str, *, create: bool = True) -> None:
         self.root = Path(root)
         db_path = self.root / DB_FILE
+        # A lost database is an error, never a new store ("snapshots": the snapshotter's).
+        check_not_orphaned(db_path, [(self.root / "content" / BLOBS, 2),
+                                     (self.root / "snapshots", 1)])
         if not create and not db_path.exists():
-            raise NotFoundError(f"no cargohold store at {self.root} (no {DB_FILE})")
+            raise NotFoundError(
+                f"no cargohold store at {self.root} (no {DB_FILE})",
+                hint="check --root (or CARGOHOLD_ROOT); fetch, pull or bake create a store",
+            )
         try:
             self._make_layout()
         except OSError as e:
-            raise CargoholdError(f"cannot create the store layout at {self.root}: {e}") from e
+            cls = OutOfSpaceError if e.errno == errno.ENOSPC else InvalidInputError
+            raise cls(f"cannot create the store layout at {self.root}: {e.strerror or e}") from e
         self._db = MetadataDB(db_path)
         self.leases = EmbeddedLeaseManager(self._db)
         self.images = EmbeddedImageStore(self._db)
