@@ -6,6 +6,8 @@ exit codes (documented in the README) and one-line messages with a hint.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -131,6 +133,29 @@ class InterruptedError_(CargoholdError):
     @property
     def kind(self) -> str:
         return "interrupted"
+
+
+def batch_error(failures: Sequence[tuple[str, CargoholdError]], total: int,
+                hint: str | None = None) -> CargoholdError | None:
+    """The error of a batch of ``total`` images (fetch, pull, bake) of which ``failures``
+    (name, error) failed: None if none did; the error itself for a batch of one; when every
+    image failed with one exit code, an error of that kind (the cause's code, not 12);
+    else :class:`PartialFailureError` naming the failed images. ``hint`` replaces the
+    partial failure's."""
+    if not failures:
+        return None
+    if total == 1:
+        return failures[0][1]
+    names = ", ".join(name for name, _ in failures)
+    first = failures[0][1]
+    if len(failures) == total and len({e.exit_code for _, e in failures}) == 1:
+        causes = list(dict.fromkeys(e.message for _, e in failures))
+        err = copy.copy(first)
+        err.message = (f"all {total} images failed: "
+                       + (causes[0] if len(causes) == 1 else f"{names} ({causes[0]}; ...)"))
+        err.args = (err.message,)
+        return err
+    return PartialFailureError(f"{len(failures)} of {total} images failed: {names}", hint=hint)
 
 
 # The public name; the underscore avoids shadowing the builtin InterruptedError.

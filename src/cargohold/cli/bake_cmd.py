@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client, reserve_bytes
 from cargohold.cli.unpack_cmd import summary_line, unpack_lease
-from cargohold.errors import BudgetError, CargoholdError, Interrupted, PartialFailureError
+from cargohold.errors import (
+    BudgetError,
+    CargoholdError,
+    Interrupted,
+    PartialFailureError,
+    batch_error,
+)
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.spec import format_size, load_spec, parse_size
 from cargohold.unpack.image import UnpackResult
@@ -197,18 +204,22 @@ def _print(out: Output, r: BakeReport) -> None:
 
 def _raise_outcome(r: BakeReport) -> None:
     if r.failed:
-        names = ", ".join(i.name for i in r.failed)
-        msg = f"{len(r.failed)} of {len(r.images)} images failed: {names}"
-        if r.over_budget:
-            msg += (f"; the baked images are {format_size(r.over_budget)} over the budget"
-                    + _causes(r))
         verify_failed = any(i.error and i.error.get("message", "").startswith("verify:")
                             for i in r.failed)
-        raise PartialFailureError(
-            msg,
+        err = batch_error(
+            [(i.name, i.exception or PartialFailureError(str((i.error or {}).get("message"))))
+             for i in r.failed], len(r.images),
             hint=("run `cargohold verify --repair`, then bake again" if verify_failed else
                   "everything else is baked and kept; fix the cause and bake again"),
         )
+        assert err is not None
+        err = copy.copy(err)  # the report keeps the image's own error as it was
+        if len(r.images) == 1:
+            err.message = f"{r.failed[0].name}: {err.message}"
+        if r.over_budget:
+            err.message += (f"; the baked images are {format_size(r.over_budget)} over the "
+                            "budget" + _causes(r))
+        raise err
     if r.over_budget:
         outside = any(i.decision != "pull" and i.snapshot_bytes for i in r.images)
         raise BudgetError(

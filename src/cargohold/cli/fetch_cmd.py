@@ -12,7 +12,7 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client
-from cargohold.errors import PartialFailureError
+from cargohold.errors import batch_error
 from cargohold.fetch import Fetcher, FetchFailure, FetchResult, RecordPolicy
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
@@ -117,15 +117,7 @@ def fetched_line(r: FetchResult) -> str:
 
 
 def raise_failures(failures: list[FetchFailure], *, total: int) -> None:
-    """The exit status of a batch of ``total`` images: the error of a lone failure, or of
-    every image failing the same way; else PartialFailureError naming the failed ones."""
-    if not failures:
-        return
-    if total == 1:
-        raise failures[0].error
-    codes = {f.error.exit_code for f in failures}
-    if len(codes) == 1 and len(failures) == total:
-        raise failures[0].error
-    raise PartialFailureError(
-        f"{len(failures)} of {total} images failed: " + ", ".join(str(f.ref) for f in failures)
-    )
+    """The exit status of a batch of ``total`` images (see :func:`errors.batch_error`)."""
+    err = batch_error([(str(f.ref), f.error) for f in failures], total)
+    if err is not None:
+        raise err

@@ -53,6 +53,7 @@ from cargohold.registry.transport import (
     TLSConfig,
     TLSHandshakeError,
     Transport,
+    in_words,
 )
 
 T = TypeVar("T")
@@ -63,6 +64,11 @@ TAGS_PAGE = 1000
 MAX_JSON = 4 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _LINK_NEXT = re.compile(r"<([^>]*)>\s*;\s*rel=\"?next\"?")
+
+
+def _host(resp: Response) -> str:
+    """The host:port a response came from (for messages)."""
+    return urlsplit(resp.url).netloc or "the registry"
 
 
 class _Cut(Exception):
@@ -410,7 +416,7 @@ class RegistryClient:
             try:
                 body = resp.read_limited(MAX_MANIFEST_SIZE)
             except (_U3HTTPError, OSError) as e:
-                raise _Cut(f"reading manifest {ref}: {e}") from None
+                raise _Cut(f"reading manifest {ref}: {in_words(e, _host(resp))}") from None
         if len(body) > MAX_MANIFEST_SIZE:
             raise self._too_large(ref, len(body))
         if size is not None and len(body) < size:
@@ -487,7 +493,7 @@ class RegistryClient:
             try:
                 body = resp.read_limited(desc.size)
             except (_U3HTTPError, OSError) as e:
-                raise _Cut(f"reading {what}: {e}") from None
+                raise _Cut(f"reading {what}: {in_words(e, _host(resp))}") from None
         if len(body) > desc.size:
             raise DigestMismatchError(f"{what}: the registry sends more than the expected {desc.size} bytes")
         if len(body) < desc.size:
@@ -608,7 +614,7 @@ class RegistryClient:
                 try:
                     chunk: bytes | memoryview = read(CHUNK)
                 except (_U3HTTPError, OSError) as e:
-                    raise _Cut(f"connection broken: {type(e).__name__}") from None
+                    raise _Cut(in_words(e, _host(resp))) from None
                 if not chunk:
                     break
                 n = len(chunk)

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
+import http.client
 import ipaddress
 import random
+import socket
 import ssl
 import threading
 import time
@@ -37,8 +40,12 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 import urllib3
+from urllib3.exceptions import ConnectTimeoutError as _U3ConnectTimeoutError
 from urllib3.exceptions import HTTPError as _U3HTTPError
 from urllib3.exceptions import InsecureRequestWarning
+from urllib3.exceptions import NewConnectionError as _U3NewConnectionError
+from urllib3.exceptions import ProtocolError as _U3ProtocolError
+from urllib3.exceptions import ReadTimeoutError as _U3ReadTimeoutError
 from urllib3.exceptions import SSLError as _U3SSLError
 
 from cargohold.errors import InvalidInputError, UnavailableError
@@ -442,13 +449,14 @@ class Transport:
             try:
                 resp = self._follow(method, url, hdrs, body, tls, follow_redirects, sensitive)
             except _U3SSLError as e:
-                err = TLSHandshakeError(f"{_origin(url)}: TLS handshake failed: {_reason(e)}")
+                err = TLSHandshakeError(f"{_origin(url)}: TLS handshake failed: {_tls_reason(e)}")
                 err.certificate_error = _caused_by(e, ssl.SSLCertVerificationError)
                 raise err from e
             except (_U3HTTPError, OSError) as e:
                 if attempt >= attempts:
                     raise UnavailableError(
-                        f"{_origin(url)}: {_reason(e)} (after {attempt} attempt{'s' if attempt > 1 else ''})"
+                        f"{_reason(e, url)} ({_origin(url)}, after {attempt} "
+                        f"attempt{'s' if attempt > 1 else ''})"
                     ) from e
             else:
                 if resp.status not in statuses:
@@ -593,15 +601,64 @@ def _origin(url: str) -> str:
     return f"{p.scheme}://{p.netloc}"
 
 
-def _reason(e: BaseException) -> str:
-    """A short reason for a connection-level error."""
-    inner: BaseException = e
-    for _ in range(5):
-        nxt = getattr(inner, "reason", None) or inner.__cause__ or inner.__context__
-        if not isinstance(nxt, BaseException) or nxt is inner:
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the errors behind it (``reason``, cause, context), outermost first."""
+    out = [e]
+    cur: BaseException = e
+    for _ in range(8):
+        nxt = getattr(cur, "reason", None) or cur.__cause__ or cur.__context__
+        if not isinstance(nxt, BaseException) or nxt in out:
             break
-        inner = nxt
-    text = str(inner) or type(inner).__name__
-    if inner is not e and type(inner).__name__ not in text:
-        text = f"{type(inner).__name__}: {text}"
-    return text
+        out.append(nxt)
+        cur = nxt
+    return out
+
+
+#: errno values with a wording of their own (the host is appended).
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused by",
+    errno.ECONNRESET: "connection reset by",
+    errno.ECONNABORTED: "connection aborted by",
+    errno.EPIPE: "connection closed by",
+    errno.ETIMEDOUT: "timed out connecting to",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable for",
+}
+
+
+def in_words(e: BaseException, host: str) -> str:
+    """A connection-level error as words naming ``host`` ("connection refused by
+    127.0.0.1:5999"), without Python class names or errno numbers."""
+    chain = _chain(e)
+    for err in reversed(chain):  # the innermost cause says the most
+        if isinstance(err, socket.gaierror) or type(err).__name__ == "NameResolutionError":
+            return f"cannot resolve the host name of {host}"
+        if isinstance(err, OSError) and err.errno in _ERRNO_WORDS:
+            return f"{_ERRNO_WORDS[err.errno]} {host}"
+    if any(isinstance(err, http.client.RemoteDisconnected) for err in chain):
+        return f"{host} closed the connection without answering"
+    for err in chain:
+        if isinstance(err, _U3ReadTimeoutError):
+            return f"{host} did not answer in time"
+        if isinstance(err, _U3ConnectTimeoutError | TimeoutError) and not isinstance(
+            err, _U3NewConnectionError
+        ):
+            return f"timed out connecting to {host}"
+        if isinstance(err, _U3ProtocolError | http.client.IncompleteRead):
+            return f"connection to {host} broken (closed early)"
+    inner = chain[-1]
+    if isinstance(inner, OSError) and inner.strerror:
+        return f"{inner.strerror[:1].lower()}{inner.strerror[1:]} ({host})"
+    text = str(inner).strip() or "connection failed"
+    return f"{text} ({host})"
+
+
+def _tls_reason(e: BaseException) -> str:
+    """The innermost reason of a TLS failure (OpenSSL's words: which check failed)."""
+    inner = _chain(e)[-1]
+    return str(inner) or type(inner).__name__
+
+
+def _reason(e: BaseException, url: str = "") -> str:
+    """A short reason for a connection-level error, in words."""
+    return in_words(e, urlsplit(url).netloc if url else "the registry")

@@ -1,0 +1,59 @@
+"""A batch (fetch, pull, bake of several images) that failed entirely for one cause exits
+with that cause's code; 12 is for a partial failure. Messages say the cause in words."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cargohold import errors
+from cargohold.imagebuild.entries import File
+from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from tests.rig.cli import run_cli
+from tests.rig.images import push
+from tests.rig.services import Registry
+
+
+@pytest.fixture
+def refused() -> Iterator[str]:
+    """host:port of a loopback port bound but not listening: every connect is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("command", ["fetch", "pull", "bake"])
+def test_all_failed_for_one_cause_exits_with_its_code(command: str, refused: str,
+                                                       tmp_path: Path) -> None:
+    refs = [f"{refused}/a:1", f"{refused}/b:1"]
+    if command == "bake":
+        spec = tmp_path / "spec.txt"
+        spec.write_text("\n".join(refs) + "\n")
+        args = ["bake", "--plain-http", str(spec)]
+    else:
+        args = [command, "--plain-http", *refs]
+    p = run_cli(tmp_path / "store", *args, check=False)
+    assert p.returncode == errors.UnavailableError.exit_code, p.stderr
+    assert f"connection refused by {refused}" in p.stderr
+    assert "Errno" not in p.stdout + p.stderr and "ConnectionRefusedError" not in p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("command", ["fetch", "bake"])
+def test_partial_failure_is_12(command: str, refused: str, registry: Registry,
+                               tmp_path: Path) -> None:
+    good = push(registry.host, ImageSpec([LayerSpec([File("f", size=1000, seed=3)])]),
+                tmp_path / "img")
+    refs = [good.text, f"{refused}/b:1"]
+    if command == "bake":
+        spec = tmp_path / "spec.txt"
+        spec.write_text("\n".join(refs) + "\n")
+        args = ["bake", "--plain-http", str(spec)]
+    else:
+        args = [command, "--plain-http", *refs]
+    p = run_cli(tmp_path / "store", *args, check=False)
+    assert p.returncode == errors.PartialFailureError.exit_code, p.stderr
+    assert f"connection refused by {refused}" in p.stdout + p.stderr
