@@ -128,3 +128,53 @@ def test_du_totals_match_disk_and_count_shared_once(registry: Registry, tmp_path
     assert f"the whole store: content {format_size(walked)}" in named.stderr
     both = first_json(cli(root, "du", "--json", a.text, b.text, check=True).stdout)
     assert both["selected"]["content_bytes"] == totals["referenced_bytes"]
+
+def _flip(f: Path, at: int) -> None:
+    os.chmod(f, 0o644)
+    with open(f, "r+b") as fh:
+        fh.seek(at)
+        b = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_one_corrupt_blob_is_one_problem(registry: Registry, tmp_path: Path) -> None:
+    img = push(registry.host, one_layer(410), tmp_path / "i")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", img.text, check=True)
+    _flip(blob(root, str(img.built.layer_descriptors[0].digest)), 1000)
+    p = cli(root, "verify")
+    assert p.returncode == 6, p.stderr
+    assert "1 images checked: 1 problem" in p.stdout and "error: 1 problem in" in p.stderr
+    j = first_json(cli(root, "verify", "--json").stdout)
+    assert j["problem_count"] == 1 and len(j["problems"]) == 2  # corrupt + incomplete
+
+
+def test_create_from_a_corrupt_fetched_layer_is_an_integrity_error(
+        registry: Registry, tmp_path: Path) -> None:
+    img = push(registry.host, one_layer(411), tmp_path / "i")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", img.text, check=True)
+    layer = img.built.layer_descriptors[0]
+    _flip(blob(root, str(layer.digest)), layer.size // 2)
+    p = cli(root, "create", img.text, "c1")
+    assert p.returncode == 6, p.stderr
+    assert "damaged in the store" in p.stderr and "verify --repair" in p.stderr
+    assert "Traceback" not in p.stderr
+    cli(root, "verify", "--repair", "--plain-http", check=True)
+    cli(root, "create", img.text, "c1", check=True)
+
+
+def test_du_counts_ingests(registry: Registry, tmp_path: Path) -> None:
+    from cargohold.store.embedded.store import EmbeddedStore
+
+    img = push(registry.host, one_layer(412), tmp_path / "i")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", img.text, check=True)
+    with EmbeddedStore(root) as s, s.content.writer("half-done", total=10_000) as w:
+        w.write(b"x" * 4096)  # never committed: an interrupted download
+    doc = first_json(cli(root, "du", "--json", check=True).stdout)
+    t = doc["totals"]
+    assert t["ingest_bytes"] == 4096 and t["ingests"] == 1
+    assert t["total_bytes"] == t["content_bytes"] + t["snapshot_bytes"] + 4096
+    assert "ingests" in cli(root, "du", check=True).stdout

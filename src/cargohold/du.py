@@ -19,7 +19,9 @@ blob file (what ``<root>/content/blobs`` holds), = ``referenced_bytes`` +
 remove; listed in ``unreferenced``). ``snapshot_bytes`` = the usage of every snapshot the
 snapshotter has, counted once. ``selected_content_bytes`` / ``selected_snapshot_bytes``: the
 rows' images together (every image, or the ones named), each blob and chain once: what
-removing all of them would leave to share or free.
+removing all of them would leave to share or free. ``ingest_bytes``: downloads in progress
+or interrupted (what ``content/ingest`` holds; a rerun resumes them, ``gc`` removes stale
+ones). ``total_bytes`` = content + snapshots + ingests.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class DiskUsage:
     #: Content / snapshot bytes of the selected images together (shared bytes once).
     selected_content_bytes: int = 0
     selected_snapshot_bytes: int = 0
+    #: Bytes written by downloads in progress or interrupted, and how many.
+    ingest_bytes: int = 0
+    ingests: int = 0
 
     @property
     def unreferenced_bytes(self) -> int:
@@ -98,7 +103,7 @@ class DiskUsage:
 
     @property
     def total_bytes(self) -> int:
-        return self.content_bytes + self.snapshot_bytes
+        return self.content_bytes + self.snapshot_bytes + self.ingest_bytes
 
     @property
     def selected_total_bytes(self) -> int:
@@ -121,6 +126,8 @@ class DiskUsage:
                 "unreferenced_bytes": self.unreferenced_bytes,
                 "snapshot_bytes": self.snapshot_bytes if self.snapshots_available else None,
                 "shared_snapshot_bytes": self.shared_snapshot_bytes,
+                "ingest_bytes": self.ingest_bytes,
+                "ingests": self.ingests,
                 "total_bytes": self.total_bytes,
             },
             "unreferenced": [{"digest": d, "size": s} for d, s in self.unreferenced],
@@ -147,6 +154,7 @@ def disk_usage(
     records = sorted(store.images.list(), key=lambda i: i.name)
     wanted = {i.name for i in select_images(store.images, refs)} if refs else None
 
+    ingests = content.list_statuses()
     snap_sizes: dict[str, int] = {}
     if snapshots is not None:
         for info in snapshots.walk():
@@ -209,4 +217,6 @@ def disk_usage(
         snapshots_available=snapshots is not None,
         selected_content_bytes=sum(files[b] for b in sel_blobs),
         selected_snapshot_bytes=sum(snap_sizes[c] for c in sel_chains),
+        ingest_bytes=sum(max(0, int(s.offset)) for s in ingests),
+        ingests=len(ingests),
     )

@@ -41,7 +41,7 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.store.interfaces import GC_REF_SNAPSHOT, ContentStore, Image, ImageStore
 
-__all__ = ["BLOB_KINDS", "Problem", "select_images", "verify"]
+__all__ = ["BLOB_KINDS", "Problem", "check_blob", "count_problems", "select_images", "verify"]
 
 _CHUNK = 1 << 20
 #: Problem kinds that mean content is damaged or absent.
@@ -116,6 +116,24 @@ def _check_blob(content: ContentStore, desc: Descriptor) -> tuple[str, str] | No
     if got != desc.digest:
         return "corrupt", f"{what} {desc.digest} is corrupt: its bytes hash to {got}"
     return None
+
+
+#: The public name: whether one stored blob is intact (None) or (kind, message).
+check_blob = _check_blob
+
+
+def count_problems(problems: Iterable[Problem]) -> int:
+    """How many things are wrong: each damaged blob once (however many images share it),
+    each missing snapshot once, and an image's ``incomplete`` only when nothing else
+    explains it (a corrupt blob is one problem, not two)."""
+    things: set[tuple[str, str]] = set()
+    explained = {p.image for p in problems if p.kind != "incomplete"}
+    for p in problems:
+        if p.kind != "incomplete":
+            things.add((p.kind, p.digest or p.message))
+        elif p.image not in explained:
+            things.add((p.kind, p.image))
+    return len(things)
 
 
 def _read(content: ContentStore, desc: Descriptor) -> bytes:

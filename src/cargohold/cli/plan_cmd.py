@@ -210,7 +210,8 @@ def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
             + f" = {human_bytes(usage.selected_total_bytes)} (shared bytes once)")
         app.out.info(f"the whole store: content {human_bytes(usage.content_bytes)}"
                      + (f", snapshots {human_bytes(usage.snapshot_bytes)}"
-                        if usage.snapshots_available else ""))
+                        if usage.snapshots_available else "")
+                     + f", ingests {human_bytes(usage.ingest_bytes)}")
         return
     app.out.data(
         f"total: content {human_bytes(usage.content_bytes)} "
@@ -219,8 +220,14 @@ def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
         + (f", snapshots {human_bytes(usage.snapshot_bytes)}" if usage.snapshots_available
            else ", snapshots: none")
     )
+    app.out.data(f"ingests (downloads in progress or interrupted): {human_bytes(usage.ingest_bytes)}"
+                  f" in {usage.ingests}; on disk in all: {human_bytes(usage.total_bytes)}")
     for d, size in usage.unreferenced:
         app.out.debug(f"unreferenced {d} {human_bytes(size)}")
+
+
+def _problems(n: int) -> str:
+    return f"{n} problem" if n == 1 else f"{n} problems"
 
 
 @cli.command("verify")
@@ -237,7 +244,7 @@ def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | No
                    hosts_dir: str | None, authfile: str | None) -> None:
     """Re-hash every blob of the images (all, or REFs); exit 6 if any is damaged."""
     from cargohold.fetch import Fetcher
-    from cargohold.verify import BLOB_KINDS, select_images, verify
+    from cargohold.verify import BLOB_KINDS, count_problems, select_images, verify
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
@@ -257,16 +264,17 @@ def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | No
         app.out.info(f"{prefix}: {p.image}: {p.message}")
     if json_mode:
         app.out.json({"event": "verify", "images": checked, "ok": not left,
+                      "problem_count": count_problems(left),
                       "problems": [p.to_json() for p in problems]})
     else:
-        fixed = len(problems) - len(left)
-        app.out.data(f"{checked} images checked: {len(left)} problems"
+        fixed = count_problems(p for p in problems if p.repaired)
+        app.out.data(f"{checked} images checked: {_problems(count_problems(left))}"
                      + (f", {fixed} repaired" if fixed else ""))
     if left:
         damaged = sorted({p.image for p in left})
         if any(p.kind in BLOB_KINDS for p in left):
             raise DigestMismatchError(
-                f"{len(left)} problems in {', '.join(damaged)}",
+                f"{_problems(count_problems(left))} in {', '.join(damaged)}",
                 hint="run `cargohold verify --repair` to delete damaged blobs and fetch again",
             )
         raise NotFoundError(f"missing snapshots in {', '.join(damaged)}",

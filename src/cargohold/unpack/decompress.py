@@ -95,6 +95,17 @@ def _read_exactly(stream: Reader, n: int) -> bytes:
     return b"".join(parts)
 
 
+class CorruptLayerError(InvalidInputError):
+    """A layer's compressed bytes do not decompress (corrupt or truncated)."""
+
+    hint = ("the layer's compressed bytes are broken: if the image is fine at the registry, "
+            "run `cargohold verify --repair`")
+
+    @property
+    def kind(self) -> str:
+        return "invalid_input"
+
+
 class DecompressedStream:
     """The uncompressed bytes of a layer; ``read`` returns up to ``size`` bytes, b"" at EOF.
 
@@ -115,12 +126,12 @@ class DecompressedStream:
         try:
             data: bytes = self._inner.read(size if size is not None and size >= 0 else -1)
         except EOFError as e:  # truncated gzip
-            raise InvalidInputError(f"{self.compression} layer stream is truncated: {e}") from None
+            raise CorruptLayerError(f"{self.compression} layer stream is truncated: {e}") from None
         except Exception as e:
             # BadGzipFile (an OSError), isal's IsalError, zstandard's ZstdError: corrupt data.
             # Other OSErrors come from the blob stream itself and are passed on unchanged.
             if isinstance(e, gzip.BadGzipFile) or type(e).__name__ in ("IsalError", "ZstdError"):
-                raise InvalidInputError(f"corrupt {self.compression} layer stream: {e}") from None
+                raise CorruptLayerError(f"corrupt {self.compression} layer stream: {e}") from None
             raise
         return data
 

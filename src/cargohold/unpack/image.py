@@ -73,6 +73,7 @@ from cargohold.store.interfaces import (
     Snapshotter,
 )
 from cargohold.unpack.apply import ApplyStats
+from cargohold.unpack.damaged import stored_blob_check
 
 #: Prefix of the keys of snapshots being unpacked (active until committed as the chain ID).
 EXTRACT_PREFIX = "extract-"
@@ -676,7 +677,7 @@ class Unpacker:
         state = STATE_UNPACKED
         stats: ApplyStats | None = None
         try:
-            with self.content.reader(layer.digest) as raw:
+            with self.content.reader(layer.digest) as raw, stored_blob_check(self.content, layer):
                 reader: Any = _Reader(raw, self.cancel, job.cancel)
                 with_stats: Callable[..., tuple[Descriptor, ApplyStats]] | None = getattr(
                     self.applier, "apply_with_stats", None
