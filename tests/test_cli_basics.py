@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,58 @@ def test_exit_codes_are_distinct_and_documented() -> None:
         if e in shared:
             continue
         assert f"| {e.exit_code} |" in readme, f"exit code {e.exit_code} of {e.__name__} not in README"
+
+
+GLOBAL_FLAGS = ("--root", "--store", "--json", "--address", "--namespace", "--config",
+                "--verbose", "--quiet", "--no-progress")
+
+
+def _leaf_commands() -> list[list[str]]:
+    import click
+
+    from cargohold.cli import main
+
+    main._register_commands()
+    out: list[list[str]] = []
+    for name, cmd in sorted(main.cli.commands.items()):
+        if isinstance(cmd, click.Group):
+            out += [[name, sub] for sub in sorted(cmd.commands)]
+        else:
+            out.append([name])
+    return out
+
+
+def test_every_subcommand_help_lists_the_global_options() -> None:
+    from click.testing import CliRunner
+
+    from cargohold.cli import main
+
+    for words in _leaf_commands():
+        r = CliRunner().invoke(main.cli, [*words, "--help"], prog_name="cargohold")
+        assert r.exit_code == 0, (words, r.output)
+        assert "Global options" in r.output, words
+        for flag in GLOBAL_FLAGS:
+            assert flag in r.output, (words, flag)
+
+
+def test_global_options_after_the_subcommand(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    spec = tmp_path / "spec.txt"
+    with socket.socket() as s:  # bound, not listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        spec.write_text(f"127.0.0.1:{s.getsockname()[1]}/x:1\n")
+        # After the subcommand (bake opens the store under --root before fetching).
+        p = run("bake", str(spec), "--plain-http", "--root", str(a), "--no-progress", "-q")
+    assert p.returncode == errors.UnavailableError.exit_code, p.stderr
+    assert (a / "metadata.db").exists()
+    # Both places: the one after the subcommand wins.
+    p = run("--root", str(a), "images", "ls", "--root", str(b))
+    assert p.returncode == errors.NotFoundError.exit_code and str(b) in p.stderr, p.stderr
+    p = run("--root", str(b), "images", "ls", "--root", str(a), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"images": []}
+    # Inside a group: `images --root X ls` too.
+    assert run("images", "--root", str(a), "ls", "--json").returncode == 0
+    # -v / -q after the command: quiet drops the hint line.
+    p = run("images", "ls", "--root", str(b), "-q")
+    assert p.returncode == errors.NotFoundError.exit_code and "hint:" not in p.stderr

@@ -154,7 +154,12 @@ def get_app(ctx: click.Context) -> App:
         s = settings.load(flags, config_file=config_file)
         app = App(s, Output(json_mode=s.json, verbosity=s.verbosity, progress=s.progress))
         ctx.meta[_APP_KEY] = app
+        _invocation["app"] = app
     return app
+
+
+#: The App of the running invocation, for :func:`main` to report errors its way (-q, --json).
+_invocation: dict[str, App] = {}
 
 
 def pass_app(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -259,11 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    _invocation.clear()
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
     out = Output(json_mode=json_mode)
     try:
         cli.main(args=argv, prog_name="cargohold", standalone_mode=False)
     except CargoholdError as e:
+        if "app" in _invocation:  # settings resolved: their verbosity and --json
+            out = Output(json_mode=_invocation["app"].out.json_mode,
+                         verbosity=_invocation["app"].out.verbosity)
+            json_mode = out.json_mode
         if json_mode:
             out.json({"event": "error", "error": e.kind, "message": e.message,
                       "exit_code": e.exit_code})
