@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -127,3 +128,29 @@ def test_global_options_after_the_subcommand(tmp_path: Path) -> None:
     # -v / -q after the command: quiet drops the hint line.
     p = run("images", "ls", "--root", str(b), "-q")
     assert p.returncode == errors.NotFoundError.exit_code and "hint:" not in p.stderr
+
+
+def test_input_errors_carry_a_hint_for_their_cause(tmp_path: Path) -> None:
+    """Each kind of bad input gets its own hint, not one generic line for all."""
+    (tmp_path / "file").write_text("x")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[[image]]\nref = "busybox"\nmode = "sometimes"\n')
+    cases = {
+        "reference": run("fetch", "Docker.io/Library/NGINX", root=tmp_path / "s"),
+        "digest": run("content", "rm", "sha256:xyz", root=tmp_path / "s"),
+        "platform": run("fetch", "--platform", "linux/amd64/v8/x", "127.0.0.1:1/x:y",
+                        root=tmp_path / "s"),
+        "spec": run("plan", str(spec), root=tmp_path / "s"),
+        "root": run("images", "ls", root=tmp_path / "file"),
+        "setting": subprocess.run([*CLI, "--root", str(tmp_path / "s"), "images", "ls"],
+                                  capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "CARGOHOLD_JOBS": "many"}),
+    }
+    hints = {}
+    for what, p in cases.items():
+        assert p.returncode == errors.InvalidInputError.exit_code, (what, p.stderr)
+        lines = [x for x in p.stderr.splitlines() if x.startswith("hint: ")]
+        assert len(lines) == 1, (what, p.stderr)
+        hints[what] = lines[0]
+    assert len(set(hints.values())) == len(hints), hints
+    assert f"hint: {errors.InvalidInputError.hint}" not in hints.values(), hints

@@ -48,6 +48,30 @@ class InvalidInputError(CargoholdError):
     hint = "check the argument or file named in the message"
 
 
+class _InvalidInputCause(InvalidInputError):
+    """An invalid input of one kind, with a hint for that kind (same exit code and --json
+    ``error`` as :class:`InvalidInputError`)."""
+
+    @property
+    def kind(self) -> str:
+        return "invalid_input"
+
+
+class InvalidDigestError(_InvalidInputCause):
+    hint = "a digest is <algorithm>:<hex>, e.g. sha256: and 64 lower-case hex digits"
+
+
+class InvalidPlatformError(_InvalidInputCause):
+    hint = "a platform is os/architecture[/variant], e.g. linux/amd64 or linux/arm64/v8"
+
+
+class InvalidContentError(_InvalidInputCause):
+    """A manifest, index, config or descriptor that does not follow the OCI / Docker specs."""
+
+    hint = ("the registry served a malformed manifest or config: look at it with "
+            "`skopeo inspect --raw docker://REF`, or push the image again with a current tool")
+
+
 class UnsupportedError(InvalidInputError):
     """Well-formed input that cargohold refuses to handle (e.g. Docker schema1)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.errors import InvalidInputError
+from cargohold.errors import InvalidContentError, InvalidInputError
 from cargohold.oci.digest import Digest
 
 
@@ -36,16 +36,16 @@ class Platform:
     @classmethod
     def from_json(cls, obj: Any, where: str = "platform") -> Platform:
         if not isinstance(obj, dict):
-            raise InvalidInputError(f"{where}: expected an object")
+            raise InvalidContentError(f"{where}: expected an object")
         os_ = obj.get("os")
         arch = obj.get("architecture")
         if not isinstance(os_, str) or not os_ or not isinstance(arch, str) or not arch:
-            raise InvalidInputError(f"{where}: 'os' and 'architecture' are required strings")
+            raise InvalidContentError(f"{where}: 'os' and 'architecture' are required strings")
         variant = obj.get("variant", "") or ""
         osv = obj.get("os.version", "") or ""
         feats = obj.get("os.features", []) or []
         if not isinstance(variant, str) or not isinstance(osv, str) or not isinstance(feats, list):
-            raise InvalidInputError(f"{where}: malformed variant / os.version / os.features")
+            raise InvalidContentError(f"{where}: malformed variant / os.version / os.features")
         return cls(os_, arch, variant, osv, tuple(str(f) for f in feats))
 
 
@@ -79,31 +79,31 @@ class Descriptor:
     def from_json(cls, obj: Any, where: str = "descriptor") -> Descriptor:
         """Validate and build a descriptor: required fields, valid digest, size >= 0."""
         if not isinstance(obj, dict):
-            raise InvalidInputError(f"{where}: expected an object")
+            raise InvalidContentError(f"{where}: expected an object")
         mt = obj.get("mediaType")
         if not isinstance(mt, str) or not mt:
-            raise InvalidInputError(f"{where}: 'mediaType' is required")
+            raise InvalidContentError(f"{where}: 'mediaType' is required")
         dg = obj.get("digest")
         if not isinstance(dg, str):
-            raise InvalidInputError(f"{where}: 'digest' is required")
+            raise InvalidContentError(f"{where}: 'digest' is required")
         try:
             digest = Digest.parse(dg)
         except InvalidInputError as e:
-            raise InvalidInputError(f"{where}: {e}") from None
+            raise InvalidContentError(f"{where}: {e}") from None
         size = obj.get("size")
         if not isinstance(size, int) or isinstance(size, bool):
-            raise InvalidInputError(f"{where}: 'size' is required and must be an integer")
+            raise InvalidContentError(f"{where}: 'size' is required and must be an integer")
         if size < 0:
-            raise InvalidInputError(f"{where}: 'size' must not be negative (got {size})")
+            raise InvalidContentError(f"{where}: 'size' must not be negative (got {size})")
         ann = obj.get("annotations") or {}
         if not isinstance(ann, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in ann.items()
         ):
-            raise InvalidInputError(f"{where}: 'annotations' must map strings to strings")
+            raise InvalidContentError(f"{where}: 'annotations' must map strings to strings")
         plat = obj.get("platform")
         platform = Platform.from_json(plat, f"{where}.platform") if plat is not None else None
         urls = obj.get("urls") or []
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            raise InvalidInputError(f"{where}: 'urls' must be a list of strings")
+            raise InvalidContentError(f"{where}: 'urls' must be a list of strings")
         at = obj.get("artifactType", "") or ""
         return cls(mt, digest, size, dict(ann), platform, tuple(urls), str(at))

@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from cargohold.errors import DigestMismatchError, InvalidInputError
+from cargohold.errors import DigestMismatchError, InvalidDigestError
 
 #: Algorithms cargohold accepts, with the hex length of their encoded form.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
@@ -22,22 +22,22 @@ class Digest:
     def parse(cls, text: str) -> Digest:
         """Parse and validate ``alg:hex``; raises InvalidInputError naming the problem."""
         if not isinstance(text, str):
-            raise InvalidInputError(f"invalid digest {text!r}: not a string")
+            raise InvalidDigestError(f"invalid digest {text!r}: not a string")
         alg, sep, enc = text.partition(":")
         if not sep:
-            raise InvalidInputError(f"invalid digest {text!r}: expected 'algorithm:hex'")
+            raise InvalidDigestError(f"invalid digest {text!r}: expected 'algorithm:hex'")
         if alg not in ALGORITHMS:
-            raise InvalidInputError(
+            raise InvalidDigestError(
                 f"invalid digest {text!r}: unsupported algorithm {alg!r} "
                 f"(supported: {', '.join(ALGORITHMS)})"
             )
         want = ALGORITHMS[alg]
         if len(enc) != want:
-            raise InvalidInputError(
+            raise InvalidDigestError(
                 f"invalid digest {text!r}: {alg} needs {want} hex characters, got {len(enc)}"
             )
         if not _HEX.match(enc):
-            raise InvalidInputError(
+            raise InvalidDigestError(
                 f"invalid digest {text!r}: encoded part must be lower-case hex"
             )
         return cls(alg, enc)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from cargohold.errors import InvalidInputError, UnsupportedError
+from cargohold.errors import InvalidContentError, InvalidInputError, UnsupportedError
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
@@ -136,7 +136,7 @@ class ImageConfig:
 
 
 def _fail(where: str, reason: str) -> NoReturn:
-    raise InvalidInputError(f"{where}: {reason}")
+    raise InvalidContentError(f"{where}: {reason}")
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -386,7 +386,7 @@ def check_config(manifest: Manifest, config: ImageConfig) -> None:
     """The config must list exactly one diff_id per layer of the manifest."""
     n_ids, n_layers = len(config.diff_ids), len(manifest.layers)
     if n_ids != n_layers:
-        raise InvalidInputError(
+        raise InvalidContentError(
             f"image config {manifest.config.digest} lists {n_ids} diff_ids but its manifest "
             f"has {n_layers} layers"
         )

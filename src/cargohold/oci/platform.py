@@ -36,7 +36,7 @@ import platform as _stdlib_platform
 import re
 from collections.abc import Sequence
 
-from cargohold.errors import InvalidInputError
+from cargohold.errors import InvalidPlatformError
 from cargohold.oci.descriptor import Platform
 
 __all__ = [
@@ -139,14 +139,14 @@ def _key(p: Platform) -> tuple[str, str, str]:
 def parse_platform(text: str) -> Platform:
     """Parse ``os[/arch[/variant]]`` (or a bare architecture) into a normalised Platform."""
     if not isinstance(text, str) or not text.strip():
-        raise InvalidInputError(f"invalid platform {text!r}: empty")
+        raise InvalidPlatformError(f"invalid platform {text!r}: empty")
     spec = text.strip()
     parts = spec.split("/")
     if len(parts) > 3:
-        raise InvalidInputError(f"invalid platform {text!r}: expected os/architecture[/variant]")
+        raise InvalidPlatformError(f"invalid platform {text!r}: expected os/architecture[/variant]")
     for part in parts:
         if not _COMPONENT.match(part):
-            raise InvalidInputError(
+            raise InvalidPlatformError(
                 f"invalid platform {text!r}: component {part!r} must be letters, digits, '_' or '-'"
             )
     if len(parts) == 1:
@@ -158,7 +158,7 @@ def parse_platform(text: str) -> Platform:
         arch, variant = normalize_arch(word)
         if arch in KNOWN_ARCHITECTURES:
             return normalize(Platform("linux", arch, variant))
-        raise InvalidInputError(
+        raise InvalidPlatformError(
             f"invalid platform {text!r}: unknown operating system or architecture"
         )
     variant = parts[2] if len(parts) == 3 else ""
@@ -171,7 +171,7 @@ def parse_platforms(text: str) -> list[Platform]:
     seen: set[tuple[str, str, str]] = set()
     for item in text.split(","):
         if not item.strip():
-            raise InvalidInputError(f"invalid platform list {text!r}: empty item")
+            raise InvalidPlatformError(f"invalid platform list {text!r}: empty item")
         p = parse_platform(item)
         if _key(p) not in seen:
             seen.add(_key(p))
