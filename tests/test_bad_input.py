@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,6 +60,21 @@ def _garbage_after_header(path: Path) -> None:
     """Valid SQLite header, garbage pages: fails on the first query, not on open."""
     data = bytearray(path.read_bytes())
     for i in range(100, len(data)):
+        data[i] = (i * 7) & 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _damaged_later_page(path: Path) -> None:
+    """Many rows, then garbage after the first pages: opens fine, a query fails."""
+    c = sqlite3.connect(path)
+    c.executemany("INSERT INTO snapshots (key, kind, parent, labels, created_at, updated_at)"
+                  " VALUES (?, 'committed', '', ?, 'x', 'x')",
+                  [(f"k{i}", '{"l": "' + "v" * 200 + '"}') for i in range(3000)])
+    c.commit()
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    data = bytearray(path.read_bytes())
+    for i in range(4 * 4096, len(data)):
         data[i] = (i * 7) & 0xFF
     path.write_bytes(bytes(data))
 
@@ -122,6 +138,9 @@ CASES = [
     *(Case(f"snapshot db damaged after its header: {' '.join(cmd)}", ["--root", "{root}", *cmd],
            errors.StoreDamagedError.exit_code, _garbage_after_header, SNAP_DB)
       for cmd in (["images", "ls"], ["du"], ["gc", "--dry-run"])),
+    *(Case(f"snapshot db damaged in a later page: {' '.join(cmd)}", ["--root", "{root}", *cmd],
+           errors.StoreDamagedError.exit_code, _damaged_later_page, SNAP_DB, says="damaged")
+      for cmd in (["images", "ls"], ["containers", "ls"])),
     *(Case(f"metadata.db garbage: {' '.join(cmd)}", ["--root", "{root}", *cmd],
            errors.StoreDamagedError.exit_code, _garbage, "metadata.db", says="metadata.db")
       for cmd in (["images", "ls"], ["gc", "--dry-run"])),

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -260,6 +260,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _report(e: CargoholdError, json_mode: bool) -> NoReturn:
+    """Print ``e`` (with the invocation's verbosity and --json once settings are known) and
+    exit with its code."""
+    out = Output(json_mode=json_mode)
+    if "app" in _invocation:
+        app_out = _invocation["app"].out
+        out = Output(json_mode=app_out.json_mode, verbosity=app_out.verbosity)
+    if out.json_mode:
+        out.json({"event": "error", "error": e.kind, "message": e.message,
+                  "exit_code": e.exit_code})
+    out.error(e.message, e.hint_text())
+    sys.exit(e.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
     if threading.current_thread() is threading.main_thread():
@@ -270,15 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="cargohold", standalone_mode=False)
     except CargoholdError as e:
-        if "app" in _invocation:  # settings resolved: their verbosity and --json
-            out = Output(json_mode=_invocation["app"].out.json_mode,
-                         verbosity=_invocation["app"].out.verbosity)
-            json_mode = out.json_mode
-        if json_mode:
-            out.json({"event": "error", "error": e.kind, "message": e.message,
-                      "exit_code": e.exit_code})
-        out.error(e.message, e.hint_text())
-        sys.exit(e.exit_code)
+        _report(e, json_mode)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
@@ -292,4 +298,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(Interrupted.exit_code)
     except BrokenPipeError:
         sys.exit(EXIT_INTERNAL)
+    except Exception as e:
+        sqlite3 = sys.modules.get("sqlite3")  # loaded if a store was opened
+        if sqlite3 is None or not isinstance(e, sqlite3.Error):
+            raise
+        # A database page found damaged by a query (not when it was opened): the same
+        # error as a damaged database at open.
+        from cargohold.store.embedded.metadata import translate
+
+        where = f" at {_invocation['app'].settings.root}" if "app" in _invocation else ""
+        _report(translate(e, f"reading the store{where}", "store"), json_mode)
     sys.exit(0)
