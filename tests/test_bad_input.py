@@ -128,7 +128,9 @@ CASES = [
     *(Case(f"missing store: {' '.join(cmd)}", ["--root", "{tmp}/typo", *cmd],
            errors.NotFoundError.exit_code, says="{tmp}/typo", untouched=True)
       for cmd in (["images", "ls"], ["du"], ["verify"], ["content", "ls"],
-                  ["containers", "ls"], ["images", "inspect", "x"])),
+                  ["containers", "ls"], ["images", "inspect", "x"], ["images", "rm", "x"],
+                  ["images", "tag", "x", "y"], ["content", "rm", "sha256:" + "0" * 64],
+                  ["gc"], ["gc", "--dry-run"])),
     Case("global option after the command", ["images", "ls", "--root", "{tmp}/typo"],
          errors.NotFoundError.exit_code, says="{tmp}/typo", untouched=True),
     *(Case(f"snapshot db garbage: {' '.join(cmd)}", ["--root", "{root}", *cmd],

@@ -45,7 +45,7 @@ def content_ls(app: App) -> None:
 def content_rm(app: App, digests: tuple[str, ...]) -> None:
     """Delete blobs by digest (images that need them become incomplete)."""
     parsed = [Digest.parse(d) for d in digests]
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         for d in parsed:
             store.content.delete(d)
             app.out.data(str(d))

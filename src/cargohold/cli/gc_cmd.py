@@ -24,7 +24,7 @@ def gc(app: App, dry_run: bool) -> None:
     from cargohold.store.embedded.containers import ContainerRoots
     from cargohold.store.embedded.gc import collect
 
-    with open_embedded(app.settings, exclusive=True,
+    with open_embedded(app.settings, exclusive=True, must_exist=True,
                        hint="containerd collects its own garbage") as store:
         hook = None
         if store.has_snapshots:  # nothing was ever unpacked otherwise: leave the root as is

@@ -98,7 +98,7 @@ def images_inspect(app: App, ref: str) -> None:
 @pass_app
 def images_rm(app: App, refs: tuple[str, ...]) -> None:
     """Remove image records (content goes at the next `cargohold gc`)."""
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         for r in refs:
             name = lookup_name(store, r)
             store.images.delete(name)
@@ -111,7 +111,7 @@ def images_rm(app: App, refs: tuple[str, ...]) -> None:
 @pass_app
 def images_tag(app: App, source: str, targets: tuple[str, ...]) -> None:
     """Create new records pointing at SOURCE's target."""
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         img = store.images.get(lookup_name(store, source))
         for t in targets:
             name = image_name(parse_reference(t))
