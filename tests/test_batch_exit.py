@@ -4,6 +4,7 @@ with that cause's code; 12 is for a partial failure. Messages say the cause in w
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,17 +26,19 @@ def refused() -> Iterator[str]:
         yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("command", ["fetch", "pull", "bake"])
-def test_all_failed_for_one_cause_exits_with_its_code(command: str, refused: str,
-                                                       tmp_path: Path) -> None:
-    refs = [f"{refused}/a:1", f"{refused}/b:1"]
+def _batch(command: str, refs: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` of ``refs`` (bake: of a plain list spec naming them)."""
     if command == "bake":
         spec = tmp_path / "spec.txt"
         spec.write_text("\n".join(refs) + "\n")
-        args = ["bake", "--plain-http", str(spec)]
-    else:
-        args = [command, "--plain-http", *refs]
-    p = run_cli(tmp_path / "store", *args, check=False)
+        return run_cli(tmp_path / "store", "bake", "--plain-http", str(spec), check=False)
+    return run_cli(tmp_path / "store", command, "--plain-http", *refs, check=False)
+
+
+@pytest.mark.parametrize("command", ["fetch", "pull", "bake"])
+def test_all_failed_for_one_cause_exits_with_its_code(command: str, refused: str,
+                                                       tmp_path: Path) -> None:
+    p = _batch(command, [f"{refused}/a:1", f"{refused}/b:1"], tmp_path)
     assert p.returncode == errors.UnavailableError.exit_code, p.stderr
     assert f"connection refused by {refused}" in p.stderr
     assert "Errno" not in p.stdout + p.stderr and "ConnectionRefusedError" not in p.stdout + p.stderr
@@ -47,13 +50,6 @@ def test_partial_failure_is_12(command: str, refused: str, registry: Registry,
                                tmp_path: Path) -> None:
     good = push(registry.host, ImageSpec([LayerSpec([File("f", size=1000, seed=3)])]),
                 tmp_path / "img")
-    refs = [good.text, f"{refused}/b:1"]
-    if command == "bake":
-        spec = tmp_path / "spec.txt"
-        spec.write_text("\n".join(refs) + "\n")
-        args = ["bake", "--plain-http", str(spec)]
-    else:
-        args = [command, "--plain-http", *refs]
-    p = run_cli(tmp_path / "store", *args, check=False)
+    p = _batch(command, [good.text, f"{refused}/b:1"], tmp_path)
     assert p.returncode == errors.PartialFailureError.exit_code, p.stderr
     assert f"connection refused by {refused}" in p.stdout + p.stderr
