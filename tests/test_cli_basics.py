@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cargohold import errors
 
 CLI = [sys.executable, "-m", "cargohold"]
@@ -154,3 +156,21 @@ def test_input_errors_carry_a_hint_for_their_cause(tmp_path: Path) -> None:
         hints[what] = lines[0]
     assert len(set(hints.values())) == len(hints), hints
     assert f"hint: {errors.InvalidInputError.hint}" not in hints.values(), hints
+
+
+def test_a_bug_is_one_line_and_exit_1_the_traceback_only_with_v(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cargohold.cli import main
+
+    def boom() -> dict[str, str]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(main, "versions", boom)
+    for argv, traceback in ((["version"], False), (["version", "-v"], True)):
+        with pytest.raises(SystemExit) as ei:
+            main.main(argv)
+        assert ei.value.code == errors.InternalError.exit_code == 1
+        err = capsys.readouterr().err
+        assert "error: internal error: RuntimeError: boom" in err
+        assert ("Traceback" in err) is traceback, err
+        assert "hint: this is a bug" in err

@@ -41,6 +41,13 @@ class CargoholdError(Exception):
         return self.message
 
 
+class InternalError(CargoholdError):
+    """An unexpected exception: a bug in cargohold (exit 1)."""
+
+    exit_code = 1
+    hint = "this is a bug in cargohold: please report it with the output of the command run with -v"
+
+
 class InvalidInputError(CargoholdError):
     """Malformed reference, digest, platform, manifest, spec or argument."""
 
@@ -191,6 +198,7 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 
 ALL_ERRORS: tuple[type[CargoholdError], ...] = (
+    InternalError,
     InvalidInputError,
     UnsupportedError,
     NotFoundError,

@@ -16,7 +16,13 @@ import click
 
 from cargohold import __version__, settings
 from cargohold.cli.output import Output
-from cargohold.errors import EXIT_INTERNAL, EXIT_USAGE, CargoholdError, Interrupted
+from cargohold.errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    CargoholdError,
+    InternalError,
+    Interrupted,
+)
 
 
 @dataclass
@@ -300,12 +306,25 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERNAL)
     except Exception as e:
         sqlite3 = sys.modules.get("sqlite3")  # loaded if a store was opened
-        if sqlite3 is None or not isinstance(e, sqlite3.Error):
-            raise
-        # A database page found damaged by a query (not when it was opened): the same
-        # error as a damaged database at open.
-        from cargohold.store.embedded.metadata import translate
+        if sqlite3 is not None and isinstance(e, sqlite3.Error):
+            # A database page found damaged by a query (not when it was opened): the same
+            # error as a damaged database at open.
+            from cargohold.store.embedded.metadata import translate
 
-        where = f" at {_invocation['app'].settings.root}" if "app" in _invocation else ""
-        _report(translate(e, f"reading the store{where}", "store"), json_mode)
+            where = f" at {_invocation['app'].settings.root}" if "app" in _invocation else ""
+            _report(translate(e, f"reading the store{where}", "store"), json_mode)
+        _internal_error(e, json_mode)
     sys.exit(0)
+
+
+def _internal_error(e: Exception, json_mode: bool) -> NoReturn:
+    """A bug (exit 1): one line and a hint; the traceback only with -v."""
+    verbose = "app" in _invocation and _invocation["app"].out.verbosity >= 1
+    if verbose:
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+    err = InternalError(f"internal error: {type(e).__name__}: {e}")
+    if verbose:
+        err.instance_hint = "this is a bug in cargohold: please report it with the output above"
+    _report(err, json_mode)
