@@ -10,12 +10,13 @@ import click
 
 from cargohold import __version__
 from cargohold.bake import BakeEvents, BakeImage, BakeOptions, Baker, BakeReport, write_json_atomic
+from cargohold.cli.archive_cmd import content_source, from_options
 from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import open_store, registry_client, reserve_bytes
+from cargohold.cli.resources import open_store, reserve_bytes
 from cargohold.cli.unpack_cmd import summary_line, unpack_lease
 from cargohold.errors import (
     BudgetError,
@@ -67,12 +68,14 @@ class _BakeProgress(BakeEvents):
 @click.option("--json", "json_local", is_flag=True, default=False,
               help="Machine-readable output on stdout (same as the global --json).")
 @registry_options
+@from_options
 @pass_app
 def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, ...],
                  report_file: Path | None, replan: bool, no_verify: bool, jobs: int | None,
                  cri: bool | None, json_local: bool, plain_http: bool | None,
                  insecure_skip_verify: bool | None, hosts_dir: str | None,
-                 authfile: str | None) -> None:
+                 authfile: str | None, from_paths: tuple[Path, ...],
+                 allow_network: bool) -> None:
     """Build the image cache of SPEC within its disk budget: plan, fetch, unpack, verify."""
     out = app.out
     if json_local:
@@ -109,7 +112,7 @@ def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
     error: BaseException | None = None
     try:
         with open_store(s) as store:
-            client = registry_client(s)
+            client = content_source(s, from_paths, allow_network, store)
             try:
                 baker = Baker(
                     spec, store, client,

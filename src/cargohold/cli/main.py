@@ -250,6 +250,8 @@ COMMANDS: dict[str, str] = {
     "bake": "bake_cmd",
     "calibrate": "calibrate_cmd",
     "bench": "bench_cmd",
+    "import": "archive_cmd",
+    "export": "archive_cmd",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cargohold.cli.archive_cmd import content_source, from_options
 from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
@@ -119,10 +120,12 @@ def cost_model_for(root: Path) -> tuple[CostModel, str]:
                    "[default: settings, else this host's].")
 @_json_option
 @registry_options
+@from_options
 @pass_app
 def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, ...],
                  json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
-                 hosts_dir: str | None, authfile: str | None) -> None:
+                 hosts_dir: str | None, authfile: str | None, from_paths: tuple[Path, ...],
+                 allow_network: bool) -> None:
     """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
     from cargohold.catalog import budget_hint, plan_catalog, resolve_spec, unpack_ratio
 
@@ -138,7 +141,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
     with _existing_store(app) as store, _snapshotter(Path(s.root)) as local_sn:
         sn = store.snapshots if s.store == "containerd" and store is not None else local_sn
         ratio = unpack_ratio(store, sn) if sn is not None else unpack_ratio(None)
-        client = registry_client(s)
+        client = content_source(s, from_paths, allow_network)
         try:
             catalog = resolve_spec(spec, client, store=store, default_platforms=plats,
                                    ratio=ratio.value, snapshots=sn)

@@ -1,0 +1,183 @@
+"""``import``: archives into a store, through fetch's own path (see :mod:`.source`).
+
+A directory that is not itself an OCI layout is a directory of archives (k3s / rke2's
+``agent/images``): each ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.zst``, ``.tzst`` file and each
+OCI layout sub-directory is one archive. Each archive succeeds or fails on its own. A file
+imported before, unchanged (same size and mtime) and whose images are all still recorded at
+the digests it gave, is skipped without being read: importing at every boot is cheap. The
+cache is ``<root>/imports/<store key>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cargohold.archive.formats import Archive
+from cargohold.archive.source import ArchiveSource, SpaceCheck, open_source
+from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
+from cargohold.oci.descriptor import Platform
+from cargohold.oci.reference import Reference
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
+
+
+def is_layout_dir(p: Path) -> bool:
+    return p.is_dir() and ((p / "index.json").exists() or (p / "manifest.json").exists())
+
+
+def expand(paths: Sequence[Path]) -> list[Path]:
+    """Archives named on the command line, a directory of archives replaced by its archives."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir() and not is_layout_dir(p):
+            out.extend(
+                c for c in sorted(p.iterdir())
+                if (c.is_file() and c.name.endswith(ARCHIVE_SUFFIXES)) or is_layout_dir(c)
+            )
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass
+class ArchiveOutcome:
+    """What became of one archive file."""
+
+    path: Path
+    refs: list[Reference] = field(default_factory=list)
+    skipped: bool = False
+    error: CargoholdError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": str(self.path), "images": [str(r) for r in self.refs],
+                               "skipped": self.skipped}
+        if self.error is not None:
+            out["error"] = self.error.kind
+            out["message"] = self.error.message
+            out["exit_code"] = self.error.exit_code
+        return out
+
+
+class ImportCache:
+    """size + mtime of each imported file and the digests its images were recorded at."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            doc = json.loads(path.read_text())
+            self.entries: dict[str, Any] = doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError):
+            self.entries = {}
+
+    @staticmethod
+    def _stamp(p: Path) -> list[int]:
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+
+    def unchanged(self, p: Path, images: Any) -> bool:
+        e = self.entries.get(str(p.resolve()))
+        if not isinstance(e, dict) or p.is_dir() or e.get("stamp") != self._stamp(p):
+            return False
+        names = e.get("images")
+        if not isinstance(names, dict) or not names:
+            return False
+        for name, digest in names.items():
+            try:
+                if str(images.get(name).target.digest) != digest:
+                    return False
+            except NotFoundError:
+                return False
+        return True
+
+    def remember(self, p: Path, results: Sequence[FetchResult]) -> None:
+        if p.is_dir():
+            return
+        with self._lock:
+            self.entries[str(p.resolve())] = {
+                "stamp": self._stamp(p),
+                "images": {r.name: str(r.target.digest) for r in results},
+            }
+
+    def save(self) -> None:
+        from cargohold.bake import write_json_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.entries)
+
+
+@dataclass
+class ImportRun:
+    outcomes: list[ArchiveOutcome]
+    results: list[FetchResult | FetchFailure]
+
+
+def import_archives(
+    store: Any,
+    paths: Sequence[Path],
+    *,
+    platforms: Sequence[Platform],
+    all_platforms: bool = False,
+    base_name: Reference | None = None,
+    records: RecordPolicy | None = None,
+    jobs: int = 4,
+    events: FetchEvents | None = None,
+    check: SpaceCheck | None = None,
+    cache: ImportCache | None = None,
+    cancel: threading.Event | None = None,
+) -> ImportRun:
+    """Import each archive of ``paths``; a failing archive does not stop the others.
+
+    Raises only for what concerns them all (two archives naming one image differently)."""
+    outcomes = [ArchiveOutcome(p) for p in expand(paths)]
+    if not outcomes:
+        raise NotFoundError(f"no archives in {', '.join(str(p) for p in paths)}")
+    kw: dict[str, Any] = {"check": check} if check is not None else {}
+    sources: list[tuple[ArchiveOutcome, ArchiveSource]] = []
+    try:
+        for o in outcomes:
+            if cache is not None and cache.unchanged(o.path, store.images):
+                o.skipped = True
+                continue
+            try:
+                src = open_source([o.path], store=store, base_name=base_name, **kw)
+            except CargoholdError as e:
+                o.error = e
+                continue
+            sources.append((o, src))
+            o.refs = src.refs()
+        archives: list[Archive] = [a for _, s in sources for a in s.archives]
+        combined = ArchiveSource(archives, base_name=base_name, **kw)
+        fetcher = Fetcher(store, combined, jobs=jobs, events=events, records=records,
+                          cancel=cancel)
+        try:
+            refs = combined.refs()
+            results = fetcher.fetch_all(refs, platforms=platforms,
+                                        all_platforms=all_platforms) if refs else []
+        finally:
+            fetcher.close()
+    finally:
+        for _, s in sources:
+            s.close()
+    by_ref = {str(r.ref): r for r in results}
+    for o in outcomes:
+        mine = [by_ref[str(r)] for r in o.refs if str(r) in by_ref]
+        failed = [r for r in mine if isinstance(r, FetchFailure)]
+        if failed:
+            o.error = failed[0].error
+        elif cache is not None and not o.skipped and o.error is None:
+            cache.remember(o.path, [r for r in mine if isinstance(r, FetchResult)])
+    if cache is not None:
+        cache.save()
+    return ImportRun(outcomes, results)
+
+
+def cache_path(root: Path, key: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    return root / "imports" / f"{safe}.json"
