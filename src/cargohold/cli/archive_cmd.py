@@ -15,7 +15,6 @@ import click
 
 from cargohold.cli.fetch_cmd import (
     apply_registry_options,
-    fetched_line,
     raise_failures,
     record_policy,
     registry_options,
@@ -142,7 +141,8 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
             if o.skipped:
                 out.info(f"{o.path}: unchanged since its last import, skipped")
         for r in ok:
-            out.data(fetched_line(r).replace(" transferred)", " copied)"))
+            out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
+                     f"{human_bytes(r.bytes_total)}  (record {r.record})")
             for u in unpacked.get(r.name, []):
                 report_unpack(out, r.name, u)
         if len(failures) > 1:
