@@ -266,9 +266,9 @@ class Staged:
 class StreamFiles:
     """A tar read once as a stream: small members in memory, the rest given to a sink.
 
-    ``keep(name, size)`` says which members to hold in memory; the others are passed to
-    ``sink`` (which stages them in the store, or only hashes them) and remembered by
-    digest. :meth:`open` of a sunk member goes to ``reopen`` (the store's reader)."""
+    A router says which members to hold in memory; the others are passed to ``sink``
+    (which stages them in the store, or only hashes them) and remembered by digest, or
+    skipped. :meth:`open` of a sunk member goes to ``reopen`` (the store's reader)."""
 
     def __init__(
         self,
@@ -283,11 +283,13 @@ class StreamFiles:
         self._reopen = reopen
         self._held = 0
 
-    def scan(self, stream: IO[bytes], keep: Callable[[str, int], bool], sink: Sink) -> None:
+    def scan(self, stream: IO[bytes], route: Callable[[str, int], str], sink: Sink) -> None:
+        """Read the tar once. ``route(name, size)``: "keep" (in memory, within
+        :data:`MEMORY_CAP`, else sunk), "sink" or "skip"."""
         try:
             tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - the stream is the caller's
             for m in tf:
-                self._take(tf, m, keep, sink)
+                self._take(tf, m, route, sink)
         except CargoholdError:
             raise
         except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as e:
@@ -297,7 +299,7 @@ class StreamFiles:
                 raise corrupt(self.where, e) from None
             raise
 
-    def _take(self, tf: tarfile.TarFile, m: tarfile.TarInfo, keep: Callable[[str, int], bool],
+    def _take(self, tf: tarfile.TarFile, m: tarfile.TarInfo, route: Callable[[str, int], str],
               sink: Sink) -> None:
         name = safe_name(m.name, self.where)
         if m.issym() or m.islnk():
@@ -307,9 +309,12 @@ class StreamFiles:
         if not m.isfile():
             return
         self._links.pop(name, None)
+        where = route(name, m.size)
+        if where == "skip":
+            return
         f = tf.extractfile(m)
         assert f is not None
-        if keep(name, m.size) and self._held + m.size <= MEMORY_CAP:
+        if where == "keep" and self._held + m.size <= MEMORY_CAP:
             data = f.read(m.size + 1)
             if len(data) != m.size:
                 raise corrupt(self.where, EOFError(f"{name} ends early"))

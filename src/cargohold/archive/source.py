@@ -137,13 +137,25 @@ def hash_sink(name: str, f: IO[bytes], size: int) -> Digest:
     return Digest("sha256", h.hexdigest())
 
 
-def _keep_staging(name: str, size: int) -> bool:
+def _metadata(name: str, size: int) -> bool:
     return size <= SMALL and not name.startswith("blobs/") and (
         name in _METADATA or name.endswith(".json"))
 
 
-def _keep_scanning(name: str, size: int) -> bool:
-    return size <= SMALL and (name.startswith("blobs/") or _keep_staging(name, size))
+def _route_staging(name: str, size: int) -> str:
+    """Metadata in memory; legacy ``<id>/json`` and ``VERSION`` files skipped; the rest
+    (blobs, layer tars) staged."""
+    if _metadata(name, size):
+        return "keep"
+    if name.rsplit("/", 1)[-1] in ("json", "VERSION"):
+        return "skip"
+    return "sink"
+
+
+def _route_scanning(name: str, size: int) -> str:
+    if size <= SMALL and name.startswith("blobs/"):
+        return "keep"
+    return _route_staging(name, size)
 
 
 @contextmanager
@@ -166,9 +178,9 @@ def open_archive(
     sf = StreamFiles(str(path), reopen=content.reader if content is not None else None)
     with decompressed(path, kind) as stream:
         if content is not None:
-            sf.scan(stream, _keep_staging, store_sink(content, check))
+            sf.scan(stream, _route_staging, store_sink(content, check))
         else:
-            sf.scan(stream, _keep_scanning, hash_sink)
+            sf.scan(stream, _route_scanning, hash_sink)
     yield read_archive(sf)
 
 
@@ -181,7 +193,9 @@ class Named:
 
 class ArchiveSource:
     """Archives answering as a registry. ``fallback``: a registry client for references the
-    archives do not hold (``--allow-network``); without one they are NotFoundError."""
+    archives do not hold (``--allow-network``); without one they are NotFoundError.
+    ``strict_names``: an image without a usable name is an error (``import``); else it is
+    only reachable by digest (``bake --from``)."""
 
     def __init__(
         self,
@@ -190,16 +204,21 @@ class ArchiveSource:
         base_name: Reference | None = None,
         check: SpaceCheck = _no_check,
         fallback: Any | None = None,
+        strict_names: bool = True,
     ) -> None:
         self.archives = list(archives)
         self.check = check
         self.fallback = fallback
-        self.named: list[Named] = [
-            Named(ref, a, img)
-            for a in self.archives
-            for img in a.images
-            for ref in image_refs(a, img, base_name)
-        ]
+        self.named: list[Named] = []
+        for a in self.archives:
+            for img in a.images:
+                try:
+                    refs = image_refs(a, img, base_name)
+                except InvalidInputError:
+                    if strict_names:
+                        raise
+                    continue  # reachable by digest only
+                self.named += [Named(ref, a, img) for ref in refs]
         check_unique([(n.ref, n.archive, n.image) for n in self.named])
         self._by_name = {str(n.ref): n for n in self.named}
         self._remote: set[str] = set()
@@ -366,6 +385,7 @@ def open_source(
     check: SpaceCheck = _no_check,
     base_name: Reference | None = None,
     fallback: Any | None = None,
+    strict_names: bool = True,
 ) -> ArchiveSource:
     """Open several archives as one source; ``close()`` it. With ``store`` (content +
     leases), compressed tars are staged into its content store under a lease of their own,
@@ -387,7 +407,8 @@ def open_source(
         finally:
             if token is not None:
                 active_lease.reset(token)
-        source = ArchiveSource(archives, base_name=base_name, check=check, fallback=fallback)
+        source = ArchiveSource(archives, base_name=base_name, check=check, fallback=fallback,
+                               strict_names=strict_names)
     except BaseException:
         stack.close()
         raise

@@ -59,6 +59,7 @@ def content_source(s: Settings, from_paths: Sequence[Path], allow_network: bool,
         store=store,
         check=_space_check(s, store),
         fallback=registry_client(s) if allow_network else None,
+        strict_names=False,
     )
 
 
