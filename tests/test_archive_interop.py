@@ -225,3 +225,21 @@ def test_bake_from_export_with_the_registry_stopped(tmp_path: Path) -> None:
                 check=False)
     assert p.returncode == 12, (p.stdout, p.stderr)
     assert "example.com/not/there:1: not in the archive" in p.stdout + p.stderr
+
+
+def test_export_fetch_and_bake_from_with_allow_network(images: dict[str, Pushed],
+                                                       tmp_path: Path) -> None:
+    bb, wo = images["busybox"].text, images["whiteouts"].text
+    a = tmp_path / "a"
+    out = tmp_path / "bb.tar"
+    run_cli(a, "export", "--fetch", "--plain-http", bb, "-o", str(out))  # no record before
+    spec = tmp_path / "images.txt"
+    spec.write_text(f"{bb}\n{wo}\n")
+    p = run_cli(tmp_path / "b", "bake", str(spec), "--from", str(out), check=False)
+    assert p.returncode == 12 and f"{wo}: not in the archive" in p.stdout + p.stderr
+    run_cli(tmp_path / "c", "bake", str(spec), "--from", str(out), "--allow-network",
+            "--plain-http")
+    got = {i["name"]: i["digest"] for i in last_json(run_cli(tmp_path / "c", "--json",
+                                                             "images", "ls"))}
+    assert got == {bb: str(images["busybox"].built.digest),
+                   wo: str(images["whiteouts"].built.digest)}
