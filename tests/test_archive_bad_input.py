@@ -196,7 +196,7 @@ def test_decompression_bomb_stops_at_the_reserve(store: Path, built: BuiltImage,
             tarfile.open(fileobj=g, mode="w|") as tf:
         ti = tarfile.TarInfo(f"blobs/sha256/{'0' * 64}")
         ti.size = bomb
-        tf.addfile(ti, _Zeros(bomb))
+        tf.addfile(ti, Zeros(bomb))
     st = os.statvfs(store)
     reserve = max(0, st.f_bavail * st.f_frsize - (256 << 20))
     p = run_cli(store, "import", str(gz), check=False, env={"CARGOHOLD_RESERVE": str(reserve)})
@@ -207,7 +207,9 @@ def test_decompression_bomb_stops_at_the_reserve(store: Path, built: BuiltImage,
     assert sum(f.stat().st_size for f in ingests) == 0
 
 
-class _Zeros:
+class Zeros:
+    """A reader of ``n`` zero bytes (a bomb's payload without holding it)."""
+
     def __init__(self, n: int) -> None:
         self.left = n
 

@@ -19,7 +19,7 @@ import zstandard
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.image import build_index
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
-from tests.test_archive_bad_input import layout_members, write_tar
+from tests.test_archive_bad_input import Zeros, layout_members, write_tar
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +103,6 @@ def _peak_rss(root: Path, *args: str) -> int:
     return usage.ru_maxrss * 1024
 
 
-class _Zeros:
-    def __init__(self, n: int) -> None:
-        self.left = n
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        self.left -= n
-        return bytes(n)
-
-
 @pytest.mark.parametrize("compression", ["tar", "gzip"])
 def test_memory_does_not_grow_with_the_archive(tmp_path: Path, compression: str) -> None:
     """A 256 MiB layer blob (zeros: the import copies, it does not unpack) in an OCI tar:
@@ -149,7 +139,7 @@ def test_memory_does_not_grow_with_the_archive(tmp_path: Path, compression: str)
                 tf.addfile(ti, io.BytesIO(data))
             ti = tarfile.TarInfo(f"blobs/sha256/{layer_digest.split(':')[1]}")
             ti.size = size
-            tf.addfile(ti, _Zeros(size))
+            tf.addfile(ti, Zeros(size))
         if stream is not raw:
             stream.close()
     peak = _peak_rss(tmp_path / "s", "import", str(path))
