@@ -145,3 +145,18 @@ def test_memory_does_not_grow_with_the_archive(tmp_path: Path, compression: str)
     peak = _peak_rss(tmp_path / "s", "import", str(path))
     assert peak < 120 << 20, f"peak RSS {peak >> 20} MiB for a {size >> 20} MiB blob"
     run_cli(tmp_path / "s", "verify")
+
+
+def test_export_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
+    built = samples.tiny("exp/tiny").build(tmp_path / "b")
+    root = tmp_path / "s"
+    run_cli(root, "import", str(write_tar(tmp_path / "a.tar",
+                                          layout_members(built, "example.com/e/t:1"))))
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file" / "x.tar", tmp_path / "file" / "layout"):
+        p = run_cli(root, "export", "example.com/e/t:1", "-o", str(target), check=False)
+        assert p.returncode == 2 and "cannot write" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    p = run_cli(root, "export", "example.com/e/missing:1", "-o", str(tmp_path / "m.tar"),
+                check=False)
+    assert p.returncode == 4 and "--fetch" in p.stderr, p.stderr

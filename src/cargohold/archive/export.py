@@ -12,6 +12,7 @@ when complete, a directory gets each blob by rename and ``index.json`` last.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -24,7 +25,7 @@ from typing import IO, Any
 
 from cargohold.archive.files import CHUNK
 from cargohold.archive.formats import ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME
-from cargohold.errors import InvalidInputError, NotFoundError
+from cargohold.errors import InvalidInputError, NotFoundError, OutOfSpaceError
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.manifest import (
@@ -144,10 +145,16 @@ def output_kind(path: Path) -> str:
 
 
 def write_layout(path: Path, content: ContentStore, plan: ExportPlan) -> None:
-    if output_kind(path) == "dir":
-        _write_dir(path, content, plan)
-    else:
-        _write_tar(path, content, plan)
+    """Write ``plan`` to ``path`` (a directory, or a tar stream by its suffix)."""
+    try:
+        if output_kind(path) == "dir":
+            _write_dir(path, content, plan)
+        else:
+            _write_tar(path, content, plan)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfSpaceError(f"{path}: no space left writing the export") from None
+        raise InvalidInputError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def _write_dir(path: Path, content: ContentStore, plan: ExportPlan) -> None:

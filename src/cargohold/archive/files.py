@@ -159,6 +159,8 @@ class DirFiles:
             f = open(p, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             raise NotFoundError(f"{self.where}: no file {name}") from None
+        except OSError as e:
+            raise InvalidInputError(f"{self.where}: cannot read {name}: {e.strerror}") from None
         with f:
             yield f
 
@@ -171,7 +173,10 @@ class TarFiles:
 
     def __init__(self, path: Path) -> None:
         self.where = str(path)
-        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise InvalidInputError(f"{path}: cannot read: {e.strerror}") from None
         self._members: dict[str, tarfile.TarInfo] = {}
         self._links: dict[str, str] = {}
         try:

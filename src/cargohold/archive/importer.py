@@ -19,7 +19,7 @@ from typing import Any
 
 from cargohold.archive.formats import Archive
 from cargohold.archive.source import ArchiveSource, SpaceCheck, open_source
-from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.errors import CargoholdError, InvalidInputError, NotFoundError
 from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.reference import Reference
@@ -36,8 +36,12 @@ def expand(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir() and not is_layout_dir(p):
+            try:
+                children = sorted(p.iterdir())
+            except OSError as e:
+                raise InvalidInputError(f"{p}: cannot list: {e.strerror}") from None
             out.extend(
-                c for c in sorted(p.iterdir())
+                c for c in children
                 if (c.is_file() and c.name.endswith(ARCHIVE_SUFFIXES)) or is_layout_dir(c)
             )
         else:
@@ -83,7 +87,10 @@ class ImportCache:
 
     def unchanged(self, p: Path, images: Any) -> bool:
         e = self.entries.get(str(p.resolve()))
-        if not isinstance(e, dict) or p.is_dir() or e.get("stamp") != self._stamp(p):
+        try:
+            if not isinstance(e, dict) or p.is_dir() or e.get("stamp") != self._stamp(p):
+                return False
+        except OSError:
             return False
         names = e.get("images")
         if not isinstance(names, dict) or not names:
@@ -97,19 +104,28 @@ class ImportCache:
         return True
 
     def remember(self, p: Path, results: Sequence[FetchResult]) -> None:
-        if p.is_dir():
+        try:
+            if p.is_dir():
+                return
+            stamp = self._stamp(p)
+        except OSError:
             return
         with self._lock:
             self.entries[str(p.resolve())] = {
-                "stamp": self._stamp(p),
+                "stamp": stamp,
                 "images": {r.name: str(r.target.digest) for r in results},
             }
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the cache; False when it cannot be written (the next import reads all)."""
         from cargohold.bake import write_json_atomic
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.entries)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, self.entries)
+        except (OSError, CargoholdError):
+            return False
+        return True
 
 
 @dataclass
