@@ -23,7 +23,6 @@ from cargohold.errors import (
     DigestMismatchError,
     InvalidInputError,
     NotFoundError,
-    UnsupportedError,
 )
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
@@ -242,7 +241,3 @@ def _layer_digest(files: ArchiveFiles, name: str) -> tuple[str, Digest | None]:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return kind, Digest("sha256", h.hexdigest())
-
-
-def unsupported_root(desc: Descriptor, where: str) -> UnsupportedError:
-    return UnsupportedError(f"{where}: unsupported media type {desc.media_type!r}")
