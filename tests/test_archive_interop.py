@@ -213,7 +213,7 @@ def test_bake_from_export_with_the_registry_stopped(tmp_path: Path) -> None:
 
     def digests(root: Path) -> dict[str, str]:
         return {i["name"]: i["digest"]
-                for i in last_json(run_cli(root, "--json", "images", "ls"))}
+                for i in last_json(run_cli(root, "--json", "images", "ls"))["images"]}
 
     assert digests(offline) == digests(online)
     du_online = last_json(run_cli(online, "--json", "du"))
@@ -240,6 +240,6 @@ def test_export_fetch_and_bake_from_with_allow_network(images: dict[str, Pushed]
     run_cli(tmp_path / "c", "bake", str(spec), "--from", str(out), "--allow-network",
             "--plain-http")
     got = {i["name"]: i["digest"] for i in last_json(run_cli(tmp_path / "c", "--json",
-                                                             "images", "ls"))}
+                                                             "images", "ls"))["images"]}
     assert got == {bb: str(images["busybox"].built.digest),
                    wo: str(images["whiteouts"].built.digest)}
