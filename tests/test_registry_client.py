@@ -325,6 +325,22 @@ def test_not_found_names_the_reference(registry: Registry, pushed: tuple[Referen
         c.fetch_manifest(ref, Descriptor(mt.OCI_MANIFEST, Digest("sha256", "4" * 64), 10))
 
 
+def test_missing_tags_are_asked_once_each(registry: Registry, proxy: FaultProxy) -> None:
+    """A 404 is definitive: never retried. It used to cost every later request a retry
+    (and a backoff sleep): the HEAD's response stayed unfinished on the pooled connection,
+    so the next request on it failed with ResponseNotReady."""
+    c = make_client()
+    errors: list[NotFoundError] = []  # kept alive, as a batch's failures are
+    refs = [ref_for(proxy.host, f"missing/once{next(_n)}") for _ in range(5)]
+    for ref in refs:
+        with pytest.raises(NotFoundError) as ei:
+            c.resolve(ref)
+        errors.append(ei.value)
+    heads = proxy.seen("HEAD", "/manifests/")
+    assert [r.path for r in heads] == [f"/v2/{r.repository}/manifests/v1" for r in refs]
+    assert len(proxy.requests) == len(refs)
+
+
 # --------------------------------------------------------------------------- resolve fallbacks
 
 

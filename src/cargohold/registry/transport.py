@@ -191,6 +191,10 @@ class Response:
         try:
             resp = self._resp
             if resp.closed or _fully_read(resp):
+                # Read the (empty) rest: http.client marks its response finished only
+                # then (a HEAD's never is otherwise), and a connection whose last response
+                # is unfinished fails its next request (ResponseNotReady), costing a retry.
+                resp.read()
                 resp.release_conn()
             else:
                 # Unread bytes would corrupt the next response on this connection.
