@@ -45,6 +45,7 @@ from typing import Any
 from cargohold import __version__
 from cargohold.catalog import (
     CatalogImage,
+    ResolveEvents,
     UnpackRatio,
     budget_hint,
     plan_catalog,
@@ -63,7 +64,7 @@ from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, Rec
 from cargohold.oci.descriptor import Platform
 from cargohold.plan import DEFAULT_MODEL, CostModel, Decision
 from cargohold.spec import CacheSpec, ImageEntry, format_size
-from cargohold.unpack.image import Unpacker, UnpackResult
+from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 from cargohold.verify import Problem, verify
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
@@ -327,9 +328,10 @@ class BakeReport:
         }
 
 
-class BakeEvents:
-    """Progress callbacks of a bake (the CLI subclasses it); fetch progress goes to the
-    ``fetch_events`` given to :class:`Baker`."""
+class BakeEvents(ResolveEvents):
+    """Progress callbacks of a bake (the CLI subclasses it): the first plan's resolution
+    of the spec, phases, unpacks; fetch progress goes to the ``fetch_events`` given to
+    :class:`Baker`."""
 
     def phase(self, name: str) -> None: ...
 
@@ -355,7 +357,7 @@ class Baker:
     ``snapshots``, ``applier``); ``registry``: a RegistryClient; ``root``: where the saved
     plans live; ``unpack_scope``: a context manager factory wrapping the unpack phase (a
     lease on containerd); ``make_fetch_progress``: wraps the fetch phase (the CLI's live
-    view)."""
+    view); ``unpack_events``: the unpack phase's per-layer progress."""
 
     def __init__(
         self,
@@ -371,6 +373,7 @@ class Baker:
         fetch_events: FetchEvents | None = None,
         unpack_scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
         fetch_scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        unpack_events: UnpackEvents | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -383,6 +386,7 @@ class Baker:
         self.fetch_events = fetch_events or FetchEvents()
         self.unpack_scope = unpack_scope
         self.fetch_scope = fetch_scope
+        self.unpack_events = unpack_events  # per-layer progress of the unpack phase
         self.unresolved: list[tuple[ImageEntry, CargoholdError]] = []
         self.report: BakeReport | None = None
         #: The ratio unmeasured layers are estimated at (measured when the plan is made).
@@ -459,8 +463,8 @@ class Baker:
     def _snapshots(self) -> Any | None:
         return getattr(self.store, "snapshots", None)
 
-    def _resolve(self, spec: CacheSpec,
-                 failures: list[tuple[ImageEntry, CargoholdError]]) -> list[CatalogImage]:
+    def _resolve(self, spec: CacheSpec, failures: list[tuple[ImageEntry, CargoholdError]],
+                 events: ResolveEvents | None = None) -> list[CatalogImage]:
         # Unmeasured layers are estimated at the ratio measured on this store.
         return resolve_spec(
             spec,
@@ -470,13 +474,15 @@ class Baker:
             ratio=self.ratio.value,
             snapshots=self._snapshots(),
             failures=failures,
+            jobs=self.options.jobs,
+            events=events,
         )
 
     def _catalog(self) -> list[CatalogImage]:
         """The resolved entries; those that cannot be resolved go to ``self.unresolved``
         (reported as failed, the others baked)."""
         self.ratio = unpack_ratio(self.store, self._snapshots())
-        return self._resolve(self.spec, self.unresolved)
+        return self._resolve(self.spec, self.unresolved, self.events)
 
     def _state_file(self) -> Path:
         return state_path(self.root, self.spec, self.store_kind, self.namespace)
@@ -701,7 +707,8 @@ class Baker:
         with (
             self.unpack_scope(),
             Unpacker(self.store.content, self.store.snapshots, self.store.applier,
-                     jobs=opts.jobs, reserve_bytes=opts.reserve) as unpacker,
+                     jobs=opts.jobs, reserve_bytes=opts.reserve,
+                     events=self.unpack_events) as unpacker,
         ):
 
             def one(img: BakeImage) -> None:

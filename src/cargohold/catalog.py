@@ -22,11 +22,16 @@ the registry); no layer is downloaded. For every entry of the spec:
     unpacked, each of at least :data:`RATIO_MIN_LAYER` (1 MB) compressed, clamped to
     :data:`RATIO_RANGE` (1-8x) (:func:`unpack_ratio`), or, when no such layer is unpacked
     (or no snapshotter is available), :data:`~cargohold.plan.DEFAULT_UNPACK_RATIO` (2.5).
+
+Entries are resolved concurrently (``jobs`` at a time; the registry client's per-host limit
+still applies), each reported to :class:`ResolveEvents` as it resolves or fails.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,6 +68,7 @@ __all__ = [
     "RATIO_MIN_LAYER",
     "RATIO_RANGE",
     "CatalogImage",
+    "ResolveEvents",
     "UnpackRatio",
     "budget_hint",
     "chain_layer_sizes",
@@ -328,6 +334,17 @@ class _Resolver:
         return parse_config(data)
 
 
+class ResolveEvents:
+    """Progress of :func:`resolve_spec` (the CLI subclasses it). The image callbacks are
+    called from worker threads, in the order the entries finish."""
+
+    def resolving(self, total: int) -> None: ...
+
+    def image_resolved(self, image: CatalogImage) -> None: ...
+
+    def image_unresolved(self, ref: Reference, error: CargoholdError) -> None: ...
+
+
 def resolve_entry(
     resolver: _Resolver,
     name: str,
@@ -439,13 +456,15 @@ def resolve_spec(
     ratio: float | None = None,
     snapshots: Any | None = None,
     failures: list[tuple[ImageEntry, CargoholdError]] | None = None,
+    jobs: int = 4,
+    events: ResolveEvents | None = None,
 ) -> list[CatalogImage]:
     """Resolve every entry of ``spec`` (see the module docstring). ``store`` (optional)
     supplies manifests and configs it holds and measured unpacked sizes; ``ratio``
     overrides the unpack ratio used for estimates; ``snapshots`` the snapshotter (default
     ``store.snapshots`` when the store has one). ``failures``: when given, an entry that
     cannot be resolved is appended to it with its error and left out (else the error is
-    raised)."""
+    raised). ``jobs``: entries resolved at once; the result keeps the spec's order."""
     content = store.content if store is not None else None
     if snapshots is None and store is not None:
         snapshots = snapshotter_of(store)
@@ -453,8 +472,11 @@ def resolve_spec(
         ratio = unpack_ratio(store, snapshots).value
     defaults = tuple(default_platforms) or (host_platform(),)
     resolver = _Resolver(registry, content)
-    out: list[CatalogImage] = []
-    for entry in spec.images:
+    report = events or ResolveEvents()
+    entries = list(spec.images)
+    report.resolving(len(entries))
+
+    def one(entry: ImageEntry) -> CatalogImage:
         try:
             resolved = resolve_entry(
                 resolver,
@@ -468,11 +490,29 @@ def resolve_spec(
                 ratio=ratio,
             )
         except CargoholdError as e:
-            if failures is None:
-                raise
-            failures.append((entry, e))
-            continue
-        out.append(resolved)
+            report.image_unresolved(entry.ref, e)
+            raise
+        report.image_resolved(resolved)
+        return resolved
+
+    out: list[CatalogImage] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(entries))),
+                              thread_name_prefix="resolve")
+    try:
+        futs: list[Future[CatalogImage]] = [
+            pool.submit(contextvars.copy_context().run, one, entry) for entry in entries
+        ]
+        for entry, fut in zip(entries, futs, strict=True):
+            try:
+                out.append(fut.result())
+            except CargoholdError as e:
+                if failures is None:
+                    raise
+                failures.append((entry, e))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # the error (or Ctrl-C) first
+        raise
+    pool.shutdown()
     return out
 
 

@@ -46,7 +46,7 @@ class Rule:
     (a regex searched in the path without the query)."""
 
     # status | cut | ignore_range | wrong_digest | extra_bytes | redirect | drop_digest |
-    # relative_location | pause
+    # relative_location | pause | gather
     action: str
     method: str | None = None
     path: str = ""
@@ -65,6 +65,21 @@ class Rule:
     reached: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     release: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     hold_timeout: float = 120.0
+    # gather: hold each matching request until ``gather`` of them are in the proxy at once
+    # (then ``reached`` is set and all go on), or ``hold_timeout`` passes: a client that
+    # sends them one after another never sets ``reached``.
+    gather: int = 0
+    arrived: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False,
+                                       compare=False)
+
+    def wait_for_others(self) -> None:
+        with self._cond:
+            self.arrived += 1
+            if self.arrived >= self.gather:
+                self.reached.set()
+                self._cond.notify_all()
+            self._cond.wait_for(self.reached.is_set, self.hold_timeout)
 
     def matches(self, method: str, path: str) -> bool:
         if self.times == 0:
@@ -243,6 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = rule.retry_after
             self._reply(rule.status, b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}', headers)
             return
+        if rule is not None and rule.action == "gather":
+            rule.wait_for_others()
         if rule is not None and rule.action == "redirect":
             self._read_body()
             self._reply(307, b"", {"Location": rule.redirect_to + self.path})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,9 @@ from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
-from cargohold.cli.progress import FetchProgress
+from cargohold.cli.progress import FetchProgress, ResolveProgress
 from cargohold.cli.resources import open_store, reserve_bytes
-from cargohold.cli.unpack_cmd import summary_line, unpack_lease
+from cargohold.cli.unpack_cmd import UnpackProgress, summary_line, unpack_lease
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -30,9 +32,8 @@ from cargohold.spec import format_size, load_spec, parse_size
 from cargohold.unpack.image import UnpackResult
 
 
-class _BakeProgress(BakeEvents):
-    def __init__(self, out: Output) -> None:
-        self.out = out
+class _BakeProgress(ResolveProgress, BakeEvents):
+    """Resolution lines (ResolveProgress), phases and unpacked images."""
 
     def phase(self, name: str) -> None:
         if self.out.json_mode:
@@ -123,7 +124,8 @@ def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                     events=_BakeProgress(out),
                     fetch_events=progress,
                     fetch_scope=lambda: progress,
-                    unpack_scope=lambda: unpack_lease(store),
+                    unpack_scope=lambda: _unpack_scope(store, progress),
+                    unpack_events=UnpackProgress(out, display=progress),
                 )
                 baker.run()
             finally:
@@ -144,6 +146,13 @@ def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
     if report_file is not None:
         out.info(f"report written to {report_file}")
     _raise_outcome(report)
+
+
+@contextmanager
+def _unpack_scope(store: Any, progress: FetchProgress) -> Iterator[None]:
+    """The unpack phase: under a lease (containerd), with the live display on a TTY."""
+    with unpack_lease(store), progress:
+        yield
 
 
 def _write_report(path: Path, report: BakeReport | None, error: BaseException | None) -> None:

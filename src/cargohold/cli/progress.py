@@ -1,4 +1,10 @@
-"""Fetch progress: a live table on a TTY, plain lines off it, NDJSON events with --json."""
+"""Progress: a live display on a TTY, plain lines off it, NDJSON events with --json.
+
+The live display (rich) fits the terminal whatever the number of blobs: the active
+downloads and layer unpacks (as many as fit), one line summing up the finished ones, and
+the totals line, always. It is transient: when it ends, one or two summary lines are all
+it leaves in the scrollback. Off a TTY each finished blob is one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cargohold.catalog import CatalogImage, ResolveEvents
 from cargohold.cli.output import Output, human_bytes
+from cargohold.errors import CargoholdError
 from cargohold.fetch import FetchEvents, FetchResult
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.reference import Reference
+from cargohold.unpack.image import STATE_FAILED, LayerOutcome
+
+#: Blobs smaller than this show no rate (a manifest's "rate" is noise: 0 B/s or absurd).
+TINY = 64 * 1024
+#: Lines of the display besides the active rows: the images line, the finished summary,
+#: the totals line, and one line rich may need at the bottom of the screen.
+_FIXED_LINES = 4
+_ACTIVE = ("downloading", "resuming", "unpacking")
 
 
 @dataclass
@@ -24,42 +40,91 @@ class _Row:
     started: float = 0.0
     finished: float = 0.0
 
-    def rate(self, now: float) -> float:
-        end = self.finished or now
-        span = end - self.started if self.started else 0.0
-        return self.done / span if span > 0 else 0.0
+    @property
+    def got(self) -> int:
+        """Bytes of this row moved so far (the whole blob once downloaded)."""
+        return self.size if self.state == "done" else self.done
+
+    def rate(self, now: float) -> float | None:
+        """Bytes per second, or None when there is no meaningful rate (tiny blob, no time)."""
+        if self.size < TINY or not self.started:
+            return None
+        span = (self.finished or now) - self.started
+        return self.got / span if span > 0 else None
+
+
+def _rate_text(rate: float | None) -> str:
+    return f"{human_bytes(rate)}/s" if rate is not None else ""
+
+
+def failure_text(ref: Reference, error: CargoholdError) -> str:
+    """``REF: message``, or the message alone when it names the reference already."""
+    return error.message if str(ref) in error.message else f"{ref}: {error.message}"
+
+
+def row_line(r: _Row, now: float) -> str:
+    """One row of fixed column widths (the columns never move while rows come and go)."""
+    shown = r.got
+    pct = f"{100 * shown // r.size}%" if r.size else "100%"
+    return (f"{r.kind:<8} {r.digest[:19]:<19}  {r.state:<11} {pct:>4}  "
+            f"{human_bytes(shown):>10} / {human_bytes(r.size):<10}  {_rate_text(r.rate(now)):>12}")
 
 
 class FetchProgress(FetchEvents):
-    """Collects per-blob state; renders it according to the output mode."""
+    """Per-blob (and, fed by :class:`~cargohold.cli.unpack_cmd.UnpackProgress`, per-layer)
+    state, rendered according to the output mode. Use it as a context manager around the
+    work it shows; it may be entered again for a later phase (bake)."""
 
     def __init__(self, out: Output) -> None:
         self.out = out
         self.rows: dict[str, _Row] = {}
+        self.layers: dict[str, _Row] = {}
         self.lock = threading.Lock()
         self.start = time.monotonic()
         self.transferred = 0
+        self.images = {"resolved": 0, "done": 0, "failed": 0}
+        #: first blob start and last blob end: the download's own time
+        self._first_start = 0.0
+        self._last_end = 0.0
         self._live: Any = None
 
     # -- lifecycle
     def __enter__(self) -> FetchProgress:
-        if self.out.live:
+        if self.out.live and self._live is None:
             from rich.console import Console
             from rich.live import Live
 
             self._live = Live(
-                self._render(), console=Console(file=self.out.err), refresh_per_second=8,
-                transient=False, get_renderable=self._render,
+                console=Console(file=self.out.err), refresh_per_second=8, transient=True,
+                get_renderable=self._render, vertical_overflow="crop",
             )
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.__exit__(None, None, None)
-            self._live = None
+        if self._live is None:
+            return
+        self._live.__exit__(None, None, None)
+        self._live = None
+        for line in self.summary_lines():
+            self.out.info(line)
+        with self.lock:  # what was summed up is not summed up again by a later phase
+            self.rows.clear()
+            self.layers.clear()
+            self.transferred = 0
+            self._first_start = self._last_end = 0.0
 
-    # -- events (worker threads)
+    @property
+    def download_seconds(self) -> float:
+        """From the first blob's start to the last one's end (or now, while one runs)."""
+        with self.lock:
+            if not self._first_start:
+                return 0.0
+            active = any(r.state in _ACTIVE for r in self.rows.values())
+            end = time.monotonic() if active or not self._last_end else self._last_end
+            return max(0.0, end - self._first_start)
+
+    # -- fetch events (worker threads)
     def _row(self, desc: Descriptor) -> _Row:
         key = str(desc.digest)
         row = self.rows.get(key)
@@ -69,17 +134,33 @@ class FetchProgress(FetchEvents):
         return row
 
     def resolved(self, ref: Reference, desc: Descriptor) -> None:
+        with self.lock:
+            self.images["resolved"] += 1
         self.out.event("resolved", ref=str(ref), digest=str(desc.digest),
                        media_type=desc.media_type, size=desc.size)
         if not self.out.live and not self.out.json_mode:
-            self.out.debug(f"{ref}: resolved to {desc.digest}")
+            self.out.info(f"resolved {ref}  {str(desc.digest)[:19]}")
+
+    def image_done(self, result: FetchResult) -> None:
+        with self.lock:
+            self.images["done"] += 1
+        self.out.event("image_done", **result.to_json())
+
+    def image_failed(self, ref: Reference, error: CargoholdError) -> None:
+        with self.lock:
+            self.images["failed"] += 1
+        if not self.out.json_mode:
+            self.out.info(f"failed   {failure_text(ref, error)}")
 
     def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None:
+        now = time.monotonic()
         with self.lock:
             row = self._row(desc)
             row.state = "downloading" if offset == 0 else "resuming"
             row.done = 0
-            row.started = time.monotonic()
+            row.started = now
+            if not self._first_start:
+                self._first_start = now
         self.out.event("blob_started", digest=str(desc.digest), kind=mediatypes.kind(desc.media_type),
                        size=desc.size, offset=offset)
 
@@ -98,36 +179,145 @@ class FetchProgress(FetchEvents):
             if not row.started:
                 row.started = now
             self.transferred += transferred
+            if state == "done":
+                self._last_end = now
+                if not self._first_start:
+                    self._first_start = row.started
         self.out.event("blob_done", digest=str(desc.digest), kind=row.kind, size=desc.size,
                        state=state, transferred=transferred)
         if not self.out.live and not self.out.json_mode:
-            rate = row.rate(now)
-            extra = f"  {human_bytes(rate)}/s" if state == "done" and rate else ""
+            extra = f"  {_rate_text(row.rate(now))}" if state == "done" and row.rate(now) else ""
             line = f"{row.kind:<8} {row.digest[:19]}  {state:<7} {human_bytes(desc.size)}{extra}"
             # Blobs already stored are only interesting with -v.
             (self.out.debug if state == "exists" else self.out.info)(line)
 
-    def image_done(self, result: FetchResult) -> None:
-        self.out.event("image_done", **result.to_json())
+    # -- unpack events (fed by UnpackProgress; worker threads)
+    def layer_started(self, layer: Descriptor) -> None:
+        with self.lock:
+            self.layers[str(layer.digest)] = _Row("unpack", str(layer.digest), layer.size,
+                                                  "unpacking", started=time.monotonic())
+
+    def layer_progress(self, layer: Descriptor, nbytes: int) -> None:
+        row = self.layers.get(str(layer.digest))
+        if row is not None:
+            row.done += nbytes
+
+    def layer_done(self, outcome: LayerOutcome) -> None:
+        now = time.monotonic()
+        with self.lock:
+            key = str(outcome.layer.digest)
+            row = self.layers.get(key)
+            if row is None:
+                row = self.layers[key] = _Row("unpack", key, outcome.layer.size, started=now)
+            row.state = outcome.state
+            row.finished = now
+            row.done = row.size
 
     # -- rendering
-    def _render(self) -> Any:
-        from rich.table import Table
-
-        now = time.monotonic()
-        elapsed = now - self.start
-        t = Table(box=None, show_header=False, pad_edge=False)
+    def summary_lines(self) -> list[str]:
+        """What is left in the scrollback when the display ends."""
         with self.lock:
             rows = list(self.rows.values())
-        total_done = 0
-        for r in rows:
-            shown = r.size if r.state in ("done", "exists") else r.done
-            total_done += r.done if r.state not in ("exists",) else 0
-            pct = f"{100 * shown // r.size:>3}%" if r.size else "100%"
-            rate = f"{human_bytes(r.rate(now))}/s" if r.state in ("downloading", "resuming", "done") else ""
-            t.add_row(f"{r.kind}-{r.digest[:19]}", r.state, pct,
-                      f"{human_bytes(shown)}/{human_bytes(r.size)}", rate)
-        mib = total_done / (1 << 20)
-        t.add_row("elapsed", f"{elapsed:.1f}s", "", f"total {human_bytes(total_done)}",
-                  f"{mib / elapsed if elapsed else 0:.1f} MiB/s")
-        return t
+            layers = list(self.layers.values())
+        out: list[str] = []
+        if rows:
+            secs = self.download_seconds
+            got = sum(r.got for r in rows if r.state == "done")
+            n_done = sum(1 for r in rows if r.state == "done")
+            rate = f" at {human_bytes(got / secs)}/s" if secs > 0 and got >= TINY else ""
+            line = f"blobs: {n_done} downloaded ({human_bytes(got)} in {secs:.1f} s{rate})"
+            line += self._counts(rows, ("exists", "already present"), ("failed", "failed"),
+                                 ("waiting", "not started"))
+            out.append(line)
+        if layers:
+            n = sum(1 for r in layers if r.state == "unpacked")
+            line = f"layers: {n} unpacked ({human_bytes(sum(r.size for r in layers if r.state == 'unpacked'))} compressed)"
+            line += self._counts(layers, ("exists", "already unpacked"),
+                                 ("shared", "by a concurrent unpack"), (STATE_FAILED, "failed"))
+            out.append(line)
+        return out
+
+    @staticmethod
+    def _counts(rows: list[_Row], *what: tuple[str, str]) -> str:
+        parts = []
+        for state, label in what:
+            n = sum(1 for r in rows if r.state == state)
+            if n:
+                parts.append(f"{n} {label}")
+        return (", " + ", ".join(parts)) if parts else ""
+
+    def lines(self, height: int) -> list[str]:
+        """The display's lines for a terminal of ``height`` rows (at most ``height - 1``)."""
+        now = time.monotonic()
+        with self.lock:
+            rows = list(self.rows.values())
+            layers = list(self.layers.values())
+            images = dict(self.images)
+        active = sorted((r for r in rows + layers if r.state in _ACTIVE), key=lambda r: r.started)
+        room = max(0, height - _FIXED_LINES)
+        shown = active if len(active) <= room else active[: max(0, room - 1)]
+        out = [f"images: {images['resolved']} resolved, {images['done']} fetched"
+               + (f", {images['failed']} failed" if images["failed"] else "")]
+        out += [row_line(r, now) for r in shown]
+        if len(shown) < len(active):
+            out.append(f"... and {len(active) - len(shown)} more active")
+        finished = [r for r in rows if r.state not in _ACTIVE and r.state != "waiting"]
+        line = (f"finished: {len(finished)} of {len(rows)} blobs "
+                f"({human_bytes(sum(r.got for r in finished if r.state == 'done'))} downloaded"
+                + self._counts(rows, ("exists", "already present"), ("failed", "failed")) + ")")
+        if layers:
+            done = sum(1 for r in layers if r.state not in _ACTIVE)
+            line += f"; layers: {done} of {len(layers)} unpacked"
+        out.append(line)
+        got = sum(r.got for r in rows if r.state != "exists")
+        secs = self.download_seconds
+        rate = f" at {human_bytes(got / secs)}/s" if secs > 0 and got >= TINY else ""
+        out.append(f"elapsed {now - self.start:.1f} s  downloaded {human_bytes(got)}{rate}")
+        return out
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        height = self._live.console.size.height if self._live is not None else 25
+        return Group(*(Text(line, no_wrap=True, overflow="ellipsis")
+                       for line in self.lines(height)))
+
+
+class ResolveProgress(ResolveEvents):
+    """Resolving a spec's images (plan, bake): one line per image resolved or failed on
+    stderr, on a TTY and off it (--no-progress turns off only the live display; -q these
+    lines); NDJSON events instead with --json when ``json_events``."""
+
+    def __init__(self, out: Output, *, json_events: bool = True) -> None:
+        self.out = out
+        self.json_events = json_events
+        self.total = 0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def _next(self) -> str:
+        with self._lock:
+            self.count += 1
+            return f"[{self.count}/{self.total}]"
+
+    def resolving(self, total: int) -> None:
+        self.total = total
+
+    def image_resolved(self, image: CatalogImage) -> None:
+        n = self._next()
+        if self.out.json_mode:
+            if self.json_events:
+                self.out.event("spec_resolved", ref=image.image.name, digest=str(image.target.digest),
+                               platforms=list(image.platforms))
+            return
+        self.out.info(f"resolved {image.image.name}  {str(image.target.digest)[:19]}  {n}")
+
+    def image_unresolved(self, ref: Reference, error: CargoholdError) -> None:
+        n = self._next()
+        if self.out.json_mode:
+            if self.json_events:
+                self.out.event("spec_unresolved", ref=str(ref), error=error.kind,
+                               message=error.message)
+            return
+        self.out.info(f"failed   {failure_text(ref, error)}  {n}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, open_store, registry_client, reserve_bytes
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.fetch import LABEL_GC_EXPIRE, LEASE_EXPIRY, Fetcher, FetchFailure, FetchResult
-from cargohold.oci.descriptor import Platform
+from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.store.interfaces import Applier, ContentStore, Snapshotter, active_lease
@@ -47,29 +47,28 @@ from cargohold.unpack.image import (
 
 
 class UnpackProgress(UnpackEvents):
-    """One line per layer on stderr (off a TTY and on it), NDJSON events with --json.
-    ``defer``: hold the lines until :meth:`flush` (while a live display owns the TTY)."""
+    """One line per layer on stderr, NDJSON events with --json; on a TTY, with a
+    ``display``, the layers show live there instead (bytes read of the layer's blob, rate)
+    and leave a summary line."""
 
-    def __init__(self, out: Output, *, events: bool = True, defer: bool = False) -> None:
+    def __init__(self, out: Output, *, events: bool = True,
+                 display: FetchProgress | None = None) -> None:
         self.out = out
         self.emit_events = events
-        self._deferred: list[Callable[[], None]] | None = [] if defer else None
-        self._lock = threading.Lock()
+        self.display = display if display is not None and out.live else None
 
-    def flush(self) -> None:
-        with self._lock:
-            pending, self._deferred = self._deferred or [], None
-        for emit in pending:
-            emit()
+    def layer_started(self, chain_id: str, layer: Descriptor) -> None:
+        if self.display is not None:
+            self.display.layer_started(layer)
 
-    def _emit(self, emit: Callable[[], None]) -> None:
-        with self._lock:
-            if self._deferred is not None:
-                self._deferred.append(emit)
-                return
-        emit()
+    def layer_progress(self, layer: Descriptor, nbytes: int) -> None:
+        if self.display is not None:
+            self.display.layer_progress(layer, nbytes)
 
     def layer_done(self, outcome: LayerOutcome) -> None:
+        if self.display is not None:
+            self.display.layer_done(outcome)
+            return
         if self.out.json_mode:
             if self.emit_events:
                 self.out.event("layer_done", **outcome.to_json())
@@ -79,9 +78,9 @@ class UnpackProgress(UnpackEvents):
         extra = f"  {o.seconds:.2f} s" if o.seconds else ""
         line = f"layer    {str(o.layer.digest)[:19]}  {o.state:<8} {size}{extra}"
         log = self.out.debug if o.state == STATE_EXISTS else self.out.info
-        self._emit(lambda: log(line))
+        log(line)
         if o.state == STATE_FAILED:
-            self._emit(lambda: self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed"))
+            self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed")
 
 
 class UnpackStore(Protocol):
@@ -229,8 +228,8 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
                                         args=(run_fetch,), name="pull-fetch", daemon=True)
         fetch_thread.start()
         content = WaitingContent(store.content, board, cancel)
-        # Layer lines wait while the live fetch table owns the terminal.
-        unpack_progress = UnpackProgress(out, defer=out.live)
+        # On a TTY the layers show in the live display with the downloads.
+        unpack_progress = UnpackProgress(out, display=progress)
         try:
             with (
                 Unpacker(content, store.snapshots, store.applier, jobs=jobs or s.jobs,
@@ -264,7 +263,6 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
             raise
         finally:
             fetcher.close()
-    unpack_progress.flush()
     if fetch_crash:
         raise fetch_crash[0]
     ok = [r for r in fetched if isinstance(r, FetchResult)]

@@ -28,6 +28,7 @@ are protected by the root lock while an unpack runs and by the config label afte
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import secrets
 import threading
@@ -407,6 +408,9 @@ class UnpackEvents:
 
     def layer_started(self, chain_id: str, layer: Descriptor) -> None: ...
 
+    def layer_progress(self, layer: Descriptor, nbytes: int) -> None:
+        """``nbytes`` more of the layer's (compressed) blob were read by its apply."""
+
     def layer_done(self, outcome: LayerOutcome) -> None: ...
 
     def image_done(self, result: UnpackResult) -> None: ...
@@ -416,14 +420,17 @@ class UnpackEvents:
 
 
 class _Reader:
-    """A blob reader that stops (Interrupted) once a cancel event is set."""
+    """A blob reader that stops (Interrupted) once a cancel event is set, and reports the
+    bytes read to ``progress``."""
 
-    __slots__ = ("_cancel", "_job_cancel", "_raw")
+    __slots__ = ("_cancel", "_job_cancel", "_progress", "_raw")
 
-    def __init__(self, raw: BinaryIO, cancel: threading.Event, job_cancel: threading.Event):
+    def __init__(self, raw: BinaryIO, cancel: threading.Event, job_cancel: threading.Event,
+                 progress: Callable[[int], None] | None = None):
         self._raw = raw
         self._cancel = cancel
         self._job_cancel = job_cancel
+        self._progress = progress
 
     def _check(self) -> None:
         if self._cancel.is_set() or self._job_cancel.is_set():
@@ -431,11 +438,16 @@ class _Reader:
 
     def read(self, size: int = -1, /) -> bytes:
         self._check()
-        return self._raw.read(size)
+        data = self._raw.read(size)
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return data
 
     def readinto(self, b: Any, /) -> int:
         self._check()
         n: int = self._raw.readinto(b)  # type: ignore[attr-defined]
+        if self._progress is not None and n:
+            self._progress(n)
         return n
 
     def __getattr__(self, name: str) -> Any:
@@ -678,7 +690,8 @@ class Unpacker:
         stats: ApplyStats | None = None
         try:
             with self.content.reader(layer.digest) as raw, stored_blob_check(self.content, layer):
-                reader: Any = _Reader(raw, self.cancel, job.cancel)
+                reader: Any = _Reader(raw, self.cancel, job.cancel,
+                                      functools.partial(self.events.layer_progress, layer))
                 with_stats: Callable[..., tuple[Descriptor, ApplyStats]] | None = getattr(
                     self.applier, "apply_with_stats", None
                 )
