@@ -17,7 +17,8 @@ from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
-from cargohold.cli.progress import FetchProgress, ResolveProgress
+from cargohold.cli.progress import FetchProgress
+from cargohold.cli.resolve_progress import ResolveProgress
 from cargohold.cli.resources import open_store, reserve_bytes
 from cargohold.cli.unpack_cmd import UnpackProgress, summary_line, unpack_lease
 from cargohold.errors import (

@@ -31,6 +31,7 @@ import click
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
+from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, open_embedded
 from cargohold.cli.unpack_cmd import UnpackProgress, make_unpacker, parse_platform_option
 from cargohold.errors import (
@@ -91,8 +92,11 @@ def create_container(app: App, store: LocalStore, ref: str, name: str,
             f"container {name!r} already exists",
             hint="choose another name, or remove it with `cargohold containers rm`",
         )
-    with make_unpacker(app, store, jobs=jobs,
-                       events=UnpackProgress(app.out, events=False)) as unpacker:
+    with (
+        FetchProgress(app.out) as display,  # the layers live on a TTY
+        make_unpacker(app, store, jobs=jobs,
+                      events=UnpackProgress(app.out, events=False, display=display)) as unpacker,
+    ):
         resolved = unpacker.resolve(image.target, platform)
         result = unpacker.unpack(image.target, platform)
     sn = store.snapshots

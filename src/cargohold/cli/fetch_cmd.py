@@ -10,7 +10,7 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.progress import FetchProgress
+from cargohold.cli.progress import TINY, FetchProgress
 from cargohold.cli.resources import open_store, registry_client
 from cargohold.errors import batch_error
 from cargohold.fetch import Fetcher, FetchFailure, FetchResult, RecordPolicy
@@ -75,7 +75,7 @@ def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platf
         finally:
             fetcher.close()
     elapsed = time.monotonic() - start
-    report_fetch(app, results, elapsed)
+    report_fetch(app, results, elapsed, download_seconds=progress.download_seconds)
 
 
 def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
@@ -85,7 +85,10 @@ def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
     return RecordPolicy(cri=cri or pin, pin=pin)
 
 
-def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: float) -> None:
+def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: float, *,
+                 download_seconds: float = 0.0) -> None:
+    """The results; the rate is the download's own (first blob start to last blob end),
+    not the whole run's."""
     out = app.out
     ok = [r for r in results if isinstance(r, FetchResult)]
     failed = [r for r in results if isinstance(r, FetchFailure)]
@@ -104,8 +107,10 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
         if len(results) > 1:  # a lone failure is the command's error, printed once by main
             for f in failed:
                 out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
-        rate = transferred / elapsed / (1 << 20) if elapsed > 0 else 0.0
-        out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)} ({rate:.1f} MiB/s)")
+        secs = download_seconds or elapsed
+        rate = (f" ({transferred / secs / (1 << 20):.1f} MiB/s)"
+                if transferred >= TINY and secs > 0 else "")
+        out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)}{rate}")
     raise_failures(failed, total=len(results))
 
 

@@ -128,7 +128,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                  allow_network: bool) -> None:
     """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
     from cargohold.catalog import budget_hint, plan_catalog, resolve_spec, unpack_ratio
-    from cargohold.cli.progress import ResolveProgress
+    from cargohold.cli.resolve_progress import ResolveProgress
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,

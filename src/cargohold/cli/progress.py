@@ -11,22 +11,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cargohold.catalog import CatalogImage, ResolveEvents
 from cargohold.cli.output import Output, human_bytes
 from cargohold.errors import CargoholdError
 from cargohold.fetch import FetchEvents, FetchResult
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.reference import Reference
-from cargohold.unpack.image import STATE_FAILED, LayerOutcome
+
+if TYPE_CHECKING:  # the fetch command does not load the unpacker
+    from cargohold.unpack.image import LayerOutcome
 
 #: Blobs smaller than this show no rate (a manifest's "rate" is noise: 0 B/s or absurd).
 TINY = 64 * 1024
-#: Lines of the display besides the active rows: the images line, the finished summary,
-#: the totals line, and one line rich may need at the bottom of the screen.
-_FIXED_LINES = 4
 _ACTIVE = ("downloading", "resuming", "unpacking")
 
 
@@ -47,7 +45,7 @@ class _Row:
 
     def rate(self, now: float) -> float | None:
         """Bytes per second, or None when there is no meaningful rate (tiny blob, no time)."""
-        if self.size < TINY or not self.started:
+        if self.size < TINY or not self.started or not self.got:
             return None
         span = (self.finished or now) - self.started
         return self.got / span if span > 0 else None
@@ -87,6 +85,8 @@ class FetchProgress(FetchEvents):
         self._first_start = 0.0
         self._last_end = 0.0
         self._live: Any = None
+        #: rows and layers when the last summary was printed (bake shows two phases)
+        self._summarized = (0, 0)
 
     # -- lifecycle
     def __enter__(self) -> FetchProgress:
@@ -108,11 +108,6 @@ class FetchProgress(FetchEvents):
         self._live = None
         for line in self.summary_lines():
             self.out.info(line)
-        with self.lock:  # what was summed up is not summed up again by a later phase
-            self.rows.clear()
-            self.layers.clear()
-            self.transferred = 0
-            self._first_start = self._last_end = 0.0
 
     @property
     def download_seconds(self) -> float:
@@ -199,8 +194,8 @@ class FetchProgress(FetchEvents):
 
     def layer_progress(self, layer: Descriptor, nbytes: int) -> None:
         row = self.layers.get(str(layer.digest))
-        if row is not None:
-            row.done += nbytes
+        if row is not None:  # capped: a gzip layer's trailer may be read twice
+            row.done = min(row.size, row.done + nbytes)
 
     def layer_done(self, outcome: LayerOutcome) -> None:
         now = time.monotonic()
@@ -219,8 +214,9 @@ class FetchProgress(FetchEvents):
         with self.lock:
             rows = list(self.rows.values())
             layers = list(self.layers.values())
+            seen, self._summarized = self._summarized, (len(rows), len(layers))
         out: list[str] = []
-        if rows:
+        if len(rows) > seen[0]:
             secs = self.download_seconds
             got = sum(r.got for r in rows if r.state == "done")
             n_done = sum(1 for r in rows if r.state == "done")
@@ -229,11 +225,11 @@ class FetchProgress(FetchEvents):
             line += self._counts(rows, ("exists", "already present"), ("failed", "failed"),
                                  ("waiting", "not started"))
             out.append(line)
-        if layers:
+        if len(layers) > seen[1]:
             n = sum(1 for r in layers if r.state == "unpacked")
             line = f"layers: {n} unpacked ({human_bytes(sum(r.size for r in layers if r.state == 'unpacked'))} compressed)"
             line += self._counts(layers, ("exists", "already unpacked"),
-                                 ("shared", "by a concurrent unpack"), (STATE_FAILED, "failed"))
+                                 ("shared", "by a concurrent unpack"), ("failed", "failed"))
             out.append(line)
         return out
 
@@ -247,33 +243,45 @@ class FetchProgress(FetchEvents):
         return (", " + ", ".join(parts)) if parts else ""
 
     def lines(self, height: int) -> list[str]:
-        """The display's lines for a terminal of ``height`` rows (at most ``height - 1``)."""
+        """The display's lines for a terminal of ``height`` rows (at most ``height - 1``):
+        the images line, the active rows that fit (the oldest first), the finished blobs and
+        layers, the totals line."""
         now = time.monotonic()
         with self.lock:
             rows = list(self.rows.values())
             layers = list(self.layers.values())
             images = dict(self.images)
-        active = sorted((r for r in rows + layers if r.state in _ACTIVE), key=lambda r: r.started)
-        room = max(0, height - _FIXED_LINES)
-        shown = active if len(active) <= room else active[: max(0, room - 1)]
-        out = [f"images: {images['resolved']} resolved, {images['done']} fetched"
-               + (f", {images['failed']} failed" if images["failed"] else "")]
-        out += [row_line(r, now) for r in shown]
-        if len(shown) < len(active):
-            out.append(f"... and {len(active) - len(shown)} more active")
-        finished = [r for r in rows if r.state not in _ACTIVE and r.state != "waiting"]
-        line = (f"finished: {len(finished)} of {len(rows)} blobs "
-                f"({human_bytes(sum(r.got for r in finished if r.state == 'done'))} downloaded"
-                + self._counts(rows, ("exists", "already present"), ("failed", "failed")) + ")")
+        head: list[str] = []
+        if any(images.values()):
+            head.append(f"images: {images['resolved']} resolved, {images['done']} fetched"
+                        + (f", {images['failed']} failed" if images["failed"] else ""))
+        tail: list[str] = []
+        if rows:
+            finished = [r for r in rows if r.state not in _ACTIVE and r.state != "waiting"]
+            got = sum(r.got for r in finished if r.state == "done")
+            tail.append(f"finished: {len(finished)} blobs ({human_bytes(got)}"
+                        " downloaded" + self._counts(rows, ("exists", "already present"),
+                                                     ("failed", "failed")) + ")")
         if layers:
-            done = sum(1 for r in layers if r.state not in _ACTIVE)
-            line += f"; layers: {done} of {len(layers)} unpacked"
-        out.append(line)
-        got = sum(r.got for r in rows if r.state != "exists")
-        secs = self.download_seconds
-        rate = f" at {human_bytes(got / secs)}/s" if secs > 0 and got >= TINY else ""
-        out.append(f"elapsed {now - self.start:.1f} s  downloaded {human_bytes(got)}{rate}")
-        return out
+            done = [r for r in layers if r.state not in _ACTIVE]
+            tail.append(f"layers: {len(done)} of {len(layers)} done"
+                        + self._counts(layers, ("unpacked", "unpacked"),
+                                       ("exists", "already unpacked"), ("shared", "shared"),
+                                       ("failed", "failed")))
+        totals = f"elapsed {now - self.start:.1f} s"
+        if rows:
+            got = sum(r.got for r in rows if r.state != "exists")
+            secs = self.download_seconds
+            rate = f" at {human_bytes(got / secs)}/s" if secs > 0 and got >= TINY else ""
+            totals += f"  downloaded {human_bytes(got)}{rate}"
+        tail.append(totals)
+        active = sorted((r for r in rows + layers if r.state in _ACTIVE), key=lambda r: r.started)
+        room = max(0, height - 1 - len(head) - len(tail))
+        shown = active if len(active) <= room else active[: max(0, room - 1)]
+        body = [row_line(r, now) for r in shown]
+        if len(shown) < len(active) and room:
+            body.append(f"... and {len(active) - len(shown)} more active")
+        return (head + body + tail)[-max(1, height - 1):]
 
     def _render(self) -> Any:
         from rich.console import Group
@@ -282,42 +290,3 @@ class FetchProgress(FetchEvents):
         height = self._live.console.size.height if self._live is not None else 25
         return Group(*(Text(line, no_wrap=True, overflow="ellipsis")
                        for line in self.lines(height)))
-
-
-class ResolveProgress(ResolveEvents):
-    """Resolving a spec's images (plan, bake): one line per image resolved or failed on
-    stderr, on a TTY and off it (--no-progress turns off only the live display; -q these
-    lines); NDJSON events instead with --json when ``json_events``."""
-
-    def __init__(self, out: Output, *, json_events: bool = True) -> None:
-        self.out = out
-        self.json_events = json_events
-        self.total = 0
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def _next(self) -> str:
-        with self._lock:
-            self.count += 1
-            return f"[{self.count}/{self.total}]"
-
-    def resolving(self, total: int) -> None:
-        self.total = total
-
-    def image_resolved(self, image: CatalogImage) -> None:
-        n = self._next()
-        if self.out.json_mode:
-            if self.json_events:
-                self.out.event("spec_resolved", ref=image.image.name, digest=str(image.target.digest),
-                               platforms=list(image.platforms))
-            return
-        self.out.info(f"resolved {image.image.name}  {str(image.target.digest)[:19]}  {n}")
-
-    def image_unresolved(self, ref: Reference, error: CargoholdError) -> None:
-        n = self._next()
-        if self.out.json_mode:
-            if self.json_events:
-                self.out.event("spec_unresolved", ref=str(ref), error=error.kind,
-                               message=error.message)
-            return
-        self.out.info(f"failed   {failure_text(ref, error)}  {n}")

@@ -172,7 +172,12 @@ def unpack(app: App, ref: str, platform: str | None, jobs: int | None) -> None:
     with open_store(app.settings) as store:
         name = lookup_name(store, ref)
         img = store.images.get(name)
-        with make_unpacker(app, store, jobs=jobs) as unpacker, unpack_lease(store):
+        with (
+            FetchProgress(out) as display,  # the layers live on a TTY
+            make_unpacker(app, store, jobs=jobs,
+                          events=UnpackProgress(out, display=display)) as unpacker,
+            unpack_lease(store),
+        ):
             result = unpacker.unpack(img.target, plat)
     if out.json_mode:
         out.json({"event": "summary", "name": name, **result.to_json()})
