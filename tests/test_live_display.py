@@ -167,3 +167,28 @@ def test_no_progress_keeps_lines_on_a_tty(many_blobs: Pushed, tmp_path: Path) ->
     assert t.wait() == 0
     out = t.all_lines()
     assert sum(1 for line in out if re.match(r"layer +sha256:\w+ +done", line)) == LAYERS
+
+
+def test_a_failure_prints_above_the_display(proxy: FaultProxy, many_blobs: Pushed,
+                                            tmp_path: Path) -> None:
+    last = many_blobs.built.layer_descriptors[-1]
+    hold = proxy.add(Rule("pause", method="GET", path=f"/blobs/{re.escape(str(last.digest))}$",
+                          cut_after=HOLD_AFTER, times=1))
+    missing = f"{proxy.host}/no/such:v1"
+    t = terminal(tmp_path / "store", "fetch", "--plain-http", through(proxy, many_blobs), missing)
+    try:
+        screen = t.wait_screen(lambda s: any(line.startswith("failed ") for line in s)
+                               and any(" downloading " in line for line in s)
+                               and any(line.startswith("elapsed ") for line in s))
+    finally:
+        hold.release.set()
+    lines = [line for line in screen if line]
+    # The failure is a line of its own above the display, which is whole below it.
+    first = next(i for i, line in enumerate(lines) if line.startswith("failed "))
+    assert missing in lines[first] and "not found" in lines[first]
+    assert lines[first + 1].startswith("images: ")
+    assert lines[-1].startswith("elapsed ")
+    assert t.wait() != 0
+    out = t.all_lines()
+    assert sum(line.startswith("failed ") for line in out) == 1
+    assert not any(line.startswith(("elapsed ", "images: ", "layer ")) for line in out), out

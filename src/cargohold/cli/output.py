@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from cargohold.units import format_size
@@ -32,10 +32,16 @@ class Output:
         self._lock = threading.Lock()
         #: live progress only on a TTY, never with --json or --no-progress
         self.live = progress and not json_mode and self.err.isatty()
+        #: set while a live display owns the terminal: stderr lines are printed above it
+        self.above_live: Callable[[str], None] | None = None
 
     # -- data (stdout)
     def _write(self, stream: TextIO, text: str) -> None:
         # One write per line under a lock: worker threads never interleave lines.
+        above = self.above_live if stream is self.err else None
+        if above is not None:
+            above(text)
+            return
         with self._lock:
             stream.write(text + "\n")
             stream.flush()

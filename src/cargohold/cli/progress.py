@@ -99,11 +99,15 @@ class FetchProgress(FetchEvents):
                 get_renderable=self._render, vertical_overflow="crop",
             )
             self._live.__enter__()
+            console = self._live.console
+            self.out.above_live = lambda text: console.print(
+                text, markup=False, highlight=False, emoji=False, soft_wrap=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is None:
             return
+        self.out.above_live = None
         self._live.__exit__(None, None, None)
         self._live = None
         for line in self.summary_lines():
