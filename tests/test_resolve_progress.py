@@ -5,6 +5,7 @@ with --no-progress (which turns off only the live display)."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,11 @@ import pytest
 
 from cargohold.imagebuild.entries import File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from tests.rig.cli import run_cli
+from tests.rig.cli import CLI, TEST_ENV, run_cli
 from tests.rig.faultproxy import FaultProxy, Rule, running_proxy
 from tests.rig.images import push
 from tests.rig.services import Registry
+from tests.rig.terminal import Terminal
 
 pytestmark = pytest.mark.registry
 
@@ -98,3 +100,20 @@ def test_fetch_of_missing_images_says_so_per_image(proxy: FaultProxy, tmp_path: 
     assert len(proxy.seen("HEAD", "/manifests/")) == 3
     failed = [line for line in p.stderr.splitlines() if line.startswith("failed ")]
     assert sorted(next(r for r in refs if r in line) for line in failed) == sorted(refs)
+
+
+def test_on_a_tty_resolution_is_a_counter_and_a_summary(registry: Registry,
+                                                        tmp_path: Path) -> None:
+    images = [push(registry.host, ImageSpec([LayerSpec([File(f"g{i}", size=1000, seed=40 + i)])]),
+                   tmp_path / f"i{i}") for i in range(2)]
+    missing = missing_refs(registry.host, 2)
+    spec = write_list(tmp_path / "images.txt", [p.text for p in images] + missing)
+    t = Terminal([*CLI, "--root", str(tmp_path / "store"), "bake", str(spec), "--plain-http"],
+                 rows=10, cols=160, env={**os.environ, **TEST_ENV})
+    assert t.wait() != 0  # two images failed
+    out = t.all_lines()
+    assert sum(line.startswith("resolved 2 of 4 images (2 failed) in ") for line in out) == 1
+    assert sorted(next(r for r in missing if r in line)
+                  for line in out if line.startswith("failed ")) == sorted(missing)
+    assert not any(line.startswith(("resolving images:", "resolved " + images[0].text))
+                   for line in out)

@@ -344,6 +344,9 @@ class ResolveEvents:
 
     def image_unresolved(self, ref: Reference, error: CargoholdError) -> None: ...
 
+    def finished(self) -> None:
+        """Resolution is over (also when it stopped early on an error)."""
+
 
 def resolve_entry(
     resolver: _Resolver,
@@ -512,6 +515,8 @@ def resolve_spec(
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # the error (or Ctrl-C) first
         raise
+    finally:
+        report.finished()
     pool.shutdown()
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,34 @@ def failure_text(ref: Reference, error: CargoholdError) -> str:
     return error.message if str(ref) in error.message else f"{ref}: {error.message}"
 
 
+def start_live(out: Output, render: Callable[[], Any]) -> Any:
+    """A transient rich Live display of ``render()`` on ``out``'s stderr (a TTY); until
+    :func:`stop_live`, lines ``out`` logs print above it."""
+    from rich.console import Console
+    from rich.live import Live
+
+    live = Live(console=Console(file=out.err), refresh_per_second=8, transient=True,
+                get_renderable=render, vertical_overflow="crop")
+    live.__enter__()
+    console = live.console
+    out.above_live = lambda text: console.print(text, markup=False, highlight=False,
+                                                emoji=False, soft_wrap=True)
+    return live
+
+
+def stop_live(out: Output, live: Any) -> None:
+    out.above_live = None
+    live.__exit__(None, None, None)
+
+
+def render_lines(lines: list[str]) -> Any:
+    """Lines for a Live display, each cut at the terminal's width (never wrapped)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(*(Text(line, no_wrap=True, overflow="ellipsis") for line in lines))
+
+
 def row_line(r: _Row, now: float) -> str:
     """One row of fixed column widths (the columns never move while rows come and go)."""
     shown = r.got
@@ -91,24 +120,13 @@ class FetchProgress(FetchEvents):
     # -- lifecycle
     def __enter__(self) -> FetchProgress:
         if self.out.live and self._live is None:
-            from rich.console import Console
-            from rich.live import Live
-
-            self._live = Live(
-                console=Console(file=self.out.err), refresh_per_second=8, transient=True,
-                get_renderable=self._render, vertical_overflow="crop",
-            )
-            self._live.__enter__()
-            console = self._live.console
-            self.out.above_live = lambda text: console.print(
-                text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+            self._live = start_live(self.out, self._render)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is None:
             return
-        self.out.above_live = None
-        self._live.__exit__(None, None, None)
+        stop_live(self.out, self._live)
         self._live = None
         for line in self.summary_lines():
             self.out.info(line)
@@ -288,9 +306,5 @@ class FetchProgress(FetchEvents):
         return (head + body + tail)[-max(1, height - 1):]
 
     def _render(self) -> Any:
-        from rich.console import Group
-        from rich.text import Text
-
         height = self._live.console.size.height if self._live is not None else 25
-        return Group(*(Text(line, no_wrap=True, overflow="ellipsis")
-                       for line in self.lines(height)))
+        return render_lines(self.lines(height))
