@@ -117,3 +117,12 @@ def test_on_a_tty_resolution_is_a_counter_and_a_summary(registry: Registry,
                   for line in out if line.startswith("failed ")) == sorted(missing)
     assert not any(line.startswith(("resolving images:", "resolved " + images[0].text))
                    for line in out)
+
+
+def test_fetch_resolves_its_images_concurrently(proxy: FaultProxy, tmp_path: Path) -> None:
+    refs = missing_refs(proxy.host, 3)
+    gate = proxy.add(Rule("gather", method="HEAD", path="/manifests/", times=-1, gather=3,
+                          hold_timeout=30))
+    run_cli(tmp_path / "store", "--no-progress", "fetch", "--plain-http", "-j", "3", *refs,
+            check=False)
+    assert gate.reached.is_set() and gate.arrived == 3
