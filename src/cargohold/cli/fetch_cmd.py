@@ -108,7 +108,7 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
             for f in failed:
                 out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
         secs = download_seconds or elapsed
-        rate = (f" ({transferred / secs / (1 << 20):.1f} MiB/s)"
+        rate = (f" ({human_bytes(transferred / secs)}/s)"
                 if transferred >= TINY and secs > 0 else "")
         out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)}{rate}")
     raise_failures(failed, total=len(results))

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the fetch command does not load the unpacker
     from cargohold.unpack.image import LayerOutcome
 
 #: Blobs smaller than this show no rate (a manifest's "rate" is noise: 0 B/s or absurd).
-TINY = 64 * 1024
+TINY = 64_000
 _ACTIVE = ("downloading", "resuming", "unpacking")
 
 
