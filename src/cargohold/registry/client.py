@@ -339,7 +339,10 @@ class RegistryClient:
         """Raise the error for an unexpected status (consumes and closes ``resp``)."""
         status = resp.status
         try:
-            text = registry_error_text(resp.read_limited(64 * 1024)) if status != 404 else ""
+            # A 404's body is read too (and dropped): the connection then serves the next
+            # request (many missing images in a row).
+            body = resp.read_limited(64 * 1024)
+            text = registry_error_text(body) if status != 404 else ""
         except (_U3HTTPError, OSError):
             text = ""
         resp.close()
