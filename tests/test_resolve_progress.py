@@ -5,6 +5,7 @@ with --no-progress (which turns off only the live display)."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -126,3 +127,12 @@ def test_fetch_resolves_its_images_concurrently(proxy: FaultProxy, tmp_path: Pat
     run_cli(tmp_path / "store", "--no-progress", "fetch", "--plain-http", "-j", "3", *refs,
             check=False)
     assert gate.reached.is_set() and gate.arrived == 3
+
+
+def test_fetch_json_names_each_failed_image(proxy: FaultProxy, tmp_path: Path) -> None:
+    refs = missing_refs(proxy.host, 2)
+    p = run_cli(tmp_path / "store", "--json", "fetch", "--plain-http", *refs, check=False)
+    events = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    failed = [e for e in events if e.get("event") == "image_failed"]
+    assert sorted(e["ref"] for e in failed) == sorted(refs)
+    assert all(e["error"] == "not_found" for e in failed)

@@ -166,6 +166,7 @@ class FetchProgress(FetchEvents):
     def image_failed(self, ref: Reference, error: CargoholdError) -> None:
         with self.lock:
             self.images["failed"] += 1
+        self.out.event("image_failed", ref=str(ref), error=error.kind, message=error.message)
         if not self.out.json_mode:
             self.out.info(f"failed   {failure_text(ref, error)}")
 
