@@ -108,7 +108,6 @@ class FetchProgress(FetchEvents):
         self.layers: dict[str, _Row] = {}
         self.lock = threading.Lock()
         self.start = time.monotonic()
-        self.transferred = 0
         self.images = {"resolved": 0, "done": 0, "failed": 0}
         #: first blob start and last blob end: the download's own time
         self._first_start = 0.0
@@ -196,7 +195,6 @@ class FetchProgress(FetchEvents):
             row.finished = now
             if not row.started:
                 row.started = now
-            self.transferred += transferred
             if state == "done":
                 self._last_end = now
                 if not self._first_start:
