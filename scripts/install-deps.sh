@@ -3,7 +3,8 @@
 set -euo pipefail
 PKGS=(python3 python3-venv docker-registry containerd runc busybox-static
       golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
-      golang-github-gogo-googleapis-dev e2fsprogs util-linux openssl mount skopeo umoci)
+      golang-github-gogo-googleapis-dev e2fsprogs util-linux openssl mount skopeo umoci
+      prometheus-node-exporter systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

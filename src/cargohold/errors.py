@@ -155,6 +155,20 @@ class PartialFailureError(CargoholdError):
     hint = "the successful images were kept; fix the failures listed above and rerun"
 
 
+class TargetNotReachedError(CargoholdError):
+    """evict did what it may and the free-space target is still not met."""
+
+    exit_code = 13
+    hint = "--allow-delete also deletes whole images (never critical, pinned or in use)"
+
+
+class CheckFailedError(CargoholdError):
+    """doctor: at least one check failed."""
+
+    exit_code = 14
+    hint = "follow the advice printed under each failed check"
+
+
 class InterruptedError_(CargoholdError):
     """Stopped by a signal; work done so far is kept and a rerun resumes."""
 
@@ -212,5 +226,7 @@ ALL_ERRORS: tuple[type[CargoholdError], ...] = (
     UnsafeContentError,
     BudgetError,
     PartialFailureError,
+    TargetNotReachedError,
+    CheckFailedError,
     InterruptedError_,
 )

@@ -252,6 +252,10 @@ COMMANDS: dict[str, str] = {
     "bench": "bench_cmd",
     "import": "archive_cmd",
     "export": "archive_cmd",
+    "status": "node_cmd",
+    "evict": "node_cmd",
+    "doctor": "node_cmd",
+    "metrics": "node_cmd",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -1,0 +1,81 @@
+"""The file system a store lives on: where it is, how full it is, and free-space targets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cargohold.errors import CargoholdError, InvalidInputError
+
+__all__ = ["FsSpace", "free_target", "fs_space", "parse_keep_free", "store_path"]
+
+_SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
+
+
+@dataclass(frozen=True)
+class FsSpace:
+    path: str
+    total: int
+    free: int
+
+    @property
+    def used_percent(self) -> float:
+        return 100.0 * (self.total - self.free) / self.total if self.total else 0.0
+
+
+def fs_space(path: str | Path) -> FsSpace:
+    """Size and space available to unprivileged users (what kubelet's eviction sees) of the
+    file system holding ``path``."""
+    st = os.statvfs(path)
+    return FsSpace(str(path), st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
+
+
+def store_path(store: Any, root: Path) -> Path | None:
+    """A directory on the store's file system: the embedded root, or the directory of
+    containerd's snapshotter (asked through containerd's introspection service), else None."""
+    client = getattr(store, "client", None)
+    if client is None:
+        return root
+    try:
+        req = client.api.introspection.PluginsRequest(
+            filters=[f"type=={_SNAPSHOTTER_PLUGIN},id=={store.snapshotter}"])
+        resp = client.call(client.introspection_stub.Plugins, req, what="introspection")
+    except CargoholdError:
+        return None
+    for p in resp.plugins:
+        where = dict(p.exports).get("root")
+        if where and os.path.isdir(where):
+            return Path(where)
+    return None
+
+
+def parse_keep_free(text: str) -> tuple[int | None, float | None]:
+    """``SIZE`` (bytes, units as in specs) or ``PCT%`` (0 < PCT < 100) of the file system:
+    (bytes, None) or (None, percent); InvalidInputError otherwise."""
+    from cargohold.spec import parse_size
+
+    t = text.strip()
+    if t.endswith("%"):
+        try:
+            pct = float(t[:-1])
+        except ValueError:
+            raise InvalidInputError(f"--keep-free {text!r}: not a percentage") from None
+        if not 0 < pct < 100:
+            raise InvalidInputError(f"--keep-free {text!r}: a percentage must be above 0 and "
+                                    "below 100")
+        return None, pct
+    n = parse_size(t)
+    if n <= 0:
+        raise InvalidInputError(f"--keep-free {text!r}: must be more than 0 bytes")
+    return n, None
+
+
+def free_target(space: FsSpace, keep_free: tuple[int | None, float | None]) -> int:
+    """The free bytes ``keep_free`` asks for on ``space``'s file system."""
+    size, pct = keep_free
+    if size is not None:
+        return size
+    assert pct is not None
+    return int(space.total * pct / 100)

@@ -1,0 +1,195 @@
+"""Which images to demote (drop unpacked snapshots) and delete to free disk: pure logic.
+
+Value of an image = priority / expected unpack seconds (the order ``warm`` unpacks in, highest
+first); evict goes the other way, lowest value first: large, unimportant images go before
+small, important ones.
+
+* **Tier 1, demote**: an image that is unpacked, not critical, not pinned and not in use
+  loses its committed chains from the top down, as far as no image that stays unpacked and
+  no active snapshot (container, unpack in progress) needs them. What that frees is the usage
+  of exactly those chains, so an image sharing its base with a kept image frees only its own
+  layers, and one whose top chain a kept image needs frees nothing and is passed over (a
+  later pass takes it if the sharer goes too).
+* **Tier 2, delete** (only when asked): whole images, lowest value first, never critical,
+  pinned or in use; what that frees is its exclusive content and the snapshots no other image
+  needs.
+
+Stops as soon as the bytes asked for are freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.node.inventory import ImageState, Inventory
+from cargohold.plan import DEFAULT_UNPACK_RATIO
+
+__all__ = ["EvictAction", "EvictPlan", "plan_evict", "value"]
+
+#: Seconds a first start pays per image besides the unpack itself (as the planner's default).
+_MIN_SECONDS = 0.01
+
+
+def expected_unpack_seconds(img: ImageState, throughput: float, overhead: float) -> float:
+    """Seconds a first start of ``img`` would wait for its unpack: from its unpacked size, or
+    for an image not unpacked, its compressed size at the planner's default ratio."""
+    size = (img.snapshot_bytes if img.tier == "unpacked"
+            else max(img.snapshot_bytes, int(img.content_bytes * DEFAULT_UNPACK_RATIO)))
+    return max(_MIN_SECONDS, overhead + size / max(throughput, 1.0))
+
+
+def value(img: ImageState, throughput: float, overhead: float = 0.0) -> float:
+    """priority / expected unpack seconds: what keeping it unpacked is worth per second."""
+    return img.priority / expected_unpack_seconds(img, throughput, overhead)
+
+
+@dataclass
+class EvictAction:
+    #: "demote" or "delete".
+    action: str
+    image: ImageState
+    #: Committed chains to remove, top first.
+    chains: list[str]
+    #: Bytes this frees (snapshot usage; content for a delete), as planned.
+    bytes: int
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "image": self.image.name,
+            "names": list(self.image.names),
+            "digest": self.image.digest,
+            "priority": self.image.priority,
+            "chains": list(self.chains),
+            "bytes": self.bytes,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class EvictPlan:
+    needed: int
+    actions: list[EvictAction] = field(default_factory=list)
+    #: Images left alone, with why (critical, pinned, in use, shares its layers).
+    kept: list[tuple[ImageState, str]] = field(default_factory=list)
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(a.bytes for a in self.actions)
+
+    @property
+    def reaches_target(self) -> bool:
+        return self.planned_bytes >= self.needed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "needed_bytes": self.needed,
+            "planned_bytes": self.planned_bytes,
+            "reaches_target": self.reaches_target,
+            "actions": [a.to_json() for a in self.actions],
+            "kept": [{"image": i.name, "reason": r} for i, r in self.kept],
+        }
+
+
+def _protected(img: ImageState) -> str:
+    if img.critical:
+        return "critical"
+    if img.pinned:
+        return "pinned"
+    if img.users:
+        return "in use by " + ", ".join(img.users[:3]) + ("…" if len(img.users) > 3 else "")
+    return ""
+
+
+def _removable_top(img: ImageState, inv: Inventory, live: set[str]) -> list[str]:
+    """The chains of ``img`` to remove, top first: walk each stack down from its top while the
+    chain is committed, not busy and no live (staying unpacked) image has it."""
+    out: list[str] = []
+    for stack in img.stacks:
+        for c in reversed(stack):
+            if c not in inv.chain_sizes or c in out:
+                break
+            if c in inv.busy_chains:
+                break
+            if any(u != img.digest and u in live for u in inv.chain_users.get(c, ())):
+                break
+            out.append(c)
+    return out
+
+
+def plan_evict(
+    inv: Inventory,
+    needed: int,
+    *,
+    allow_delete: bool = False,
+    throughput: float = 100e6,
+    overhead: float = 0.0,
+) -> EvictPlan:
+    """Demotions (then deletions with ``allow_delete``), lowest value first, until ``needed``
+    bytes are planned; ``needed`` <= 0 plans nothing."""
+    plan = EvictPlan(needed=max(0, needed))
+    if plan.needed == 0:
+        return plan
+    order = sorted(inv.images, key=lambda i: (value(i, throughput, overhead), i.name))
+    kept: dict[str, str] = {}
+    candidates: list[ImageState] = []
+    for img in order:
+        why = _protected(img)
+        if why:
+            kept[img.digest] = why
+        elif img.tier in ("unpacked", "partial") and img.chains:
+            candidates.append(img)
+    # Images that need their chains: unpacked ones and those cut short (a fetched image whose
+    # base is unpacked for another image does not hold that base).
+    live = {i.digest for i in inv.images if i.chains and i.tier in ("unpacked", "partial")}
+    freed = 0
+    progress = True
+    while progress and freed < plan.needed:
+        progress = False
+        for img in candidates:
+            if freed >= plan.needed:
+                break
+            if img.digest not in live:
+                continue
+            chains = _removable_top(img, inv, live)
+            if not chains:
+                kept.setdefault(img.digest, "its top layers are shared with an image kept unpacked")
+                continue
+            kept.pop(img.digest, None)
+            n = sum(inv.chain_sizes[c] for c in chains)
+            live.discard(img.digest)
+            plan.actions.append(EvictAction("demote", img, chains, n,
+                                            f"value {value(img, throughput, overhead):.3g}"))
+            freed += n
+            progress = True
+    if allow_delete and freed < plan.needed:
+        freed += _plan_deletes(plan, inv, order, kept, needed=plan.needed - freed)
+    by_digest = {i.digest: i for i in inv.images}
+    plan.kept = [(by_digest[d], why) for d, why in kept.items()]
+    return plan
+
+
+def _plan_deletes(plan: EvictPlan, inv: Inventory, order: Sequence[ImageState],
+                  kept: dict[str, str], *, needed: int) -> int:
+    """Whole images, lowest value first: their exclusive content plus the chains no other
+    remaining image needs (those of demoted images are already counted)."""
+    demoted = {a.image.digest: set(a.chains) for a in plan.actions}
+    gone: set[str] = set()
+    freed = 0
+    for img in order:
+        if freed >= needed:
+            break
+        if _protected(img):
+            continue
+        chains = [c for c in img.chains if c not in demoted.get(img.digest, set())
+                  and c not in inv.busy_chains
+                  and all(u == img.digest or u in gone for u in inv.chain_users.get(c, ()))]
+        n = img.content_exclusive + sum(inv.chain_sizes[c] for c in chains)
+        gone.add(img.digest)
+        kept.pop(img.digest, None)
+        plan.actions.append(EvictAction("delete", img, list(reversed(chains)), n, "allow-delete"))
+        freed += n
+    return freed
