@@ -10,6 +10,8 @@ active lease, if any), then applied.
 
 from __future__ import annotations
 
+import io
+
 import builtins
 from typing import Any, BinaryIO
 
@@ -66,6 +68,7 @@ class ContainerdApplier:
                 total=desc.size,
                 expected=desc.digest,
             ) as w:
+                _skip(reader, w.offset)  # resumed, or a blob another namespace holds
                 while chunk := reader.read(CHUNK):
                     w.write(chunk)
                 w.commit(desc.size, desc.digest)
@@ -102,3 +105,19 @@ class ContainerdApplier:
                 f"layer {desc.digest} unpacked to diff_id {applied.digest}, expected {diff_id}"
             )
         return applied
+
+
+def _skip(reader: BinaryIO, n: int) -> None:
+    """Move ``reader`` past the first ``n`` bytes (what the ingest already holds)."""
+    if n <= 0:
+        return
+    try:
+        reader.seek(n, io.SEEK_CUR)
+        return
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    while n > 0:
+        chunk = reader.read(min(n, CHUNK))
+        if not chunk:
+            return
+        n -= len(chunk)
