@@ -10,9 +10,8 @@ active lease, if any), then applied.
 
 from __future__ import annotations
 
-import io
-
 import builtins
+import io
 from typing import Any, BinaryIO
 
 from cargohold.errors import (
