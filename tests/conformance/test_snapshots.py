@@ -206,7 +206,7 @@ def test_containerd_apply_of_a_blob_another_namespace_holds(
     desc, blob, diff_id = _blob(L1)
     with ContainerdStore(ctrd.address, ctrd.unique_namespace("holder")) as a:
         with a.content.writer(_key("hold"), total=desc.size, expected=desc.digest) as w:
-            w.write(blob)
+            w.write(blob[w.offset:])  # an earlier test may have left the blob in the backend
             w.commit(desc.size, desc.digest)
         with ContainerdStore(ctrd.address, ctrd.unique_namespace("other")) as b:
             key = _key("extract")

@@ -17,7 +17,6 @@ from cargohold.errors import (
     CargoholdError,
     CheckFailedError,
     InvalidInputError,
-    NotFoundError,
     PartialFailureError,
     TargetNotReachedError,
 )
@@ -32,12 +31,7 @@ def _node_store(app: App) -> Iterator[tuple[Any, Any]]:
     """The configured store (never created: a missing embedded store is NotFoundError) and
     its snapshotter (None when the embedded store never unpacked anything)."""
     s = app.settings
-    if s.store == "embedded":
-        root = Path(s.root)
-        if not (root / "metadata.db").is_file():
-            raise NotFoundError(f"no cargohold store at {root} (no metadata.db)",
-                                hint="check --root; `cargohold bake` or `fetch` creates a store")
-    with open_store(s) as store:
+    with open_store(s, must_exist=True) as store:
         if s.store == "containerd":
             store.version()  # type: ignore[union-attr]
             yield store, store.snapshots
