@@ -59,6 +59,9 @@ class FetchBoard(FetchEvents):
     def blob_progress(self, desc: Descriptor, nbytes: int) -> None:
         self.inner.blob_progress(desc, nbytes)
 
+    def blob_waiting(self, desc: Descriptor) -> None:
+        self.inner.blob_waiting(desc)
+
     def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
         self.inner.blob_done(desc, state, transferred)
         if state in ("done", "exists"):  # reported once the commit is complete

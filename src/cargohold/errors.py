@@ -125,6 +125,12 @@ class ConflictError(CargoholdError):
     hint = "another cargohold may be running on this root, or the name is taken"
 
 
+class IngestLockedError(ConflictError):
+    """Another writer holds the ingest (a download of the same blob in progress)."""
+
+    hint = "another writer holds this ingest; wait for it or abort the ingest"
+
+
 class AlreadyExistsError(ConflictError):
     """The thing to create is there already (e.g. a blob committed meanwhile): often fine."""
 

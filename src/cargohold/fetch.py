@@ -5,8 +5,11 @@ walk index -> manifests (selected platforms) -> config + layers, download every 
 into the content store (verified, resumable, each blob once even when images share it), then
 write the image record, only once every blob of the image is present and verified.
 
-All of it happens under a lease, so a concurrent ``gc`` never collects half-fetched content;
-the lease expires by itself if the job is killed, and a rerun resumes from the ingests.
+All of it happens under a lease (:func:`cargohold.leasing.leased`), so a concurrent ``gc``
+never collects half-fetched content; the lease goes when the fetch ends, however it ends (a
+killed fetch's is released by the next command), and a rerun resumes from the ingests. Two
+processes fetching the same blob do not fail on each other: the second waits for the first's
+ingest (as containerd's clients do on a locked ref) and then finds the blob committed.
 """
 
 from __future__ import annotations
@@ -16,18 +19,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cargohold.errors import (
     AlreadyExistsError,
     CargoholdError,
     ConflictError,
+    IngestLockedError,
     Interrupted,
     NotFoundError,
+    OutOfSpaceError,
     UnsupportedError,
 )
+from cargohold.leasing import leased
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.manifest import (
@@ -44,15 +50,14 @@ from cargohold.store.interfaces import (
     GC_REF_CONTENT,
     LABEL_DISTRIBUTION_SOURCE,
     ContentStore,
+    ContentWriter,
     Image,
     ImageStore,
     LeaseManager,
-    active_lease,
 )
 
-#: How long a fetch lease protects partial content after a crash (containerd uses 24h).
-LEASE_EXPIRY = timedelta(hours=24)
-LABEL_GC_EXPIRE = "containerd.io/gc.expire"
+#: Longest pause between two attempts to open an ingest another writer holds.
+LOCKED_RETRY_MAX = 1.0
 
 
 class Registry(Protocol):
@@ -92,6 +97,9 @@ class FetchEvents:
     def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None: ...
 
     def blob_progress(self, desc: Descriptor, nbytes: int) -> None: ...
+
+    def blob_waiting(self, desc: Descriptor) -> None:
+        """Another writer (another cargohold) holds the blob's ingest: waiting for it."""
 
     def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
         """state: 'done' (downloaded), 'exists' (already in the store), 'failed'."""
@@ -255,34 +263,29 @@ class Fetcher:
         all_platforms: bool = False,
     ) -> list[FetchResult | FetchFailure]:
         """Fetch several images concurrently; failures are reported, successes kept."""
-        lease = self.store.leases.create(
-            labels={LABEL_GC_EXPIRE: (datetime.now(UTC) + LEASE_EXPIRY).isoformat()}
-        )
-        token = active_lease.set(lease.id)
-        ok = False
-        try:
-            with ThreadPoolExecutor(
-                max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
-            ) as images_pool:
-                futs = [
-                    images_pool.submit(
-                        contextvars.copy_context().run,
-                        self._fetch_one_safe,
-                        ref,
-                        platforms,
-                        all_platforms,
-                    )
-                    for ref in refs
-                ]
-                results = [self._wait(f) for f in futs]
-            ok = all(isinstance(r, FetchResult) for r in results)
+        with leased(self.store, "fetch") as lease_id:
+            try:
+                with ThreadPoolExecutor(
+                    max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
+                ) as images_pool:
+                    futs = [
+                        images_pool.submit(
+                            contextvars.copy_context().run,
+                            self._fetch_one_safe,
+                            ref,
+                            platforms,
+                            all_platforms,
+                        )
+                        for ref in refs
+                    ]
+                    results = [self._wait(f) for f in futs]
+            except OutOfSpaceError:
+                self._drop_ingests(lease_id)
+                raise
+            if any(isinstance(r, FetchFailure) and isinstance(r.error, OutOfSpaceError)
+                   for r in results):
+                self._drop_ingests(lease_id)
             return results
-        finally:
-            active_lease.reset(token)
-            # On success every blob is reachable from an image record, so the lease can go.
-            # On failure keep it: it protects verified blobs for reuse until it expires.
-            if ok:
-                self.store.leases.delete(lease.id)
 
     def fetch(
         self, ref: Reference, *, platforms: Sequence[Platform], all_platforms: bool = False
@@ -293,6 +296,37 @@ class Fetcher:
         return res
 
     # ------------------------------------------------------------ internals
+
+    def _drop_ingests(self, lease_id: str) -> None:
+        """Out of space: remove the partial downloads of this fetch (a full disk stops the
+        whole node, not just this job); blobs already committed stay."""
+        try:
+            refs = [r.id for r in self.store.leases.list_resources(lease_id)
+                    if r.type == "ingest"]
+        except CargoholdError:
+            return
+        for ref in refs:
+            with suppress(CargoholdError):  # held by another writer, or gone
+                self.store.content.abort(ref)
+
+    def _writer(self, desc: Descriptor) -> ContentWriter | None:
+        """Open the blob's ingest; None if the blob is committed. While another writer (this
+        or another process) holds the ingest, wait for it, as containerd's clients do on a
+        locked ref: it either commits the blob (None then) or gives the ingest up."""
+        pause = 0.01
+        while True:
+            try:
+                return self.store.content.writer(
+                    ingest_ref(desc), total=desc.size, expected=desc.digest
+                )
+            except AlreadyExistsError:
+                return None
+            except IngestLockedError:
+                if pause == 0.01:
+                    self.events.blob_waiting(desc)
+                if self.cancel.wait(pause):
+                    raise Interrupted("fetch interrupted") from None
+                pause = min(pause * 2, LOCKED_RETRY_MAX)
 
     def _wait(self, fut: Future[FetchResult | FetchFailure]) -> FetchResult | FetchFailure:
         while True:
@@ -454,10 +488,11 @@ class Fetcher:
             return r.read(desc.size + 1)
 
     def _commit_bytes(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
+        w = self._writer(desc)
         try:
-            with self.store.content.writer(
-                ingest_ref(desc), total=desc.size, expected=desc.digest
-            ) as w:
+            if w is None:
+                raise AlreadyExistsError(f"content {desc.digest} already exists")
+            with w:
                 w.truncate(0)
                 w.write(data)
                 w.commit(desc.size, desc.digest, labels)
@@ -496,9 +531,8 @@ class Fetcher:
     def _download(self, ref: Reference, desc: Descriptor, labels: dict[str, str]) -> int:
         if self.cancel.is_set():
             raise Interrupted("fetch interrupted")
-        try:
-            w = self.store.content.writer(ingest_ref(desc), total=desc.size, expected=desc.digest)
-        except AlreadyExistsError:
+        w = self._writer(desc)
+        if w is None:
             self.events.blob_done(desc, "exists", 0)
             return 0
         with w:

@@ -33,7 +33,12 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, open_embedded
-from cargohold.cli.unpack_cmd import UnpackProgress, make_unpacker, parse_platform_option
+from cargohold.cli.unpack_cmd import (
+    UnpackProgress,
+    make_unpacker,
+    parse_platform_option,
+    unpack_lease,
+)
 from cargohold.errors import (
     AlreadyExistsError,
     CargoholdError,
@@ -96,6 +101,7 @@ def create_container(app: App, store: LocalStore, ref: str, name: str,
         FetchProgress(app.out) as display,  # the layers live on a TTY
         make_unpacker(app, store, jobs=jobs,
                       events=UnpackProgress(app.out, events=False, display=display)) as unpacker,
+        unpack_lease(store),
     ):
         resolved = unpacker.resolve(image.target, platform)
         result = unpacker.unpack(image.target, platform)

@@ -181,6 +181,15 @@ class FetchProgress(FetchEvents):
         self.out.event("blob_started", digest=str(desc.digest), kind=mediatypes.kind(desc.media_type),
                        size=desc.size, offset=offset)
 
+    def blob_waiting(self, desc: Descriptor) -> None:
+        with self.lock:
+            self._row(desc).state = "waiting"
+        self.out.event("blob_waiting", digest=str(desc.digest),
+                       kind=mediatypes.kind(desc.media_type), size=desc.size)
+        if not self.out.live and not self.out.json_mode:
+            self.out.info(f"{mediatypes.kind(desc.media_type):<8} {str(desc.digest)[:19]}  "
+                          "waiting for another writer of this blob")
+
     def blob_progress(self, desc: Descriptor, nbytes: int) -> None:
         # Hot path: keep it to a dict lookup and an add.
         row = self.rows.get(str(desc.digest))

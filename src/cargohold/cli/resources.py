@@ -145,16 +145,22 @@ def open_store(
     ``must_exist`` (read-only commands): a missing embedded store is a NotFoundError naming
     the root, not a new empty store.
 
-    Both have ``.content``, ``.images``, ``.leases``, ``.snapshots`` and ``.applier``."""
+    Both have ``.content``, ``.images``, ``.leases``, ``.snapshots`` and ``.applier``.
+    Leases of cargohold processes that died (kill -9) are released first, with the
+    half-applied snapshots they held (:func:`cargohold.leasing.reap_dead_leases`)."""
+    from cargohold.leasing import reap_dead_leases
+
     if s.store == "containerd":
         from cargohold.store.containerd.store import ContainerdStore
 
         with ContainerdStore.from_settings(s) as cstore:
+            reap_dead_leases(cstore)
             yield cstore
         return
     if s.store != "embedded":
         raise InvalidInputError(f"unknown store {s.store!r}; use embedded or containerd")
     with open_embedded(s, exclusive=exclusive, must_exist=must_exist) as store:
+        reap_dead_leases(store)
         yield store
 
 

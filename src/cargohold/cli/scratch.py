@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from cargohold.catalog import chain_layer_sizes
 from cargohold.cli.resources import LocalStore, reserve_bytes
 from cargohold.errors import AlreadyExistsError, CargoholdError, ConflictError, NotFoundError
-from cargohold.fetch import LABEL_GC_EXPIRE
+from cargohold.gcmark import LABEL_GC_EXPIRE
 from cargohold.settings import Settings
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.interfaces import ContentStore, Snapshotter, active_lease

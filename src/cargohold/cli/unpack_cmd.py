@@ -11,8 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import click
@@ -29,13 +28,14 @@ from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, open_store, registry_client, reserve_bytes
-from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.fetch import LABEL_GC_EXPIRE, LEASE_EXPIRY, Fetcher, FetchFailure, FetchResult
+from cargohold.cli.resources import open_store, registry_client, reserve_bytes
+from cargohold.errors import CargoholdError
+from cargohold.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.leasing import leased
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
-from cargohold.store.interfaces import Applier, ContentStore, Snapshotter, active_lease
+from cargohold.store.interfaces import Applier, ContentStore, Snapshotter
 from cargohold.unpack.image import (
     STATE_EXISTS,
     STATE_FAILED,
@@ -110,23 +110,12 @@ def make_unpacker(app: App, store: UnpackStore, *, jobs: int | None = None,
 
 @contextmanager
 def unpack_lease(store: Any) -> Iterator[None]:
-    """containerd: unpack under a lease, as its own unpacker does, so its garbage collector
-    cannot take snapshots half-way (the lease goes afterwards: the config label keeps them).
-    The embedded store needs none: gc waits for the root lock, and what a killed unpack
-    leaves must be garbage."""
-    if isinstance(store, LocalStore):
+    """Unpack under a lease, as containerd's unpacker does: a garbage collector cannot take
+    snapshots half-way, and the ``extract-*`` snapshots of a killed unpack are found (its
+    lease's owner is dead) and removed by the next command. The lease goes afterwards: the
+    config label keeps the committed snapshots."""
+    with leased(store, "unpack"):
         yield
-        return
-    # As long as a fetch's lease: `pull` holds it across its fetch, which may take hours.
-    expire = datetime.now(UTC) + LEASE_EXPIRY
-    lease = store.leases.create(labels={LABEL_GC_EXPIRE: expire.isoformat()})
-    token = active_lease.set(lease.id)
-    try:
-        yield
-    finally:
-        active_lease.reset(token)
-        with suppress(NotFoundError):  # expired and collected: the real error is elsewhere
-            store.leases.delete(lease.id)
 
 
 def parse_platform_option(text: str | None) -> Platform | None:

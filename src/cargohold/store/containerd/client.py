@@ -20,6 +20,7 @@ from cargohold.errors import (
     AlreadyExistsError,
     CargoholdError,
     ConflictError,
+    IngestLockedError,
     InterruptedError_,
     InvalidInputError,
     NotFoundError,
@@ -86,9 +87,7 @@ def map_rpc_error(err: Exception, *, what: str = "", address: str = "") -> Cargo
     if code == grpc.StatusCode.UNAVAILABLE:
         if " locked" in details:
             # containerd's content store: "ref <ref> locked for ...: unavailable".
-            return ConflictError(
-                msg, hint="another writer holds this ingest; wait for it or abort the ingest"
-            )
+            return IngestLockedError(msg)
         return UnavailableError(
             f"containerd at {sock} is unavailable: {details}" + (f" ({what})" if what else ""),
             hint=f"is containerd running and listening on {sock}? (systemctl status "

@@ -9,7 +9,7 @@ the message) instead of into a protobuf object and again into its serialization.
 
 containerd's error vocabulary, as mapped here:
 
-* a writer for a ref another writer holds: UNAVAILABLE "ref ... locked" -> ConflictError
+* a writer for a ref another writer holds: UNAVAILABLE "ref ... locked" -> IngestLockedError
 * a writer or commit whose expected digest is already stored: ALREADY_EXISTS ->
   AlreadyExistsError (containerd has dropped the ingest; the blob is there)
 * a commit whose bytes do not match: FAILED_PRECONDITION "unexpected commit digest/size"

@@ -43,6 +43,7 @@ from cargohold.errors import (
     CargoholdError,
     ConflictError,
     DigestMismatchError,
+    IngestLockedError,
     InvalidInputError,
     NotFoundError,
     OutOfSpaceError,
@@ -475,7 +476,7 @@ class EmbeddedContentStore:
         """Open or resume the ingest ``ref`` (exclusive across threads and processes).
 
         AlreadyExistsError if ``expected`` is committed (the blob joins the active lease);
-        ConflictError if another writer holds ``ref``. A resumed ingest keeps its data
+        IngestLockedError if another writer holds ``ref``. A resumed ingest keeps its data
         (re-hashed from disk) unless it was started for a different ``expected`` or
         ``total``, in which case it restarts from 0. Under an active lease the ingest (and,
         on commit, the blob instead) becomes a resource of that lease.
@@ -492,7 +493,7 @@ class EmbeddedContentStore:
         try:
             lock_fd = _lock_ingest(path, create=True)
         except _Locked:
-            raise ConflictError(
+            raise IngestLockedError(
                 f"ref {ref!r} locked: another writer is using this ingest"
             ) from None
         except OSError as e:

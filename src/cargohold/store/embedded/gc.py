@@ -1,15 +1,15 @@
 """Garbage collection of the embedded store: mark from images and leases, sweep the rest.
 
 Roots: every image record (its target, plus gc.ref labels on the record), every lease that
-has not expired (its resources), content labelled ``containerd.io/gc.root``, and whatever
+has not expired and whose owner process is alive (its resources), content labelled ``containerd.io/gc.root``, and whatever
 a snapshot sweeper names. Edges: content labels ``containerd.io/gc.ref.content*`` and
 ``containerd.io/gc.ref.snapshot.*`` (an index points at its manifests, a manifest at its
 config and layers), lease resources, and the snapshot sweeper's own edges.
 
 Swept: unreferenced blobs (file first, then its row, so a crash leaves at worst a row
 without a file, dropped by the next gc), content rows without a file, ingests that no live
-lease holds and no live writer has locked, expired leases, and whatever the snapshot
-sweeper removes. Everything runs under the exclusive root lock.
+lease holds and no live writer has locked, expired leases and those of dead processes, and
+whatever the snapshot sweeper removes (sizes are the bytes on disk, also of active snapshots). Everything runs under the exclusive root lock.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cargohold.gcmark import Node, is_gc_root, mark, references_from_labels
+from cargohold.leasing import owner_dead
 from cargohold.store.embedded.leases import lease_expired
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.embedded.metadata import now as _now
@@ -116,7 +117,9 @@ def collect(
     with RootLock(store.root, exclusive=True, wait=wait):
         images: dict[str, Image] = {i.name: i for i in store.images.list()}
         leases = store.leases.list()
-        live = {lease.id for lease in leases if not lease_expired(lease, at)}
+        # A lease whose owner process is dead (kill -9) protects nothing, as an expired one.
+        live = {lease.id for lease in leases
+                if not lease_expired(lease, at) and not owner_dead(lease.labels)}
         resources = store.leases.all_resources()
         content_labels = store.content.labels_by_digest()
 
@@ -165,7 +168,7 @@ def collect(
         if snapshot_hook is not None:
             result.removed += snapshot_hook.sweep(marked, dry_run=dry_run)
 
-        # Expired leases last: until now they were simply not roots.
+        # Expired leases and those of dead processes last: until now they were not roots.
         for lease in leases:
             if lease.id in live:
                 continue

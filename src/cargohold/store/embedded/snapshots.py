@@ -647,7 +647,8 @@ class EmbeddedSnapshotter:
                 break  # a marked child keeps its parent (cannot happen: parents are edges)
             for k in leaves:
                 row = remaining.pop(k)
-                size = row.size if row.size is not None else 0
+                # Active snapshots (a killed unpack's) have no size recorded: measure them.
+                size = row.size if row.size is not None else disk_usage(self._path(row.id)).size
                 if not dry_run:
                     with suppress(NotFoundError):
                         self.remove(k)

@@ -1,0 +1,222 @@
+"""The leases cargohold takes for its own work, and the release of those a dead process left.
+
+Every job that writes (fetch, pull, bake, unpack) holds a lease while it runs, so that a
+concurrent garbage collector (``cargohold gc``, containerd's) never takes half-fetched content,
+ingests or half-applied snapshots. :func:`leased` creates it with labels naming its owner:
+
+* ``cargohold.owner/pid``, ``cargohold.owner/start`` (the process's start time in clock ticks
+  since boot, ``/proc/<pid>/stat`` field 22), ``cargohold.owner/boot`` (the kernel's boot id)
+  and ``cargohold.owner/host`` (the host name): the pid alone is not enough, pids are reused;
+* ``cargohold.purpose`` (``fetch``, ``unpack``, ...);
+* ``containerd.io/gc.expire`` 24 h ahead, a last resort for owners nobody can check.
+
+and deletes it when the block ends, whatever the way out (success, error, Ctrl-C, SIGTERM).
+
+A process killed with SIGKILL (or a power loss) cannot: :func:`reap_dead_leases` finds the
+leases whose owner is gone (same host, and another boot, or no such pid, or a pid started at
+another time), removes the half-applied ``extract-*`` snapshots they hold (what only a dead
+unpack leaves) and deletes them. Every command that opens a store runs it, and so does
+``gc`` (a lease of a dead owner is not a root). Leases without the owner labels (other
+clients', containerd's own) are never touched; ingests a dead fetch left stay for the rerun
+to resume (without a lease ``gc`` removes them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any, Literal
+
+from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.gcmark import LABEL_GC_EXPIRE
+from cargohold.store.interfaces import KIND_ACTIVE, LeaseResource, active_lease
+
+#: How long a lease protects after its owner vanished where nobody can tell (containerd: 24 h).
+LEASE_EXPIRY = timedelta(hours=24)
+LABEL_PID = "cargohold.owner/pid"
+LABEL_START = "cargohold.owner/start"
+LABEL_BOOT = "cargohold.owner/boot"
+LABEL_HOST = "cargohold.owner/host"
+LABEL_PURPOSE = "cargohold.purpose"
+#: Keys of the snapshots an unpack applies layers into (unpack.image.EXTRACT_PREFIX).
+EXTRACT_PREFIX = "extract-"
+
+Owner = Literal["alive", "dead", "unknown"]
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@cache
+def _this_boot() -> str:
+    return _boot_id()
+
+
+def process_start(pid: int) -> str | None:
+    """Start time of ``pid`` (clock ticks since boot), None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain anything: split after it.
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def owner_labels() -> dict[str, str]:
+    """The labels naming this process as a lease's owner."""
+    pid = os.getpid()
+    return {
+        LABEL_PID: str(pid),
+        LABEL_START: process_start(pid) or "",
+        LABEL_BOOT: _this_boot(),
+        LABEL_HOST: socket.gethostname(),
+    }
+
+
+def owner_state(labels: Mapping[str, str]) -> Owner:
+    """Whether the process that owns a lease still runs: ``unknown`` for a lease without
+    owner labels (not cargohold's) or an owner on another host, whom nobody here can check."""
+    pid_text = labels.get(LABEL_PID)
+    if not pid_text or not pid_text.isdigit():
+        return "unknown"
+    if labels.get(LABEL_HOST, "") != socket.gethostname():
+        return "unknown"
+    boot = labels.get(LABEL_BOOT, "")
+    if boot and _this_boot() and boot != _this_boot():
+        return "dead"  # rebooted since: every process of that boot is gone
+    start = process_start(int(pid_text))
+    if start is None:
+        return "dead"
+    want = labels.get(LABEL_START, "")
+    if want and start != want:
+        return "dead"  # the pid was reused by another process
+    return "alive"
+
+
+def owner_dead(labels: Mapping[str, str]) -> bool:
+    return owner_state(labels) == "dead"
+
+
+@contextmanager
+def _signals_held(store: Any) -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (delivered right after) so that creating a lease and entering the
+    block that deletes it, or deleting it, is not cut in half by Ctrl-C. Only for the embedded
+    store (SQLite, bounded waits): a call to a hung containerd must stay interruptible, and
+    a lease a signal cut off there is released by the next command (its owner is dead)."""
+    from cargohold.store.embedded.leases import EmbeddedLeaseManager
+
+    local = isinstance(store.leases, EmbeddedLeaseManager)
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield  # process signals go to the main thread
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def leased(store: Any, purpose: str, *, attach: bool = True) -> Iterator[str]:
+    """Hold a new lease of ``store`` (owner labels, see the module docstring) for the block and
+    yield its id; with ``attach`` it is the active lease (what the block writes joins it).
+    The lease is deleted on the way out, however the block ends."""
+    labels = {
+        **owner_labels(),
+        LABEL_PURPOSE: purpose,
+        LABEL_GC_EXPIRE: (datetime.now(UTC) + LEASE_EXPIRY).isoformat(),
+    }
+    with _signals_held(store):
+        lease_id: str = store.leases.create(labels=labels).id
+        token = active_lease.set(lease_id) if attach else None
+    try:
+        yield lease_id
+    finally:
+        with _signals_held(store):
+            if token is not None:
+                active_lease.reset(token)
+            with suppress(NotFoundError):  # expired and collected: the real error is elsewhere
+                store.leases.delete(lease_id)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A lease of a dead process that was released, and the extract snapshots it held."""
+
+    lease: str
+    purpose: str
+    snapshots: tuple[str, ...]
+
+
+def _snapshotter(store: Any, name: str) -> Any | None:
+    named = getattr(store, "snapshotter_named", None)
+    if callable(named):  # containerd: any of its snapshotters
+        return named(name)
+    if not getattr(store, "has_snapshots", False):
+        return None  # embedded, nothing ever unpacked: nothing to remove
+    sn = store.snapshots
+    return sn if sn.name == name else None
+
+
+def _remove_extract(store: Any, res: LeaseResource) -> bool:
+    """Remove a half-applied (active) extract snapshot; False if there is none."""
+    if not (res.type.startswith("snapshots/") and res.id.startswith(EXTRACT_PREFIX)):
+        return False
+    sn = _snapshotter(store, res.type.removeprefix("snapshots/"))
+    if sn is None:
+        return False
+    try:
+        if sn.stat(res.id).kind != KIND_ACTIVE:
+            return False
+        sn.remove(res.id)
+    except NotFoundError:
+        return False
+    return True
+
+
+def reap_dead_leases(store: Any) -> list[Reaped]:
+    """Release every lease of ``store`` whose owner process is dead, removing the
+    ``extract-*`` snapshots it held first. Errors on one lease leave it for the next run."""
+    out: list[Reaped] = []
+    for lease in store.leases.list():
+        if not owner_dead(lease.labels):
+            continue
+        try:
+            removed = [
+                r.id for r in store.leases.list_resources(lease.id) if _remove_extract(store, r)
+            ]
+            store.leases.delete(lease.id)
+        except NotFoundError:
+            continue  # another process reaped it meanwhile
+        except CargoholdError:
+            continue  # e.g. a snapshot still mounted: the next command (or gc) tries again
+        out.append(Reaped(lease.id, lease.labels.get(LABEL_PURPOSE, ""), tuple(removed)))
+    return out
+
+
+__all__ = [
+    "LEASE_EXPIRY",
+    "Reaped",
+    "leased",
+    "owner_dead",
+    "owner_labels",
+    "owner_state",
+    "process_start",
+    "reap_dead_leases",
+]
