@@ -222,11 +222,11 @@ def test_containerd_restart_mid_fetch_fails_cleanly_and_rerun_completes(
     assert "containerd" in fetch.stderr and "unavailable" in fetch.stderr, fetch.stderr
     assert image_names(ctrd, ns) == set()
     assert str(big.digest) not in content_digests(ctrd, ns)
-    # The partial download survives the restart, and a gc (the failed fetch keeps its lease).
+    # The partial download survives the restart; the failed fetch released its lease on the
+    # way out (as ctr does: until a rerun, containerd's gc may reclaim what it held).
     held = ingest_offset(ctrd, ns, ingest)
     assert 0 < held < big.size
-    ctrd.gc()
-    assert ingest_offset(ctrd, ns, ingest) == held
+    assert len(lease_ids(ctrd, ns)) == 0
     assert str(bigish.root.digest) in content_digests(ctrd, ns)
 
     proxy.clear()

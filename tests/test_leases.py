@@ -31,9 +31,11 @@ from cargohold.leasing import (
     process_start,
     reap_dead_leases,
 )
+from cargohold.store.containerd.store import ContainerdStore
 from cargohold.store.embedded.gc import collect
 from cargohold.store.interfaces import KIND_ACTIVE, KIND_COMMITTED, active_lease
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
+from tests.rig.containerd import Containerd
 from tests.rig.images import Pushed, push
 from tests.rig.services import Registry
 
@@ -277,3 +279,93 @@ def test_out_of_space_leaves_no_ingest(registry: Registry, tmp_path: Path) -> No
         assert st.f_bavail * st.f_frsize > 8_000_000  # the partial downloads are gone
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+# --------------------------------------------------------------------------- containerd
+
+
+def _ctrd_state(ctrd: Containerd, ns: str) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """(labels of every lease, keys of active snapshots, digests of blobs) in namespace ns."""
+    with ContainerdStore(ctrd.address, ns) as s:
+        return ([lease.labels for lease in s.leases.list()],
+                [i.name for i in s.snapshots.walk() if i.kind == KIND_ACTIVE],
+                [str(i.digest) for i in s.content.walk()])
+
+
+def _ctrd_pull(ctrd: Containerd, ns: str, ref: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "--store", "containerd", "--address", ctrd.address, "--namespace", ns,
+         "pull", "--plain-http", ref],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **TEST_ENV})
+
+
+def test_containerd_rerun_after_kill_9_releases_lease_and_extracts(
+        containerd: Containerd, big40: Pushed) -> None:
+    ctrd = containerd
+    for _ in range(5):
+        ns = ctrd.unique_namespace("reap")
+        proc = _ctrd_pull(ctrd, ns, big40.text)
+        while proc.poll() is None and not any(
+                k.startswith("extract-") for k in _ctrd_state(ctrd, ns)[1]):
+            time.sleep(0.01)
+        proc.kill()
+        if proc.wait(timeout=60) == -signal.SIGKILL:
+            break
+    else:
+        pytest.fail("the pull always finished before kill -9 landed")
+    leases, active, _ = _ctrd_state(ctrd, ns)
+    assert leases and any(k.startswith("extract-") for k in active)
+    # Another client's lease in the namespace is never touched.
+    with ContainerdStore(ctrd.address, ns) as s:
+        foreign = s.leases.create(labels={"someone": "else"}).id
+
+    rerun = _ctrd_pull(ctrd, ns, big40.text)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    leases, active, _ = _ctrd_state(ctrd, ns)
+    assert leases == [{"someone": "else"}] and active == []
+    # Nothing of the killed run survives `images rm` and containerd's gc.
+    with ContainerdStore(ctrd.address, ns) as s:
+        s.leases.delete(foreign)
+        for img in s.images.list():
+            s.images.delete(img.name)
+    ctrd.gc(ns)
+    with ContainerdStore(ctrd.address, ns) as s:
+        assert list(s.snapshots.walk()) == []
+    assert _ctrd_state(ctrd, ns) == ([], [], [])
+
+
+def test_containerd_second_writer_waits_for_the_first(
+        containerd: Containerd, registry: Registry, tmp_path: Path) -> None:
+    spec = ImageSpec([LayerSpec([File("x", size=3_000_000, seed=6)])])
+    pushed = push(registry.host, spec, tmp_path / "img")
+    layer = pushed.built.layer_descriptors[0]
+    ns = containerd.unique_namespace("wait")
+    with ContainerdStore(containerd.address, ns) as s:
+        lease = s.leases.create(labels={"test": "holder"})
+        token = active_lease.set(lease.id)
+        try:
+            w = s.content.writer(f"fetch-sha256-{layer.digest.hex}", total=layer.size,
+                                 expected=layer.digest)
+        finally:
+            active_lease.reset(token)
+        proc = subprocess.Popen(
+            [*CLI, "--store", "containerd", "--address", containerd.address, "--namespace",
+             ns, "--json", "fetch", "--plain-http", pushed.text],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **TEST_ENV})
+        assert proc.stdout is not None
+        last: dict[str, object] = {}
+        for line in proc.stdout:
+            last = json.loads(line)
+            if last.get("event") == "blob_waiting":
+                break
+        assert last.get("digest") == str(layer.digest), proc.stderr.read() if proc.stderr else ""
+        w.write(pushed.built.path(layer.digest).read_bytes())
+        w.commit(layer.size, layer.digest)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        s.leases.delete(lease.id)
+    leases, _, blobs = _ctrd_state(containerd, ns)
+    assert leases == [] and str(layer.digest) in blobs
