@@ -24,6 +24,7 @@ from cargohold.leasing import (
     LABEL_BOOT,
     LABEL_HOST,
     LABEL_PID,
+    LABEL_PIDNS,
     LABEL_START,
     leased,
     owner_labels,
@@ -65,6 +66,8 @@ def test_owner_state() -> None:
     # Not ours to judge: no owner labels (another client's lease), or another host.
     assert owner_state({}) == "unknown"
     assert owner_state({**dead_owner(), LABEL_HOST: "elsewhere"}) == "unknown"
+    # A container sharing the store (same host name, e.g. host network): its pids are not ours.
+    assert owner_state({**dead_owner(), LABEL_PIDNS: "pid:[1]"}) == "unknown"
     assert process_start(os.getpid()) == owner_labels()[LABEL_START]
 
 

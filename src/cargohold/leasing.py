@@ -5,16 +5,17 @@ concurrent garbage collector (``cargohold gc``, containerd's) never takes half-f
 ingests or half-applied snapshots. :func:`leased` creates it with labels naming its owner:
 
 * ``cargohold.owner/pid``, ``cargohold.owner/start`` (the process's start time in clock ticks
-  since boot, ``/proc/<pid>/stat`` field 22), ``cargohold.owner/boot`` (the kernel's boot id)
-  and ``cargohold.owner/host`` (the host name): the pid alone is not enough, pids are reused;
+  since boot, ``/proc/<pid>/stat`` field 22), ``cargohold.owner/boot`` (the kernel's boot id),
+  ``cargohold.owner/host`` (the host name) and ``cargohold.owner/pidns`` (its pid namespace):
+  the pid alone is not enough, pids are reused, and mean nothing in another namespace;
 * ``cargohold.purpose`` (``fetch``, ``unpack``, ...);
 * ``containerd.io/gc.expire`` 24 h ahead, a last resort for owners nobody can check.
 
 and deletes it when the block ends, whatever the way out (success, error, Ctrl-C, SIGTERM).
 
 A process killed with SIGKILL (or a power loss) cannot: :func:`reap_dead_leases` finds the
-leases whose owner is gone (same host, and another boot, or no such pid, or a pid started at
-another time), removes the half-applied ``extract-*`` snapshots they hold (what only a dead
+leases whose owner is gone (same host, and another boot, or in the same pid namespace no such
+pid or a pid started at another time), removes the half-applied ``extract-*`` snapshots they hold (what only a dead
 unpack leaves) and deletes them. Every command that opens a store runs it, and so does
 ``gc`` (a lease of a dead owner is not a root). Leases without the owner labels (other
 clients', containerd's own) are never touched; ingests a dead fetch left stay for the rerun
@@ -44,6 +45,7 @@ LABEL_PID = "cargohold.owner/pid"
 LABEL_START = "cargohold.owner/start"
 LABEL_BOOT = "cargohold.owner/boot"
 LABEL_HOST = "cargohold.owner/host"
+LABEL_PIDNS = "cargohold.owner/pidns"
 LABEL_PURPOSE = "cargohold.purpose"
 #: Keys of the snapshots an unpack applies layers into (unpack.image.EXTRACT_PREFIX).
 EXTRACT_PREFIX = "extract-"
@@ -62,6 +64,15 @@ def _boot_id() -> str:
 @cache
 def _this_boot() -> str:
     return _boot_id()
+
+
+@cache
+def _this_pidns() -> str:
+    """This process's pid namespace (``pid:[4026531836]``): pids mean something only in it."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def process_start(pid: int) -> str | None:
@@ -86,12 +97,14 @@ def owner_labels() -> dict[str, str]:
         LABEL_START: process_start(pid) or "",
         LABEL_BOOT: _this_boot(),
         LABEL_HOST: socket.gethostname(),
+        LABEL_PIDNS: _this_pidns(),
     }
 
 
 def owner_state(labels: Mapping[str, str]) -> Owner:
     """Whether the process that owns a lease still runs: ``unknown`` for a lease without
-    owner labels (not cargohold's) or an owner on another host, whom nobody here can check."""
+    owner labels (not cargohold's), or an owner on another host or in another pid namespace
+    (a container sharing the store), whom nobody here can check."""
     pid_text = labels.get(LABEL_PID)
     if not pid_text or not pid_text.isdigit():
         return "unknown"
@@ -100,6 +113,8 @@ def owner_state(labels: Mapping[str, str]) -> Owner:
     boot = labels.get(LABEL_BOOT, "")
     if boot and _this_boot() and boot != _this_boot():
         return "dead"  # rebooted since: every process of that boot is gone
+    if labels.get(LABEL_PIDNS, "") != _this_pidns():
+        return "unknown"
     start = process_start(int(pid_text))
     if start is None:
         return "dead"
