@@ -29,7 +29,8 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from contextvars import Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -157,17 +158,36 @@ def leased(store: Any, purpose: str, *, attach: bool = True) -> Iterator[str]:
         LABEL_PURPOSE: purpose,
         LABEL_GC_EXPIRE: (datetime.now(UTC) + LEASE_EXPIRY).isoformat(),
     }
-    with _signals_held(store):
-        lease_id: str = store.leases.create(labels=labels).id
-        token = active_lease.set(lease_id) if attach else None
+    lease_id = ""
+    token: Token[str | None] | None = None
     try:
-        yield lease_id
-    finally:
         with _signals_held(store):
-            if token is not None:
-                active_lease.reset(token)
-            with suppress(NotFoundError):  # expired and collected: the real error is elsewhere
-                store.leases.delete(lease_id)
+            lease_id = store.leases.create(labels=labels).id
+            token = active_lease.set(lease_id) if attach else None
+        # A signal held above is raised here at the earliest, inside the try.
+        yield lease_id
+    except BaseException:
+        # The error that ended the block matters more than one releasing the lease (the
+        # next command releases it then: its owner will be dead).
+        _release(store, lease_id, token, quiet=True)
+        raise
+    _release(store, lease_id, token, quiet=False)
+
+
+def _release(store: Any, lease_id: str, token: Token[str | None] | None, *,
+             quiet: bool) -> None:
+    with _signals_held(store):
+        if token is not None:
+            active_lease.reset(token)
+        if not lease_id:
+            return
+        try:
+            store.leases.delete(lease_id)
+        except NotFoundError:
+            pass  # expired and collected meanwhile
+        except CargoholdError:
+            if not quiet:
+                raise
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,6 @@ def open_store(
     if s.store != "embedded":
         raise InvalidInputError(f"unknown store {s.store!r}; use embedded or containerd")
     with open_embedded(s, exclusive=exclusive, must_exist=must_exist) as store:
-        reap_dead_leases(store)
         yield store
 
 
@@ -173,7 +172,10 @@ def open_embedded(
     hint: str = "use --store embedded (containerd keeps its own containers: use ctr)",
 ) -> Iterator[LocalStore]:
     """The embedded store only (UnsupportedError with ``hint`` for ``--store containerd``):
-    for what has no containerd counterpart here (container records, gc)."""
+    for what has no containerd counterpart here (container records, gc). Leases of dead
+    cargohold processes are released first (but for gc: ``exclusive``)."""
+    from cargohold.leasing import reap_dead_leases
+
     if s.store != "embedded":
         raise UnsupportedError(
             f"this command works on the embedded store only, not on {s.store!r}", hint=hint
@@ -197,6 +199,8 @@ def open_embedded(
             store = stack.enter_context(LocalStore(root, reserve_bytes=reserve))
         except OSError as e:  # e.g. the lock file is not ours to open
             raise root_error(e, root, where) from e
+        if not exclusive:  # gc removes (and reports) what dead processes left itself
+            reap_dead_leases(store)
         yield store
 
 

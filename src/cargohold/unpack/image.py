@@ -21,8 +21,9 @@ keeps the snapshots of every image a record references.
 
 Failures remove the snapshots the failing call prepared; chains committed before the failure
 stay (a rerun reuses them).  A process killed mid-unpack leaves active ``extract-*``
-snapshots that nothing references: the next gc removes them.  No lease is taken: snapshots
-are protected by the root lock while an unpack runs and by the config label afterwards.
+snapshots: callers unpack under a lease (:func:`cargohold.leasing.leased`), so the next
+command or gc finds them through the dead owner's lease and removes them.  After the unpack
+the config label protects the committed snapshots.
 """
 
 from __future__ import annotations
