@@ -169,9 +169,21 @@ def big40(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Pushe
     return push(registry.host, spec, tmp_path_factory.mktemp("big40"))
 
 
-def _pull_killed_mid_unpack(root: Path, ref: str, sig: int) -> int:
-    """Start `pull`, send ``sig`` once a layer is being applied; its exit status."""
-    proc = subprocess.Popen([*CLI, "--root", str(root), "pull", "--plain-http", "-j", "2", ref],
+def _spec(tmp_path: Path, ref: str) -> Path:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'budget = "10GB"\n[[image]]\nref = "{ref}"\nmode = "pull"\n')
+    return spec
+
+
+def _command(command: str, ref: str, tmp_path: Path) -> list[str]:
+    if command == "bake":
+        return ["bake", "--plain-http", str(_spec(tmp_path, ref))]
+    return ["pull", "--plain-http", "-j", "2", ref]
+
+
+def _killed_mid_unpack(root: Path, args: list[str], sig: int) -> int:
+    """Start ``cargohold ARGS``, send ``sig`` once a layer is being applied; its status."""
+    proc = subprocess.Popen([*CLI, "--root", str(root), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, **TEST_ENV})
     while proc.poll() is None:
@@ -185,30 +197,35 @@ def _pull_killed_mid_unpack(root: Path, ref: str, sig: int) -> int:
     return proc.wait(timeout=120)
 
 
-def test_rerun_after_kill_9_releases_the_lease_and_cleans_up(big40: Pushed,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["pull", "bake"])
+def test_rerun_after_kill_9_releases_the_lease_and_cleans_up(big40: Pushed, tmp_path: Path,
+                                                             command: str) -> None:
+    args = _command(command, big40.text, tmp_path)
     for attempt in range(5):
         root = tmp_path / f"store{attempt}"
-        if _pull_killed_mid_unpack(root, big40.text, signal.SIGKILL) == -signal.SIGKILL:
+        if _killed_mid_unpack(root, args, signal.SIGKILL) == -signal.SIGKILL:
             break
     else:
-        pytest.fail("the pull always finished before kill -9 landed")
-    assert _leases(root), "the killed pull left no lease (it must have held one)"
+        pytest.fail(f"the {command} always finished before kill -9 landed")
+    assert _leases(root), f"the killed {command} left no lease (it must have held one)"
     assert any(k.startswith("extract-") for k in _active(root))
 
-    run_cli(root, "pull", "--plain-http", big40.text)
+    rerun = run_cli(root, "--json", *args)
     assert _leases(root) == []
     assert _active(root) == []  # the dead run's half-applied snapshots went with its lease
     gc = last_json(run_cli(root, "--json", "gc", "--dry-run"))
     assert [r for r in gc["removed"] if r["kind"] in ("snapshot", "lease")] == []
     run_cli(root, "verify")
+    if command == "bake":  # the budget is checked against what is on disk
+        du = last_json(run_cli(root, "--json", "du"))
+        assert last_json(rerun)["totals"]["snapshot_bytes"] == du["totals"]["snapshot_bytes"]
 
 
 def test_gc_after_sigterm_and_kill_reclaims_everything(big40: Pushed, tmp_path: Path) -> None:
     """The issue's reproduction: an interrupted pull, a pull, `images rm`, `gc`: nothing of
     the image stays on disk."""
     root = tmp_path / "store"
-    rc = _pull_killed_mid_unpack(root, big40.text, signal.SIGTERM)
+    rc = _killed_mid_unpack(root, _command("pull", big40.text, tmp_path), signal.SIGTERM)
     assert rc in (0, errors.Interrupted.exit_code)
     assert _leases(root) == []  # released on the way out
     run_cli(root, "pull", "--plain-http", big40.text)
@@ -249,9 +266,13 @@ def test_second_writer_waits_for_the_first(registry: Registry, tmp_path: Path) -
     assert _leases(root) == []
 
 
-def test_two_pulls_of_the_same_image_at_once(big40: Pushed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["pull", "bake"])
+def test_two_runs_of_the_same_image_at_once(big40: Pushed, tmp_path: Path,
+                                            command: str) -> None:
+    """Two bakes (or pulls) of one spec started together both succeed (issue 14, 15)."""
     root = tmp_path / "store"
-    procs = [subprocess.Popen([*CLI, "--root", str(root), "pull", "--plain-http", big40.text],
+    args = _command(command, big40.text, tmp_path)
+    procs = [subprocess.Popen([*CLI, "--root", str(root), *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, **TEST_ENV}) for _ in range(2)]
     for p in procs:
