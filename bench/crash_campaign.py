@@ -12,7 +12,7 @@ MB image of 4 layers and a small one), and a bake spec pulling both.
 First one clean run of each (store, command) -- store ``embedded`` (a fresh ``--root``) or
 ``containerd`` (a fresh namespace), command ``pull`` or ``bake`` -- gives the reference size
 of the store and the run's duration. Then each trial (seeded RNG: store and command in turn,
-signal SIGKILL or SIGTERM, delay uniform between 0.25 and 1.05 x the clean run's duration) starts
+signal SIGKILL or SIGTERM, delay uniform between 0.2 and 0.95 x the clean run's duration) starts
 the command on a fresh store, sends the signal after the delay, waits, and checks, without any
 manual ``gc``:
 
@@ -23,7 +23,10 @@ manual ``gc``:
   root; containerd: the namespace's blobs, active ingests and snapshot usage).
 
 stdout: one markdown table (trial, store, command, signal, delay, outcome of the signalled
-run, then each check) and a summary line; the exit status is 1 if any trial failed.
+run, then each check) and a summary line; the exit status is 1 if any trial failed. The
+delay is measured from the spawn: on a loaded machine some runs finish first ("finished
+first"), and a SIGTERM may land before the CLI has set its handler or after it exited
+("killed (SIGTERM, no handler)"); the checks hold for those too.
 ``tests/test_crash_campaign.py`` runs a short version of the same campaign.
 """
 
@@ -178,6 +181,9 @@ class StoreUnderTest:
 def _status(rc: int) -> str:
     if rc == 0:
         return "finished first"
+    if rc == -signal.SIGTERM:
+        # Before the CLI set its handler (start-up) or after it is gone (interpreter exit).
+        return "killed (SIGTERM, no handler)"
     if rc < 0:
         return f"killed ({signal.Signals(-rc).name})"
     if rc == 130:
@@ -226,7 +232,7 @@ def plan_trials(n: int, seed: int, durations: dict[tuple[str, str], float],
         store, command = combos[i % len(combos)]
         sig = rng.choice(sorted(SIGNALS))
         # Past Python's start-up (nothing to break before), up to just after a clean run.
-        delay = rng.uniform(0.25, 1.05) * durations[(store, command)]
+        delay = rng.uniform(0.2, 0.95) * durations[(store, command)]
         out.append(Trial(i + 1, store, command, sig, delay))
     return out
 
