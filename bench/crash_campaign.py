@@ -23,7 +23,8 @@ manual ``gc``:
   root; containerd: the namespace's blobs, active ingests and snapshot usage).
 
 stdout: one markdown table (trial, store, command, signal, delay, outcome of the signalled
-run, then each check) and a summary line; the exit status is 1 if any trial failed. The
+run, what it left behind (leases, active snapshots, ingests) before anything else opens the
+store, then each check) and a summary line; the exit status is 1 if any trial failed. The
 delay is measured from the spawn: on a loaded machine some runs finish first ("finished
 first"), and a SIGTERM may land before the CLI has set its handler or after it exited
 ("killed (SIGTERM, no handler)"); the checks hold for those too.
@@ -79,6 +80,7 @@ class Trial:
     signal: str
     delay: float
     outcome: str = ""
+    left: str = ""
     rerun: str = ""
     verify: str = ""
     dead_leases: int = -1
@@ -97,12 +99,13 @@ class Trial:
     def row(self) -> list[Any]:
         diff = (self.size - self.reference) / self.reference * 100 if self.reference else 0.0
         return [self.n, self.store, self.command, f"SIG{self.signal}", f"{self.delay:.2f} s",
-                self.outcome, self.rerun, self.verify, self.dead_leases,
+                self.outcome, self.left, self.rerun, self.verify, self.dead_leases,
                 f"{self.size / 1e6:.1f} MB ({diff:+.2f} %)", "ok" if self.ok else "FAIL"]
 
 
-HEADERS = ["trial", "store", "command", "signal", "delay", "outcome", "rerun", "verify",
-           "dead leases", "size vs clean", "result"]
+HEADERS = ["trial", "store", "command", "signal", "delay", "outcome",
+           "left behind (leases / active snapshots / ingests)", "rerun", "verify",
+           "leases after", "size vs clean", "result"]
 
 
 # --------------------------------------------------------------------------- one store
@@ -167,6 +170,29 @@ class StoreUnderTest:
         every one is a dead process's (whatever its labels say)."""
         return len(self.leases())
 
+    def left_behind(self) -> str:
+        """What the signalled run left, before anything else opens the store."""
+        if self.kind == "embedded":
+            if not (self.root / "metadata.db").exists():
+                return "no store yet"
+            from cargohold.store.embedded.snapshots import DB_FILE, SNAPSHOTS_DIR
+
+            leases = len(self.leases())
+            ingests = sum(1 for _ in (self.root / "content" / "ingest").iterdir())
+            extracts = 0
+            if (self.root / SNAPSHOTS_DIR / DB_FILE).exists():
+                from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
+
+                with EmbeddedSnapshotter(self.root) as sn:
+                    extracts = sum(1 for i in sn.walk() if i.kind == "active")
+            return f"{leases} / {extracts} / {ingests}"
+        from cargohold.store.containerd.store import ContainerdStore
+
+        with ContainerdStore(self.target.address, self.namespace) as s:
+            return (f"{len(s.leases.list())} / "
+                    f"{sum(1 for i in s.snapshots.walk() if i.kind == 'active')} / "
+                    f"{len(s.content.list_statuses())}")
+
     def remove(self) -> None:
         if self.kind == "embedded":
             shutil.rmtree(self.root, ignore_errors=True)
@@ -212,6 +238,7 @@ def run_trial(target: Target, trial: Trial) -> Trial:
     except subprocess.TimeoutExpired:
         proc.send_signal(SIGNALS[trial.signal])
     trial.outcome = _status(proc.wait(timeout=600))
+    trial.left = st.left_behind()
     p = st.run(st.command(trial.command))
     trial.rerun = "ok" if p.returncode == 0 else f"exit {p.returncode}: {p.stderr[-300:]!r}"
     v = st.run(st.argv("verify"))
@@ -312,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trials = campaign(target, args.trials, args.seed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(markdown_table(HEADERS, [t.row() for t in trials], align="lllllllllll"))
+    print(markdown_table(HEADERS, [t.row() for t in trials], align="lllllllllllr"))
     failed = [t for t in trials if not t.ok]
     print(f"\n{len(trials) - len(failed)} of {len(trials)} trials passed "
           f"(seed {args.seed}, {time.monotonic() - t0:.0f} s)")
