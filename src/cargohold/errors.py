@@ -139,7 +139,7 @@ class AlreadyExistsError(ConflictError):
 
 class OutOfSpaceError(CargoholdError):
     exit_code = 9
-    hint = "free disk space or lower the reserve; what was stored is kept, rerun to resume"
+    hint = "free disk space or lower the reserve; what was committed is kept, rerun to go on"
 
 
 class UnsafeContentError(CargoholdError):
