@@ -132,9 +132,11 @@ def owner_dead(labels: Mapping[str, str]) -> bool:
 @contextmanager
 def _signals_held(store: Any) -> Iterator[None]:
     """Hold SIGINT/SIGTERM (delivered right after) so that creating a lease and entering the
-    block that deletes it, or deleting it, is not cut in half by Ctrl-C. Only for the embedded
-    store (SQLite, bounded waits): a call to a hung containerd must stay interruptible, and
-    a lease a signal cut off there is released by the next command (its owner is dead)."""
+    block that deletes it, or deleting it, is not cut in half by Ctrl-C. Best effort: another
+    thread may still take the signal and Python then runs its handler here. Only for the
+    embedded store (SQLite, bounded waits): a call to a hung containerd must stay
+    interruptible. A lease a signal cut off is released by the next command (its owner is
+    dead by then)."""
     from cargohold.store.embedded.leases import EmbeddedLeaseManager
 
     local = isinstance(store.leases, EmbeddedLeaseManager)
