@@ -18,7 +18,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -416,16 +416,9 @@ def open_source(
     return source
 
 
-@contextmanager
-def _staging_lease(store: Any) -> Iterator[str]:
-    from datetime import UTC, datetime
+def _staging_lease(store: Any) -> AbstractContextManager[str]:
+    """The staging lease: cargohold's own (owner-labelled, released however the import
+    ends, a killed import's released by the next command)."""
+    from cargohold.leasing import leased
 
-    from cargohold.fetch import LABEL_GC_EXPIRE, LEASE_EXPIRY
-
-    lease = store.leases.create(
-        labels={LABEL_GC_EXPIRE: (datetime.now(UTC) + LEASE_EXPIRY).isoformat()})
-    try:
-        yield lease.id
-    finally:
-        with suppress(NotFoundError):
-            store.leases.delete(lease.id)
+    return leased(store, "import", attach=False)
