@@ -240,8 +240,10 @@ class EmbeddedSnapshotter:
         except OSError as e:
             raise CargoholdError(f"cannot create {self.dir}: {e}") from e
         # Snapshot directories without their database: lost rows, not a new snapshotter.
+        # (-journal: another process creating the database right now, before it is WAL.)
         check_not_orphaned(self.dir / DB_FILE, [(self.dir, 1)],
-                           ignore=frozenset({DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"}))
+                           ignore=frozenset({DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm",
+                                             DB_FILE + "-journal"}))
         self._db = SqliteDB(self.dir / DB_FILE, timeout=timeout, kind="snapshot",
                             closed_name=f"the snapshotter at {self.dir}")
         self._conn = self._db.conn
