@@ -194,7 +194,10 @@ def disk_usage(path: Path) -> Usage:
             continue
         with it:
             for entry in it:
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed meanwhile (another process's unpack cleaning up)
                 if st.st_ino in seen:
                     continue
                 seen.add(st.st_ino)
