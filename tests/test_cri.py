@@ -9,6 +9,7 @@ crictl, so crictl itself is not run).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,33 @@ def test_index_image_survives_restart_and_follows_images_rm(
     wait_for(f"{pushed.text} gone from ListImages", lambda: not listed(images, image_id))
     for name in names:
         assert images.image_status(name) is None
+
+
+def committed_snapshots(ctrd: Containerd) -> dict[str, str]:
+    """Every snapshot of k8s.io's overlayfs snapshotter: key -> kind."""
+    rows = [x.split() for x in ctrd.ctr("snapshots", "ls").stdout.splitlines()[1:]]
+    return {r[0]: r[-1] for r in rows if r}
+
+
+def test_pulled_image_is_unpacked_for_cri_which_does_not_unpack_again(
+    cri_containerd: Containerd, images: cri.ImageService, registry: Registry, tmp_path: Path
+) -> None:
+    """cargohold's own applier wrote the snapshots: when kubelet asks CRI to pull the image
+    (a pod needs it), CRI finds every layer unpacked and makes no snapshot of its own."""
+    pushed = push(registry.host, samples.small_images()["deleter"], tmp_path / "img")
+    certs = cri_containerd.base / "certs.d" / registry.host
+    certs.mkdir(parents=True, exist_ok=True)
+    (certs / "hosts.toml").write_text(f'server = "http://{registry.host}"\n')
+    out = cargohold(cri_containerd, "--json", "pull", "--plain-http", pushed.text).stdout
+    unpack = json.loads(out.strip().splitlines()[-1])["images"][0]["unpack"][0]
+    assert any(unpack["phases"].values()), unpack  # cargohold's applier, not containerd's
+    check_kubelet_view(images, pushed)
+    before = committed_snapshots(cri_containerd)
+    assert set(before.values()) == {"Committed"} and len(before) == 2, before
+
+    assert images.pull_image(pushed.text) == config_digest(pushed)
+
+    assert committed_snapshots(cri_containerd) == before
+    line = next(x.split() for x in cri_containerd.ctr("images", "check").stdout.splitlines()
+                if x.split()[:1] == [pushed.text])
+    assert line[-1] == "true", line

@@ -9,7 +9,12 @@ by side, in threads):
 (b) cargohold's embedded store: ``cargohold pull``, ``create`` and ``mount`` (the merged
     overlay of its own snapshots, under an empty writable layer);
 (c) cargohold into containerd: ``cargohold --store containerd pull``, then
-    ``ctr images mount`` (which must find every snapshot already there);
+    ``ctr images mount`` (which must find every snapshot already there); three times: with
+    cargohold's own applier writing into the snapshots containerd's ``overlayfs`` and
+    ``native`` snapshotters prepare, and through containerd's diff service
+    (``CARGOHOLD_CONTAINERD_DIRECT=0``, the fallback for other snapshotters);
+(c') containerd alone with its ``native`` snapshotter (``ctr images pull --snapshotter native``),
+    against which cargohold's unpack into ``native`` is compared;
 (d) cargohold's overlay snapshotter with each layer prepared on its parent (the applier sees
     the lower layers while it applies: the other path than ``pull``'s parallel one), and
 (e) its ``flat`` backend (full copies, whiteouts as deletions), both in process from the
@@ -20,7 +25,9 @@ owner, size, sha256 of file content, link target, xattrs but overlayfs's own
 ``trusted.overlay.*``, device numbers, mtime) plus the groups of paths sharing an inode (not
 st_nlink: overlayfs reports the lower inode's count, names hidden by whiteouts included, so it
 depends on the snapshot layout, not the image). (a) equals (c) exactly but for the mtimes no
-layer defines (below), and equals (b), (d) and (e) exactly but for these:
+layer defines (below) when containerd's diff service applied the layers, and equals the
+other trees (cargohold's applier, into containerd's snapshots or its own) exactly but for
+these:
 
 * mtimes the image does not define (:data:`VOLATILE_MTIMES`): the root directory's (no
   layer carries it; both skip ``./`` entries, so it is when the snapshot directory was
@@ -39,6 +46,7 @@ layer defines (below), and equals (b), (d) and (e) exactly but for these:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -54,9 +62,11 @@ import pytest
 
 from cargohold.imagebuild.image import BuiltImage
 from cargohold.mount import is_mountpoint, mounted, unmount_all
+from cargohold.store.containerd.store import ContainerdStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
 from cargohold.unpack import chain_ids, unpack_layer
 from cargohold.unpack.applier import EmbeddedApplier
+from cargohold.unpack.image import resolve_image
 from tests.rig.containerd import Containerd
 from tests.rig.images import Pushed, push, rootfs_images
 from tests.rig.services import Registry
@@ -214,12 +224,12 @@ def assert_same_tree(a: Tree, b: Tree, names: tuple[str, str]) -> None:
     assert not diffs, f"{len(diffs)} differences {names[0]} vs {names[1]}:\n" + "\n".join(diffs)
 
 
-# ------------------------------------------------------------------ the five unpacks
+# ------------------------------------------------------------------ the unpacks
 
 
-def cargohold(*args: str) -> subprocess.CompletedProcess[str]:
+def cargohold(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "CARGOHOLD_RESERVE": "0"})
+                       env={**os.environ, "CARGOHOLD_RESERVE": "0", **(env or {})})
     if p.returncode != 0:
         raise AssertionError(f"cargohold {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
@@ -236,9 +246,23 @@ def mount_point(directory: Path) -> Iterator[Path]:
             unmount_all(directory, lazy=True)
 
 
-def committed(ctrd: Containerd, ns: str) -> set[str]:
-    lines = ctrd.ctr("snapshots", "ls", namespace=ns).stdout.splitlines()[1:]
+def committed(ctrd: Containerd, ns: str, snapshotter: str = "overlayfs") -> set[str]:
+    lines = ctrd.ctr("snapshots", "--snapshotter", snapshotter, "ls",
+                     namespace=ns).stdout.splitlines()[1:]
     return {x.split()[0] for x in lines if x.split()[-1] == "Committed"}
+
+
+def native_tree(ctrd: Containerd, ns: str, top_chain: str, mnt: Path) -> Tree:
+    """A read-only view of ``top_chain`` of containerd's ``native`` snapshotter, recorded
+    (ctr 1.6's ``images mount`` ignores ``--snapshotter`` and would unpack into overlayfs)."""
+    key = f"rootfs-view-{os.getpid()}"
+    with ContainerdStore(ctrd.address, ns, "native") as store:
+        mounts = store.snapshots.view(key, top_chain)
+        try:
+            with mount_point(mnt), mounted(mounts, mnt):
+                return record_tree(mnt)
+        finally:
+            store.snapshots.remove(key)
 
 
 def ctr_tree(ctrd: Containerd, ns: str, ref: str, mnt: Path) -> Tree:
@@ -254,8 +278,8 @@ def ctr_tree(ctrd: Containerd, ns: str, ref: str, mnt: Path) -> Tree:
             ctrd.ctr("images", "unmount", "--rm", str(mnt), namespace=ns)
 
 
-def assert_unpacked(ctrd: Containerd, ns: str, ref: str) -> None:
-    check = ctrd.ctr("images", "check", namespace=ns).stdout
+def assert_unpacked(ctrd: Containerd, ns: str, ref: str, snapshotter: str = "overlayfs") -> None:
+    check = ctrd.ctr("images", "check", "--snapshotter", snapshotter, namespace=ns).stdout
     line = next(x for x in check.splitlines() if x.startswith(ref + " "))
     # REF TYPE DIGEST STATUS SIZE UNPACKED
     assert "complete" in line.split() and line.split()[-1] == "true", check
@@ -266,6 +290,17 @@ def containerd_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Tree:
     ctrd.ctr("images", "pull", "--plain-http", ref, namespace=ns, timeout=120)
     assert_unpacked(ctrd, ns, ref)
     return ctr_tree(ctrd, ns, ref, mnt)
+
+
+def containerd_native_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Tree:
+    ns = ctrd.unique_namespace("rootfs-ctr-native")
+    ctrd.ctr("images", "pull", "--snapshotter", "native", "--plain-http", ref, namespace=ns,
+             timeout=120)
+    assert_unpacked(ctrd, ns, ref, "native")
+    with ContainerdStore(ctrd.address, ns, "native") as store:
+        img = store.images.get(ref)
+        top = resolve_image(store.content, img.target).top_chain
+    return native_tree(ctrd, ns, top, mnt)
 
 
 def embedded_unpack(ref: str, root: Path, mnt: Path) -> Tree:
@@ -279,11 +314,21 @@ def embedded_unpack(ref: str, root: Path, mnt: Path) -> Tree:
             cargohold("--root", str(root), "umount", str(mnt))
 
 
-def cargohold_into_containerd(ctrd: Containerd, ref: str, mnt: Path) -> Tree:
+def cargohold_into_containerd(ctrd: Containerd, ref: str, mnt: Path, *,
+                              snapshotter: str = "overlayfs", direct: bool = True) -> Tree:
+    """``cargohold --store containerd pull``: cargohold's applier into containerd's snapshots
+    (``direct``), or containerd's diff service (``CARGOHOLD_CONTAINERD_DIRECT=0``)."""
     ns = ctrd.unique_namespace("rootfs-ch")
-    cargohold("--store", "containerd", "--address", ctrd.address, "--namespace", ns,
-              "pull", "--plain-http", ref)
-    assert_unpacked(ctrd, ns, ref)
+    env = {"CARGOHOLD_SNAPSHOTTER": snapshotter,
+           "CARGOHOLD_CONTAINERD_DIRECT": "1" if direct else "0"}
+    out = cargohold("--store", "containerd", "--address", ctrd.address, "--namespace", ns,
+                    "--json", "pull", "--plain-http", ref, env=env).stdout
+    unpack = json.loads(out.strip().splitlines()[-1])["images"][0]["unpack"][0]
+    # cargohold's applier reports its phases; containerd's diff service leaves them empty.
+    assert any(unpack["phases"].values()) == direct, unpack
+    assert_unpacked(ctrd, ns, ref, snapshotter)
+    if snapshotter == "native":
+        return native_tree(ctrd, ns, unpack["chain_id"], mnt)
     return ctr_tree(ctrd, ns, ref, mnt)
 
 
@@ -363,6 +408,12 @@ def test_rootfs_equal_entry_by_entry(
         "cargohold": lambda: embedded_unpack(ref, tmp_path / "store", tmp_path / "mnt-b"),
         "cargohold->containerd": lambda: cargohold_into_containerd(
             containerd, ref, tmp_path / "mnt-c"),
+        "containerd-native": lambda: containerd_native_unpack(
+            containerd, ref, tmp_path / "mnt-h"),
+        "cargohold->containerd-native": lambda: cargohold_into_containerd(
+            containerd, ref, tmp_path / "mnt-f", snapshotter="native"),
+        "cargohold->containerd-diff-service": lambda: cargohold_into_containerd(
+            containerd, ref, tmp_path / "mnt-g", direct=False),
         "cargohold-overlay-on-parents": lambda: snapshotter_unpack(
             built, tmp_path / "sn-overlay", tmp_path / "mnt-d", "overlay"),
         "cargohold-flat": lambda: snapshotter_unpack(
@@ -378,8 +429,16 @@ def test_rootfs_equal_entry_by_entry(
     spot_check(image, expected)
     # cargohold drove containerd's own applier: no exceptions but the unset mtimes.
     assert_same_tree(without(expected, mtimes=volatile),
-                     without(trees.pop("cargohold->containerd"), mtimes=volatile),
-                     ("containerd", "cargohold->containerd"))
+                     without(trees.pop("cargohold->containerd-diff-service"), mtimes=volatile),
+                     ("containerd", "cargohold->containerd-diff-service"))
+    # containerd's native snapshotter copies a parent without its directories' mtimes (they
+    # are when the copy was made, for containerd's unpack as for cargohold's): compare the
+    # two native trees without them; everything else is equal, whiteouts included.
+    native = trees.pop("containerd-native")
+    dirs = frozenset(p for p, e in native.entries.items() if e["type"] == "dir")
+    assert_same_tree(without(native, mtimes=dirs),
+                     without(trees.pop("cargohold->containerd-native"), mtimes=dirs),
+                     ("containerd-native", "cargohold->containerd-native"))
     for name, tree in trees.items():
         assert not containerd_only & tree.entries.keys(), name
         assert_same_tree(without(expected, mtimes=volatile, paths=containerd_only),

@@ -159,6 +159,11 @@ class ImageService:
         resp = self.call("ImageStatus", req)
         return resp.image if resp.HasField("image") else None
 
+    def pull_image(self, image: str) -> str:
+        """``PullImage`` as kubelet calls it when a pod needs ``image``; the image ID."""
+        req = self.api.message("PullImageRequest")(image=self.spec(image))
+        return str(self.call("PullImage", req).image_ref)
+
     def close(self) -> None:
         self.channel.close()
 

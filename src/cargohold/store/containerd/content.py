@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import builtins
 import io
+import os
 import queue
+import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cargohold.errors import (
@@ -45,6 +48,16 @@ CHUNK = 1 << 20
 WINDOW = 16
 
 WRITE_METHOD = "/containerd.services.content.v1.Content/Write"
+#: The plugin that holds containerd's blobs; introspection exports its directory as ``root``.
+CONTENT_PLUGIN = ("io.containerd.content.v1", "content")
+#: Set to 0 to keep every read (blobs, and layers through containerd's diff service) on
+#: containerd's gRPC services even when its root is on this machine.
+DIRECT_ENV = "CARGOHOLD_CONTAINERD_DIRECT"
+
+
+def direct_access_allowed() -> bool:
+    """Whether cargohold may read containerd's files and write its snapshots directly."""
+    return os.environ.get(DIRECT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # WriteContentRequest field tags: action=1 (varint), offset=5 (varint), data=6 (bytes).
@@ -107,10 +120,64 @@ def _is_mismatch(err: CargoholdError) -> bool:
 class ContainerdContentStore:
     """The ContentStore protocol over a :class:`ContainerdClient`'s namespace."""
 
-    def __init__(self, client: ContainerdClient) -> None:
+    def __init__(self, client: ContainerdClient, *, direct: bool | None = None) -> None:
         self.client = client
         self._pb: Any = client.api.content
         self._stub: Any = client.content_stub
+        #: Read committed blobs from containerd's own files when its content root is on this
+        #: machine (see :meth:`local_root`); default: unless ``CARGOHOLD_CONTAINERD_DIRECT=0``.
+        self.direct = direct_access_allowed() if direct is None else direct
+        self._root_lock = threading.Lock()
+        self._root: Path | None = None
+        self._root_known = False
+
+    def local_root(self) -> Path | None:
+        """containerd's content directory when this process can read it (containerd on this
+        machine, in this mount namespace, and we may read its root), else None. Asked once
+        (introspection's export of the content plugin)."""
+        if not self.direct:
+            return None
+        with self._root_lock:
+            if not self._root_known:
+                self._root = self._find_root()
+                self._root_known = True
+            return self._root
+
+    def _find_root(self) -> Path | None:
+        c = self.client
+        try:
+            resp = c.call(c.introspection_stub.Plugins,
+                          c.api.introspection.PluginsRequest(filters=[]), what="plugins")
+        except CargoholdError:
+            return None
+        for p in resp.plugins:
+            if (str(p.type), str(p.id)) == CONTENT_PLUGIN and p.exports.get("root"):
+                root = Path(str(p.exports["root"]))
+                blobs = root / "blobs"
+                if blobs.is_dir() and os.access(blobs, os.R_OK | os.X_OK):
+                    return root
+        return None
+
+    def local_path(self, digest: Digest) -> Path | None:
+        """Where containerd keeps the committed blob ``digest`` on this machine, if it is
+        readable from here (the file may still be missing or of another size: check)."""
+        root = self.local_root()
+        if root is None:
+            return None
+        return root / "blobs" / digest.algorithm / digest.hex
+
+    def _open_local(self, digest: Digest, size: int) -> io.BufferedReader | None:
+        path = self.local_path(digest)
+        if path is None:
+            return None
+        try:
+            raw = io.FileIO(path, "r")
+        except OSError:
+            return None
+        if os.fstat(raw.fileno()).st_size != size:  # damaged, or not containerd's file
+            raw.close()
+            return None
+        return io.BufferedReader(raw, buffer_size=CHUNK)
 
     def info(self, digest: Digest) -> ContentInfo:
         resp = self.client.call(
@@ -146,9 +213,14 @@ class ContainerdContentStore:
         )
 
     def reader(self, digest: Digest) -> io.BufferedReader:
-        """A buffered, seekable reader (and its own context manager); each refill is one
-        1 MiB ``Read`` request. Raises NotFoundError right away if the blob is missing."""
+        """A buffered, seekable reader (and its own context manager). Raises NotFoundError
+        right away if the blob is missing. containerd's own blob file when it can be read
+        from here and has the size containerd reports (committed blobs never change);
+        otherwise each refill is one 1 MiB ``Read`` request."""
         info = self.info(digest)
+        local = self._open_local(digest, info.size)
+        if local is not None:
+            return local
         return io.BufferedReader(_BlobReader(self.client, digest, info.size), buffer_size=CHUNK)
 
     def writer(

@@ -13,6 +13,7 @@ from cargohold.store.containerd.client import (
 )
 from cargohold.store.containerd.content import ContainerdContentStore
 from cargohold.store.containerd.diff import ContainerdApplier
+from cargohold.store.containerd.fastapply import FastApplier
 from cargohold.store.containerd.images import ContainerdImageStore
 from cargohold.store.containerd.leases import ContainerdLeaseManager
 from cargohold.store.containerd.snapshots import ContainerdSnapshotter
@@ -43,6 +44,7 @@ class ContainerdStore:
         snapshotter: str = "overlayfs",
         *,
         timeout: float | None = 300.0,
+        reserve_bytes: int = 0,
     ) -> None:
         self.client = ContainerdClient(address, namespace, timeout=timeout)
         self.address = address
@@ -52,7 +54,11 @@ class ContainerdStore:
         self.images = ContainerdImageStore(self.client)
         self.leases = ContainerdLeaseManager(self.client)
         self.snapshots = ContainerdSnapshotter(self.client, snapshotter)
-        self.applier = ContainerdApplier(self.client, self.content)
+        #: containerd's diff service (the fallback for snapshotters cargohold does not know).
+        self.diff_applier = ContainerdApplier(self.client, self.content)
+        #: cargohold's applier into the snapshots of ``overlayfs`` and ``native`` (see
+        #: :mod:`.fastapply`), containerd's diff service for the others.
+        self.applier = FastApplier(snapshotter, self.diff_applier, reserve_bytes=reserve_bytes)
 
     def snapshotter_named(self, name: str) -> ContainerdSnapshotter:
         """Another of containerd's snapshotters (e.g. ``native``) in the same namespace."""
@@ -60,7 +66,10 @@ class ContainerdStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ContainerdStore:
-        return cls(settings.address, settings.namespace, settings.snapshotter)
+        from cargohold.spec import parse_size
+
+        return cls(settings.address, settings.namespace, settings.snapshotter,
+                   reserve_bytes=parse_size(settings.reserve) if settings.reserve else 0)
 
     def collect_garbage(self) -> None:
         """Run containerd's garbage collector now and wait for it (a lease deleted with

@@ -1,0 +1,301 @@
+"""cargohold's own applier writing into the snapshots containerd's snapshotters prepare.
+
+Against the real containerd (tests/rig/containerd.py, its root on this machine): hostile
+layers are refused with nothing written outside the snapshot and nothing left in
+containerd, as in the embedded store; a failing or interrupted unpack removes its
+half-applied snapshot (and containerd its directory); layer blobs are read from
+containerd's own files; snapshotters cargohold does not know, and
+``CARGOHOLD_CONTAINERD_DIRECT=0``, go through containerd's diff service.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cargohold.errors import DigestMismatchError, Interrupted, UnsafeContentError
+from cargohold.oci.descriptor import Descriptor
+from cargohold.store.containerd.content import DIRECT_ENV
+from cargohold.store.containerd.fastapply import FastApplier, local_plan
+from cargohold.store.containerd.store import ContainerdStore
+from cargohold.store.interfaces import Mount, active_lease
+from cargohold.unpack import unpack_layer
+from cargohold.unpack.image import Unpacker
+from tests.rig.containerd import Containerd
+from tests.test_apply import E, listing
+from tests.test_snapshots import _blob
+
+SNAPSHOTTERS = ["overlayfs", "native"]
+
+
+@pytest.fixture(params=SNAPSHOTTERS)
+def store(request: pytest.FixtureRequest, containerd: Containerd) -> Iterator[ContainerdStore]:
+    if os.geteuid() != 0:
+        pytest.skip("the fast path writes into containerd's root: root only")
+    with ContainerdStore(containerd.address, containerd.unique_namespace("fast"),
+                         request.param) as s:
+        # Under a lease, as cargohold's unpacks run: the collector the tests run spares
+        # what they made.
+        lease = s.leases.create()
+        token = active_lease.set(lease.id)
+        try:
+            yield s
+        finally:
+            active_lease.reset(token)
+            s.leases.delete(lease.id)
+
+
+def snapshot_dirs(ctrd: Containerd, snapshotter: str) -> set[str]:
+    """The snapshot directories left on disk, once containerd's collector has run (its
+    overlayfs snapshotter removes directories asynchronously, at the next collection)."""
+    ctrd.gc()
+    d = ctrd.base / "root" / f"io.containerd.snapshotter.v1.{snapshotter}" / "snapshots"
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def base_layer(store: ContainerdStore) -> str:
+    """A committed first layer holding ``base/f``; returns its chain ID."""
+    desc, blob, diff_id = _blob([E("base", "dir"), E("base/f", data=b"base")])
+    name = str(diff_id)
+    unpack_layer(store.snapshots, store.applier, desc, reader=io.BytesIO(blob),
+                 diff_id=diff_id, name=name)
+    return name
+
+
+HOSTILE = {
+    "dotdot": [E("ok", data=b"x"), E("../escape", data=b"evil")],
+    "deep-dotdot": [E("a", "dir"), E("a/../../escape", data=b"evil")],
+    "hardlink-out": [E("ok", data=b"x"), E("h", "link", link="../../../../../etc/hostname")],
+    "hardlink-abs-missing": [E("h", "link", link="/nonexistent-cargohold-target")],
+}
+
+
+@pytest.mark.parametrize("on_parent", [False, True], ids=["first-layer", "on-parent"])
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_layer_refused_nothing_left(
+    store: ContainerdStore, containerd: Containerd, case: str, on_parent: bool
+) -> None:
+    parent = base_layer(store) if on_parent else ""
+    before_dirs = snapshot_dirs(containerd, store.snapshots.name)
+    before = {i.name for i in store.snapshots.walk()}
+    sn_root = containerd.base / "root" / f"io.containerd.snapshotter.v1.{store.snapshots.name}"
+    around = listing(sn_root)
+    desc, blob, diff_id = _blob(HOSTILE[case])
+    with pytest.raises(UnsafeContentError):
+        unpack_layer(store.snapshots, store.applier, desc, reader=io.BytesIO(blob),
+                     diff_id=diff_id, name=f"hostile-{case}", parent=parent)
+    assert isinstance(store.applier, FastApplier) and store.applier.used_fallback == 0
+    assert {i.name for i in store.snapshots.walk()} == before
+    assert snapshot_dirs(containerd, store.snapshots.name) == before_dirs
+    # Nothing appeared or changed anywhere in the snapshotter's root (but its database).
+    after = listing(sn_root)
+    changed = {p for p in around.keys() | after.keys() if around.get(p) != after.get(p)}
+    assert {p for p in changed if not p.endswith(".db")} == set()
+    assert not (sn_root.parent / "escape").exists()
+
+
+def test_symlink_parents_resolve_inside_the_snapshot(
+    store: ContainerdStore, containerd: Containerd, tmp_path: Path
+) -> None:
+    """``etc -> /abs/outside`` then ``etc/shadow``: written inside the snapshot, as
+    containerd's own applier does; the outside directory is untouched."""
+    watched = tmp_path / "etc-like"
+    watched.mkdir()
+    (watched / "shadow").write_bytes(b"root:x")
+    before = listing(watched)
+    parent = base_layer(store)
+    entries = [
+        E("etc", "symlink", link=str(watched)),
+        E("etc/shadow", data=b"pwned"),
+        E("etc2", "symlink", link="../../../../../../../.." + str(watched)),
+        E("etc2/new", data=b"pwned"),
+        E(str(watched) + "/abs", data=b"pwned"),
+    ]
+    desc, blob, diff_id = _blob(entries)
+    name = f"symlinks-{diff_id.hex}"
+    unpack_layer(store.snapshots, store.applier, desc, reader=io.BytesIO(blob),
+                 diff_id=diff_id, name=name, parent=parent)
+    assert listing(watched) == before
+    view = store.snapshots.view("symlinks-view", name)
+    try:
+        assert len(view) == 1
+        m = view[0]
+        if m.type == "bind":
+            root = Path(m.source)
+        else:  # overlay view: the top (upper-most) lower dir holds this layer's files
+            lower = next(o for o in m.options if o.startswith("lowerdir="))
+            root = Path(lower.split("=", 1)[1].split(":")[0])
+        inside = str(watched).lstrip("/")
+        assert (root / inside / "shadow").read_bytes() == b"pwned"
+        assert (root / inside / "abs").read_bytes() == b"pwned"
+    finally:
+        store.snapshots.remove("symlinks-view")
+
+
+def test_diff_id_mismatch_removes_the_snapshot_and_its_directory(
+    store: ContainerdStore, containerd: Containerd
+) -> None:
+    parent = base_layer(store)
+    before_dirs = snapshot_dirs(containerd, store.snapshots.name)
+    desc, blob, _ = _blob([E("f", data=b"x" * 10_000)])
+    wrong = _blob([E("g", data=b"y")])[2]
+    with pytest.raises(DigestMismatchError):
+        unpack_layer(store.snapshots, store.applier, desc, reader=io.BytesIO(blob),
+                     diff_id=wrong, name="mismatch", parent=parent)
+    assert [i.name for i in store.snapshots.walk()] == [parent]
+    assert snapshot_dirs(containerd, store.snapshots.name) == before_dirs
+
+
+class _GatedContent:
+    """The store's content, whose readers stop after the first MiB until ``release``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def reader(self, digest: Any) -> Any:
+        real = self.inner.reader(digest)
+        gate = self
+
+        class R(io.RawIOBase):
+            served = 0
+
+            def readable(self) -> bool:
+                return True
+
+            def seekable(self) -> bool:
+                return True
+
+            def seek(self, pos: int, whence: int = 0) -> int:
+                return int(real.seek(pos, whence))
+
+            def tell(self) -> int:
+                return int(real.tell())
+
+            def readinto(self, b: Any) -> int:
+                if self.served >= 1 << 20:
+                    gate.reading.set()
+                    assert gate.release.wait(120)
+                data = real.read(len(b))
+                b[: len(data)] = data
+                self.served += len(data)
+                return len(data)
+
+            def close(self) -> None:
+                real.close()
+                super().close()
+
+        return R()
+
+
+def test_interrupted_unpack_removes_the_half_applied_snapshot(
+    store: ContainerdStore, containerd: Containerd
+) -> None:
+    """Ctrl-C / SIGTERM set the unpacker's cancel event (the CLI's signal handling): the
+    layer being written stops, and its snapshot goes (through containerd), directory too."""
+    big = [E("d", "dir")] + [E(f"d/f{i}", data=os.urandom(64 << 10)) for i in range(64)]
+    desc, blob, diff_id = _blob(big)
+    with store.content.writer("fast-interrupt", total=desc.size, expected=desc.digest) as w:
+        w.write(blob)
+        w.commit(desc.size, desc.digest)
+    manifest, config = _image(store, [(desc, diff_id)])
+    before_dirs = snapshot_dirs(containerd, store.snapshots.name)
+    content = _GatedContent(store.content)
+    errors: list[BaseException] = []
+    with Unpacker(content, store.snapshots, store.applier) as unpacker:  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                unpacker.unpack(manifest)
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        while not content.reading.wait(0.05):
+            assert t.is_alive(), errors
+        active = [i for i in store.snapshots.walk() if i.kind == "active"]
+        assert len(active) == 1 and active[0].name.startswith("extract-")
+        unpacker.cancel.set()
+        content.release.set()
+        t.join(120)
+    assert len(errors) == 1 and isinstance(errors[0], Interrupted), errors
+    assert list(store.snapshots.walk()) == []
+    assert snapshot_dirs(containerd, store.snapshots.name) == before_dirs
+    assert config not in {c.digest for c in []}  # nothing labelled: still only fetched
+
+
+def _image(store: ContainerdStore, layers: list[tuple[Descriptor, Any]]) -> tuple[Descriptor, str]:
+    """Write a config and a manifest for ``layers`` into the store; the manifest's
+    descriptor and the config's digest."""
+    import json
+
+    from cargohold.oci import mediatypes as mt
+    from tests.test_apply import sha
+
+    cfg = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [str(d) for _, d in layers]},
+    }).encode()
+    cdesc = Descriptor(mt.OCI_CONFIG, sha(cfg), len(cfg))
+    man = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": cdesc.media_type, "digest": str(cdesc.digest),
+                   "size": cdesc.size},
+        "layers": [{"mediaType": d.media_type, "digest": str(d.digest), "size": d.size}
+                   for d, _ in layers],
+    }).encode()
+    mdesc = Descriptor(mt.OCI_MANIFEST, sha(man), len(man))
+    for d, data in ((cdesc, cfg), (mdesc, man)):
+        with store.content.writer(f"w-{d.digest.hex}", total=d.size, expected=d.digest) as w:
+            w.write(data)
+            w.commit(d.size, d.digest)
+    return mdesc, str(cdesc.digest)
+
+
+def test_blobs_are_read_from_containerds_files(store: ContainerdStore) -> None:
+    data = os.urandom(3 << 20)
+    from tests.test_apply import sha
+
+    d = sha(data)
+    with store.content.writer("fast-read", total=len(data), expected=d) as w:
+        w.write(data)
+        w.commit(len(data), d)
+    root = store.content.local_root()
+    assert root is not None and (root / "blobs" / "sha256" / d.hex).is_file()
+    with store.content.reader(d) as r:
+        assert getattr(r, "name", None) == str(root / "blobs" / "sha256" / d.hex)
+        assert r.read() == data
+    # Not on this machine (or told not to): containerd's Read service.
+    with ContainerdStore(store.address, store.namespace) as other:
+        other.content.direct = False
+        with other.content.reader(d) as r:
+            assert not hasattr(r, "name") and r.read() == data
+
+
+def test_unknown_snapshotters_and_opt_out_use_containerds_diff_service(
+    store: ContainerdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upper = Mount("bind", "/", ("rw", "rbind"))
+    assert local_plan("devmapper", [Mount("ext4", "/dev/mapper/x", ())]) is None
+    assert local_plan("btrfs", [upper]) is None
+    assert local_plan("overlayfs", [Mount("overlay", "overlay", (
+        "upperdir=/nonexistent-u", "workdir=/nonexistent-w", "lowerdir=/"))]) is None
+    assert local_plan("overlayfs", [Mount("overlay", "overlay", (
+        "userxattr", "upperdir=/", "workdir=/", "lowerdir=/"))]) is None
+    assert local_plan("native", [Mount("bind", "/", ("ro", "rbind"))]) is None
+    assert local_plan("native", [upper]) is not None
+    monkeypatch.setenv(DIRECT_ENV, "0")
+    with ContainerdStore(store.address, store.namespace, store.snapshots.name) as s:
+        assert s.applier.plan([upper]) is None
+        assert s.content.local_root() is None
