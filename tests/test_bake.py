@@ -284,3 +284,34 @@ def test_spec_globals_override_env_not_flags(tmp_path: Path) -> None:
     apply_spec_settings(s, load_spec(spec_file))
     assert (s.store, s.namespace, s.jobs, s.reserve) == ("containerd", "from-flag", 7, str(2 << 30))
     assert s.source_of("jobs") == f"spec {spec_file}" and s.source_of("namespace") == "flag"
+
+
+def test_bake_verify_rehashes_what_was_in_the_store_before(registry: Registry,
+                                                           tmp_path: Path) -> None:
+    """Blobs this bake downloads were verified on commit and are not read again; blobs the
+    store held before are re-hashed: a damaged one fails its image, the other is baked."""
+    from tests.test_verify_du import blob
+
+    old = push(registry.host, spec_of(341, 100_000), tmp_path / "o")
+    new = push(registry.host, spec_of(342, 100_000), tmp_path / "n")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", old.text, check=True)
+    damaged = str(old.built.layer_descriptors[0].digest)
+    f = blob(root, damaged)
+    f.chmod(0o644)
+    with open(f, "r+b") as fh:
+        fh.seek(500)
+        b = fh.read(1)
+        fh.seek(500)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    spec = tmp_path / "cache.toml"
+    spec.write_text("".join(f'[[image]]\nref = "{p.text}"\nmode = "fetch"\n\n'
+                            for p in (old, new)))
+    rep = tmp_path / "r.json"
+    p = cli(root, "bake", str(spec), "--plain-http", "--report", str(rep))
+    assert p.returncode == errors.PartialFailureError.exit_code, p.stderr
+    by_name = {i["name"]: i for i in report_of(rep)["images"]}
+    assert by_name[new.text]["status"] == "ok"
+    assert by_name[old.text]["status"] == "failed"
+    assert "verify: corrupt" in by_name[old.text]["error"]["message"]
+    assert damaged in by_name[old.text]["error"]["message"]

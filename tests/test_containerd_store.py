@@ -651,17 +651,26 @@ def test_apply_checks_diff_id_and_ingests_missing_blobs(store: ContainerdStore) 
     lease = store.leases.create()
     token = active_lease.set(lease.id)
     try:
+        # containerd's diff service (the fallback applier) reads blobs from its own store
         mounts = store.snapshots.prepare("x")
-        applied = store.applier.apply(desc, mounts, reader=io.BytesIO(gz))
+        applied = store.diff_applier.apply(desc, mounts, reader=io.BytesIO(gz))
         assert applied.digest == Digest.from_bytes(tar)
         assert store.content.info(desc.digest).size == len(gz)  # ingested from the reader
         assert (Path(mounts[0].source) / "f").read_bytes() == b"content"
 
         m2 = store.snapshots.prepare("y")
         with pytest.raises(DigestMismatchError):
-            store.applier.apply(
+            store.diff_applier.apply(
                 desc, m2, reader=io.BytesIO(gz), diff_id=Digest.from_bytes(b"other")
             )
+        # cargohold's own applier (the store's) applies from the reader it is given
+        m3 = store.snapshots.prepare("z")
+        applied = store.applier.apply(desc, m3, reader=io.BytesIO(gz))
+        assert applied.digest == Digest.from_bytes(tar)
+        assert (Path(m3[0].source) / "f").read_bytes() == b"content"
+        with pytest.raises(DigestMismatchError):
+            store.applier.apply(desc, store.snapshots.prepare("w"), reader=io.BytesIO(gz),
+                                diff_id=Digest.from_bytes(b"other"))
     finally:
         active_lease.reset(token)
         store.leases.delete(lease.id, sync=True)

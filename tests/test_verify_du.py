@@ -178,3 +178,23 @@ def test_du_counts_ingests(registry: Registry, tmp_path: Path) -> None:
     assert t["ingest_bytes"] == 4096 and t["ingests"] == 1
     assert t["total_bytes"] == t["content_bytes"] + t["snapshot_bytes"] + 4096
     assert "ingests" in cli(root, "du", check=True).stdout
+
+def test_verify_trusted_blobs_are_size_checked_only(registry: Registry, tmp_path: Path) -> None:
+    """``trusted`` (blobs the store verified on commit moments before, as bake passes them)
+    skips the re-hash, not the size check."""
+    from cargohold.cli.resources import LocalStore
+    from cargohold.verify import verify
+
+    img = push(registry.host, one_layer(300), tmp_path / "i")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", img.text, check=True)
+    layer = str(img.built.layer_descriptors[0].digest)
+    f = blob(root, layer)
+    _flip(f, 1000)
+    with LocalStore(root) as store:
+        kinds = {(p.kind, p.digest) for p in verify(store, [img.text], jobs=2)}
+        assert ("corrupt", layer) in kinds
+        assert verify(store, [img.text], trusted={layer}) == []
+        os.truncate(f, f.stat().st_size - 10)
+        kinds = {(p.kind, p.digest) for p in verify(store, [img.text], trusted={layer})}
+        assert ("truncated", layer) in kinds

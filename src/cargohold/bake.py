@@ -16,7 +16,9 @@ crash, a Ctrl-C or a failed image picks up where the last run stopped:
 2. **fetch** every image not skipped, grouped by platforms and pinning (critical images are
    pinned on containerd), writing CRI's records on containerd.
 3. **unpack** the pulled images (existing chains are skipped).
-4. **verify** the baked images (every blob re-hashed, pulled images' chains present).
+4. **verify** the baked images (blobs that were already in the store re-hashed; those this
+   bake downloaded were verified by the store on commit and are only size-checked; pulled
+   images' chains present).
 5. **measure**: the disk the baked images use (content + snapshots, shared bytes once),
    checked against the budget (unpacked sizes were estimated while planning; a bake that
    ends over budget keeps everything and raises :class:`BudgetError`).
@@ -60,7 +62,14 @@ from cargohold.errors import (
     DigestMismatchError,
     OutOfSpaceError,
 )
-from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
+from cargohold.fetch import (
+    CommittedBlobs,
+    Fetcher,
+    FetchEvents,
+    FetchFailure,
+    FetchResult,
+    RecordPolicy,
+)
 from cargohold.oci.descriptor import Platform
 from cargohold.plan import DEFAULT_MODEL, CostModel, Decision
 from cargohold.spec import CacheSpec, ImageEntry, format_size
@@ -383,7 +392,8 @@ class Baker:
         self.namespace = namespace
         self.options = options
         self.events = events or BakeEvents()
-        self.fetch_events = fetch_events or FetchEvents()
+        #: Blobs this bake downloaded (verified by the store on commit: verify skips them).
+        self.fetch_events = CommittedBlobs(fetch_events or FetchEvents())
         self.unpack_scope = unpack_scope
         self.fetch_scope = fetch_scope
         self.unpack_events = unpack_events  # per-layer progress of the unpack phase
@@ -743,7 +753,8 @@ class Baker:
         names = [i.name for i in report.images if i.status == "pending"]
         if not names:
             return
-        problems = verify(self.store, names, snapshots=self._snapshots())
+        problems = verify(self.store, names, snapshots=self._snapshots(),
+                          trusted=self.fetch_events.digests, jobs=self.options.jobs)
         report.problems = problems
         by_name = {i.name: i for i in report.images}
         for p in problems:

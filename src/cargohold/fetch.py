@@ -109,6 +109,37 @@ class FetchEvents:
     def image_failed(self, ref: Reference, error: CargoholdError) -> None: ...
 
 
+
+class CommittedBlobs(FetchEvents):
+    """Passes every event on to ``inner`` and notes the digests of the blobs this fetch
+    downloaded and committed (``blob_done`` state ``done``): the store verified their bytes
+    against their digest on commit, so a verify right after need not read them again."""
+
+    def __init__(self, inner: FetchEvents) -> None:
+        self.inner = inner
+        self.digests: set[str] = set()
+
+    def resolved(self, ref: Reference, desc: Descriptor) -> None:
+        self.inner.resolved(ref, desc)
+
+    def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None:
+        self.inner.blob_started(ref, desc, offset)
+
+    def blob_progress(self, desc: Descriptor, nbytes: int) -> None:
+        self.inner.blob_progress(desc, nbytes)
+
+    def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
+        if state == "done":
+            self.digests.add(str(desc.digest))
+        self.inner.blob_done(desc, state, transferred)
+
+    def image_done(self, result: FetchResult) -> None:
+        self.inner.image_done(result)
+
+    def image_failed(self, ref: Reference, error: CargoholdError) -> None:
+        self.inner.image_failed(ref, error)
+
+
 @dataclass
 class FetchResult:
     ref: Reference

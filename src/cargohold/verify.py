@@ -15,6 +15,13 @@ several images share it. Problems (:class:`Problem`, ``kind``):
   (the image was unpacked) but the snapshotter has no snapshot of that chain ID; only
   checked when the store has a snapshotter (``store.snapshots``) or one is passed.
 
+``trusted``: digests whose bytes this process has just had verified by the store on commit
+(``bake`` passes the blobs its fetch downloaded: containerd and the embedded store hash
+every ingest against its expected digest before committing it); their size is checked but
+they are not read again. Every other blob is re-hashed, ``jobs`` at a time (hashlib hashes
+outside the GIL; on containerd the blob files are read directly when its root is on this
+machine, see ``ContainerdContentStore.reader``).
+
 Repair (``repair_with`` a :class:`~cargohold.fetch.Fetcher`): corrupt and truncated blobs are
 deleted, then every damaged image is fetched again by its record name (the record's
 reference; records whose name is not a reference, e.g. CRI's ``sha256:<config>`` records,
@@ -27,7 +34,8 @@ re-created (unpacking is not verify's business): they stay unrepaired.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -88,8 +96,10 @@ def select_images(images: ImageStore, refs: Sequence[str] | None) -> list[Image]
     return out
 
 
-def _check_blob(content: ContentStore, desc: Descriptor) -> tuple[str, str] | None:
-    """None if the blob is intact, else (kind, message)."""
+def _check_blob(
+    content: ContentStore, desc: Descriptor, *, rehash: bool = True
+) -> tuple[str, str] | None:
+    """None if the blob is intact, else (kind, message). ``rehash`` False: size only."""
     what = mediatypes.kind(desc.media_type)
     try:
         info = content.info(desc.digest)
@@ -99,6 +109,8 @@ def _check_blob(content: ContentStore, desc: Descriptor) -> tuple[str, str] | No
         return "truncated", f"{what} {desc.digest} is truncated ({info.size} of {desc.size} bytes)"
     if info.size > desc.size:
         return "corrupt", f"{what} {desc.digest} has {info.size} bytes, expected {desc.size}"
+    if not rehash:
+        return None
     h = desc.digest.hasher()
     n = 0
     try:
@@ -142,16 +154,32 @@ def _read(content: ContentStore, desc: Descriptor) -> bytes:
 
 
 class _Checker:
-    def __init__(self, content: ContentStore, snapshots: Any | None) -> None:
+    def __init__(self, content: ContentStore, snapshots: Any | None, *,
+                 trusted: Collection[str] = (), jobs: int = 1) -> None:
         self.content = content
         self.snapshots = snapshots
+        self.trusted = frozenset(trusted)
+        self.jobs = max(1, jobs)
         self.cache: dict[str, tuple[str, str] | None] = {}
+
+    def _check(self, desc: Descriptor) -> tuple[str, str] | None:
+        return _check_blob(self.content, desc, rehash=str(desc.digest) not in self.trusted)
 
     def blob(self, desc: Descriptor) -> tuple[str, str] | None:
         key = str(desc.digest)
         if key not in self.cache:
-            self.cache[key] = _check_blob(self.content, desc)
+            self.cache[key] = self._check(desc)
         return self.cache[key]
+
+    def prefetch(self, descs: Iterable[Descriptor]) -> None:
+        """Check the blobs not checked yet, ``jobs`` at a time (results cached)."""
+        todo = list({str(d.digest): d for d in descs if str(d.digest) not in self.cache}
+                    .values())
+        if len(todo) < 2 or self.jobs < 2:
+            return
+        with ThreadPoolExecutor(min(self.jobs, len(todo)), thread_name_prefix="verify") as pool:
+            for d, res in zip(todo, pool.map(self._check, todo), strict=True):
+                self.cache[str(d.digest)] = res
 
     def image(self, img: Image) -> tuple[list[Problem], list[str]]:
         """Problems of one image and the platforms it holds."""
@@ -190,6 +218,10 @@ class _Checker:
                         manifests.append((d, child))
             elif isinstance(parsed, Manifest):
                 manifests.append((img.target, parsed))
+        self.prefetch(
+            d for _, m in manifests for d in [m.config, *m.layers]
+            if mediatypes.is_distributable(d.media_type)
+        )
         for _, m in manifests:
             if note(m.config):
                 self._snapshot(img, m.config, problems)
@@ -255,14 +287,18 @@ def verify(
     *,
     repair_with: Any | None = None,
     snapshots: Any | None = None,
+    trusted: Collection[str] = (),
+    jobs: int = 4,
 ) -> list[Problem]:
     """Verify the images (all, or ``refs``); see the module docstring. ``repair_with``: a
-    Fetcher on the same store. ``snapshots``: a snapshotter (default ``store.snapshots``)."""
+    Fetcher on the same store. ``snapshots``: a snapshotter (default ``store.snapshots``).
+    ``trusted``: digests just verified on commit (not re-hashed); ``jobs``: blobs hashed
+    at once."""
     if snapshots is None:
         snapshots = getattr(store, "snapshots", None)
     content: ContentStore = store.content
     images = select_images(store.images, refs)
-    checker = _Checker(content, snapshots)
+    checker = _Checker(content, snapshots, trusted=trusted, jobs=jobs)
     found: dict[str, tuple[Image, list[Problem], list[str]]] = {}
     for img in images:
         problems, platforms = checker.image(img)
@@ -304,7 +340,7 @@ def verify(
         except CargoholdError as e:
             errors[name] = e.message
     # Check the damaged images again from scratch.
-    checker = _Checker(content, snapshots)
+    checker = _Checker(content, snapshots, jobs=jobs)
     result: list[Problem] = []
     for name, (img, problems, _) in found.items():
         again, _ = checker.image(img)
