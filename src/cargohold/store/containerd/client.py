@@ -194,6 +194,19 @@ class ContainerdClient:
         resp = self.call(self.version_stub.Version, self.api.empty_pb2.Empty(), what="version")
         return ServerVersion(str(resp.version), str(resp.revision))
 
+    def plugin_exports(self, plugin_type: str, plugin_id: str) -> dict[str, str]:
+        """What a plugin exports through introspection (e.g. ``root``: its directory); empty
+        when it is not loaded or the call fails."""
+        try:
+            resp = self.call(self.introspection_stub.Plugins,
+                             self.api.introspection.PluginsRequest(filters=[]), what="plugins")
+        except CargoholdError:
+            return {}
+        for p in resp.plugins:
+            if (str(p.type), str(p.id)) == (plugin_type, plugin_id):
+                return {str(k): str(v) for k, v in p.exports.items()}
+        return {}
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -144,18 +144,12 @@ class ContainerdContentStore:
             return self._root
 
     def _find_root(self) -> Path | None:
-        c = self.client
-        try:
-            resp = c.call(c.introspection_stub.Plugins,
-                          c.api.introspection.PluginsRequest(filters=[]), what="plugins")
-        except CargoholdError:
+        root = self.client.plugin_exports(*CONTENT_PLUGIN).get("root")
+        if not root:
             return None
-        for p in resp.plugins:
-            if (str(p.type), str(p.id)) == CONTENT_PLUGIN and p.exports.get("root"):
-                root = Path(str(p.exports["root"]))
-                blobs = root / "blobs"
-                if blobs.is_dir() and os.access(blobs, os.R_OK | os.X_OK):
-                    return root
+        blobs = Path(root) / "blobs"
+        if blobs.is_dir() and os.access(blobs, os.R_OK | os.X_OK):
+            return Path(root)
         return None
 
     def local_path(self, digest: Digest) -> Path | None:

@@ -36,15 +36,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from cargohold.errors import InvalidInputError
+from cargohold.errors import InvalidInputError, UnsupportedError
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.store.containerd.content import direct_access_allowed
+from cargohold.store.containerd.content import DIRECT_ENV, direct_access_allowed
 from cargohold.store.containerd.diff import ContainerdApplier
 from cargohold.store.interfaces import Mount
-from cargohold.unpack.applier import EmbeddedApplier, Plan, plan
+from cargohold.unpack.applier import (
+    IMPLICIT_DIRS_OPTION,
+    WHITEOUT_OVERLAY_OPTION,
+    EmbeddedApplier,
+    Plan,
+    plan,
+)
 from cargohold.unpack.apply import ApplyStats
 
+#: Next to a staged layer's implicit-dirs log: the layer wrote overlay whiteouts / opaques.
+OVERLAY_MARKS_SUFFIX = ".marks"
 #: containerd snapshotters whose mounts cargohold applies into itself.
 FAST_SNAPSHOTTERS = frozenset({"overlayfs", "native"})
 
@@ -56,7 +64,8 @@ def local_plan(snapshotter: str, mounts: Sequence[Mount]) -> Plan | None:
         return None
     m = mounts[0]
     opts = set(m.options)
-    if "ro" in opts or "userxattr" in opts or any(o.startswith("x-") for o in opts):
+    hints = {o for o in opts if o == WHITEOUT_OVERLAY_OPTION or o.startswith(IMPLICIT_DIRS_OPTION)}
+    if "ro" in opts or "userxattr" in opts or any(o.startswith("x-") for o in opts - hints):
         return None
     if snapshotter == "overlayfs" and m.type not in ("overlay", "bind"):
         return None
@@ -116,8 +125,20 @@ class FastApplier:
         diff_id: Digest | None = None,
     ) -> tuple[Descriptor, ApplyStats]:
         """``apply``, also returning what it did (empty stats from containerd's differ)."""
-        if self.plan(mounts) is not None:
-            return self.local.apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)
+        p = self.plan(mounts)
+        if p is not None:
+            out, stats = self.local.apply_with_stats(desc, mounts, reader=reader,
+                                                     diff_id=diff_id)
+            if p.implicit_log is not None and (stats.whiteouts or stats.opaques):
+                # A staged layer (store.containerd.staged): tell the snapshotter that overlay
+                # marks must be undone if it ends up a bottom layer.
+                Path(str(p.implicit_log) + OVERLAY_MARKS_SUFFIX).touch()
+            return out, stats
+        if any(o == WHITEOUT_OVERLAY_OPTION for m in mounts for o in m.options):
+            raise UnsupportedError(
+                "a staged snapshot of cargohold's needs cargohold's own applier",
+                hint=f"containerd's snapshot directories must be writable here ({DIRECT_ENV})",
+            )
         self.used_fallback += 1
         out = self.fallback.apply(desc, list(mounts), reader=reader, diff_id=diff_id)
         return out, ApplyStats(diff_id=out.digest, tar_bytes=out.size)

@@ -3,6 +3,7 @@ of a real containerd."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from cargohold.store.containerd.client import (
@@ -17,6 +18,7 @@ from cargohold.store.containerd.fastapply import FastApplier
 from cargohold.store.containerd.images import ContainerdImageStore
 from cargohold.store.containerd.leases import ContainerdLeaseManager
 from cargohold.store.containerd.snapshots import ContainerdSnapshotter
+from cargohold.store.containerd.staged import StagedSnapshotter
 
 if TYPE_CHECKING:
     from cargohold.settings import Settings
@@ -53,12 +55,16 @@ class ContainerdStore:
         self.content = ContainerdContentStore(self.client)
         self.images = ContainerdImageStore(self.client)
         self.leases = ContainerdLeaseManager(self.client)
-        self.snapshots = ContainerdSnapshotter(self.client, snapshotter)
+        self.snapshots: ContainerdSnapshotter | StagedSnapshotter = ContainerdSnapshotter(
+            self.client, snapshotter)
         #: containerd's diff service (the fallback for snapshotters cargohold does not know).
         self.diff_applier = ContainerdApplier(self.client, self.content)
         #: cargohold's applier into the snapshots of ``overlayfs`` and ``native`` (see
         #: :mod:`.fastapply`), containerd's diff service for the others.
         self.applier = FastApplier(snapshotter, self.diff_applier, reserve_bytes=reserve_bytes)
+        if snapshotter == "overlayfs" and self.applier.direct and os.geteuid() == 0:
+            # Layers applied in parallel, committed in order (see .staged).
+            self.snapshots = StagedSnapshotter(self.snapshots)
 
     def snapshotter_named(self, name: str) -> ContainerdSnapshotter:
         """Another of containerd's snapshotters (e.g. ``native``) in the same namespace."""
