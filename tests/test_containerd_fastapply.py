@@ -366,3 +366,58 @@ def test_staged_parallel_layers_commit_as_a_chain(containerd: Containerd) -> Non
         finally:
             active_lease.reset(token)
             store.leases.delete(lease.id)
+
+
+@pytest.fixture(scope="module")
+def big60_ctrd(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 60 MB, 4-layer image: big enough to be stopped mid-unpack (pushed once)."""
+    from cargohold.imagebuild import samples
+    from tests.rig.images import push
+
+    spec = samples.big_image(60_000_000, layers=4, name="samples/big60-ctrd")
+    return push(registry.host, spec, tmp_path_factory.mktemp("big60-ctrd"))
+
+
+def test_sigterm_mid_unpack_into_containerd_leaves_no_half_snapshot(
+    big60_ctrd: Any, containerd: Containerd
+) -> None:
+    """``cargohold --store containerd unpack`` of a ``ctr content fetch``-ed image, SIGTERM
+    while layers are being written: exit 130, no active snapshot left in containerd, and a
+    rerun unpacks the image."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("root only")
+    ref = big60_ctrd.text
+    for attempt in range(5):
+        ns = containerd.unique_namespace(f"sigterm{attempt}")
+        containerd.ctr("content", "fetch", "--plain-http", ref, namespace=ns, timeout=120)
+        cmd = [sys.executable, "-m", "cargohold", "--store", "containerd", "--address",
+               containerd.address, "--namespace", ns]
+        proc = subprocess.Popen([*cmd, "unpack", "-j", "2", ref], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "CARGOHOLD_RESERVE": "0"})
+        with ContainerdStore(containerd.address, ns) as store:
+            seen = False
+            while proc.poll() is None and not seen:
+                seen = any(i.kind == "active" for i in store.snapshots.walk())
+                time.sleep(0.002)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=120)
+            if proc.returncode == 0:
+                continue  # finished before the signal landed: try again
+            assert proc.returncode == 130, err
+            assert "Traceback" not in err
+            assert [i.name for i in store.snapshots.walk() if i.kind != "committed"] == []
+        rerun = subprocess.run([*cmd, "unpack", ref], capture_output=True, text=True,
+                               timeout=300, env={**os.environ, "CARGOHOLD_RESERVE": "0"})
+        assert rerun.returncode == 0, rerun.stderr
+        check = containerd.ctr("images", "check", namespace=ns).stdout
+        assert any(x.split()[:1] == [ref] and x.split()[-1] == "true"
+                   for x in check.splitlines()), check
+        return
+    pytest.fail("the unpack always finished before SIGTERM could stop it")
