@@ -290,20 +290,14 @@ def test_bake_verify_rehashes_what_was_in_the_store_before(registry: Registry,
                                                            tmp_path: Path) -> None:
     """Blobs this bake downloads were verified on commit and are not read again; blobs the
     store held before are re-hashed: a damaged one fails its image, the other is baked."""
-    from tests.test_verify_du import blob
+    from tests.test_verify_du import _flip, blob
 
     old = push(registry.host, spec_of(341, 100_000), tmp_path / "o")
     new = push(registry.host, spec_of(342, 100_000), tmp_path / "n")
     root = tmp_path / "store"
     cli(root, "fetch", "--plain-http", old.text, check=True)
     damaged = str(old.built.layer_descriptors[0].digest)
-    f = blob(root, damaged)
-    f.chmod(0o644)
-    with open(f, "r+b") as fh:
-        fh.seek(500)
-        b = fh.read(1)
-        fh.seek(500)
-        fh.write(bytes([b[0] ^ 0xFF]))
+    _flip(blob(root, damaged), 500)
     spec = tmp_path / "cache.toml"
     spec.write_text("".join(f'[[image]]\nref = "{p.text}"\nmode = "fetch"\n\n'
                             for p in (old, new)))

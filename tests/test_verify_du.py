@@ -39,13 +39,7 @@ def test_verify_finds_and_repairs_damage(registry: Registry, tmp_path: Path) -> 
     flipped = str(imgs[0].built.layer_descriptors[0].digest)
     truncated = str(imgs[1].built.layer_descriptors[0].digest)
     missing = str(imgs[2].built.config_descriptor.digest)  # type: ignore[union-attr]
-    f = blob(root, flipped)
-    os.chmod(f, 0o644)
-    with open(f, "r+b") as fh:
-        fh.seek(1000)
-        b = fh.read(1)
-        fh.seek(1000)
-        fh.write(bytes([b[0] ^ 0xFF]))
+    _flip(blob(root, flipped), 1000)
     t = blob(root, truncated)
     os.chmod(t, 0o644)
     os.truncate(t, t.stat().st_size - 10)
@@ -178,6 +172,7 @@ def test_du_counts_ingests(registry: Registry, tmp_path: Path) -> None:
     assert t["ingest_bytes"] == 4096 and t["ingests"] == 1
     assert t["total_bytes"] == t["content_bytes"] + t["snapshot_bytes"] + 4096
     assert "ingests" in cli(root, "du", check=True).stdout
+
 
 def test_verify_trusted_blobs_are_size_checked_only(registry: Registry, tmp_path: Path) -> None:
     """``trusted`` (blobs the store verified on commit moments before, as bake passes them)
