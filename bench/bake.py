@@ -69,7 +69,10 @@ class Sample:
     problems: list[str] = field(default_factory=list)
 
 
-def write_spec(path: Path, refs: list[str], namespace: str) -> Path:
+def write_spec(directory: Path, refs: list[str], namespace: str) -> Path:
+    """``directory``/cache.toml (a spec is TOML only when its name ends in .toml)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "cache.toml"
     lines = [f'namespace = "{namespace}"', 'platforms = ["linux/amd64"]']
     for ref in refs:
         lines += ["", "[[image]]", f'ref = "{ref}"', 'mode = "fetch"']
@@ -98,7 +101,7 @@ class BakeBench(Bench):
         ctrd = self._containerd()
         ns = f"bench-{run}"
         try:
-            spec = write_spec(self.scratch.path("spec.toml"), images.refs, ns)
+            spec = write_spec(self.scratch.path("spec"), images.refs, ns)
             rep = self.scratch.path("report.json")
             pid = ctrd.proc.pid
             os.sync()
@@ -132,7 +135,7 @@ class BakeBench(Bench):
 
     def bake_embedded(self, images: ImageSet, run: int) -> Sample:
         root = self.scratch.path("cargohold-root")
-        spec = write_spec(self.scratch.path("spec.toml"), images.refs, "default")
+        spec = write_spec(self.scratch.path("spec"), images.refs, "default")
         rep = self.scratch.path("report.json")
         os.sync()
         m = self._must(self.spawner.run(
