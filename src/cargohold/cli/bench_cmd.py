@@ -12,7 +12,7 @@ step reads and writes cold, as a node's first start does.
 2. **first create**: what the first container of a fetched-only image pays, in that store.
    Embedded: ``cargohold create``'s own code (unpack through the store's Unpacker, container
    record, container snapshot). containerd: the Unpacker into the scratch namespace
-   (containerd's snapshotter and diff service, as ``cargohold unpack --store containerd``)
+   (containerd's snapshotter, cargohold's applier, as ``cargohold unpack --store containerd``)
    plus the container's active snapshot prepared on the image, which is what containerd
    does when a container is created from a fetched-only image (its own unpacker may differ
    a little in speed).
