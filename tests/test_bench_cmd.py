@@ -5,12 +5,15 @@ containerd. Timings are only checked to be positive."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 from cargohold.calibration import load_calibration
 from cargohold.cli.bench_cmd import DROP_CACHES
 from cargohold.imagebuild import samples
+from cargohold.imagebuild.entries import Dir, File
+from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from tests.rig.cli import last_json, run_cli
 from tests.rig.containerd import Containerd
 from tests.rig.images import push
@@ -100,8 +103,18 @@ def test_bench_missing_image_leaves_nothing(registry: Registry, tmp_path: Path) 
     assert load_calibration(root) is None
 
 
+def _unique_two_layers() -> ImageSpec:
+    """A two-layer image no other test has: containerd shares blobs across namespaces, so
+    a sample another test fetched into the session's containerd would make the bench's
+    "cold" fetch transfer nothing."""
+    seed = secrets.randbits(30)
+    return ImageSpec([LayerSpec([Dir("a"), File("a/x", size=300_000, seed=seed)]),
+                      LayerSpec([Dir("b"), File("b/y", size=150_000, seed=seed + 1)])],
+                     cmd=["/bin/true"])
+
+
 def test_bench_containerd(registry: Registry, containerd: Containerd, tmp_path: Path) -> None:
-    pushed = push(registry.host, samples.small_images()["app-a"], tmp_path / "img")
+    pushed = push(registry.host, _unique_two_layers(), tmp_path / "img")
     root = tmp_path / "root"
     ns = containerd.unique_namespace("user")
     opts = ["--store", "containerd", "--address", containerd.address, "--namespace", ns]
