@@ -8,6 +8,8 @@ import itertools
 import json
 import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +138,35 @@ def test_fetch_json_names_each_failed_image(proxy: FaultProxy, tmp_path: Path) -
     failed = [e for e in events if e.get("event") == "image_failed"]
     assert sorted(e["ref"] for e in failed) == sorted(refs)
     assert all(e["error"] == "not_found" for e in failed)
+
+
+#: Below the client's 60 s read timeout: a request left waiting in the proxy would keep the
+#: process alive past it; with the fix the process ends as soon as it is signalled.
+EXIT_WAIT = 45.0
+
+
+@pytest.mark.parametrize(("command", "sig"), [("plan", signal.SIGINT), ("plan", signal.SIGTERM),
+                                              ("bake", signal.SIGTERM)])
+def test_interrupt_during_resolution_aborts_requests_in_flight(
+        proxy: FaultProxy, tmp_path: Path, command: str, sig: int) -> None:
+    """Ctrl-C / SIGTERM while the proxy holds every manifest request: the requests in
+    flight are aborted (their sockets shut down) and the command exits 130 at once."""
+    refs = missing_refs(proxy.host, 4)
+    spec = write_list(tmp_path / "images.txt", refs)
+    held = proxy.add(Rule("gather", method="HEAD", path="/manifests/", times=-1,
+                          gather=len(refs) + 1, hold_timeout=120))  # never all there
+    proc = subprocess.Popen([*CLI, "--root", str(tmp_path / "store"), "--no-progress", command,
+                             str(spec), "--plain-http"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **TEST_ENV})
+    try:
+        assert held.wait_arrived(2, 120), "the manifest requests never reached the proxy"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=EXIT_WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not held.reached.is_set()  # the proxy still held them: nothing was answered

@@ -35,7 +35,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cargohold.errors import BudgetError, CargoholdError, NotFoundError, UnsupportedError
+from cargohold.errors import (
+    BudgetError,
+    CargoholdError,
+    Interrupted,
+    NotFoundError,
+    UnsupportedError,
+)
 from cargohold.imagecontent import image_contents, present_configs
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -493,7 +499,8 @@ def resolve_spec(
                 ratio=ratio,
             )
         except CargoholdError as e:
-            report.image_unresolved(entry.ref, e)
+            if not isinstance(e, Interrupted):  # stopped by abort(): not the image's failure
+                report.image_unresolved(entry.ref, e)
             raise
         report.image_resolved(resolved)
         return resolved
@@ -512,8 +519,13 @@ def resolve_spec(
                 if failures is None:
                     raise
                 failures.append((entry, e))
-    except BaseException:
+    except BaseException as e:
         pool.shutdown(wait=False, cancel_futures=True)  # the error (or Ctrl-C) first
+        if isinstance(e, KeyboardInterrupt | Interrupted):
+            # requests in flight end now (their sockets shut down), not at the read timeout
+            abort = getattr(registry, "abort", None)
+            if callable(abort):
+                abort()
         raise
     finally:
         report.finished()

@@ -90,6 +90,8 @@ def _coerce(name: str, value: Any, template: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise _bad(f"{where}: {name} must be an integer, got {value!r}") from None
     if isinstance(template, Path):
+        if not str(value).strip():  # Path("") is the current directory: never meant
+            raise _bad(f"{where}: {name} is empty; name a directory")
         return Path(str(value)).expanduser()
     if isinstance(template, list):
         if isinstance(value, str):

@@ -51,6 +51,7 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cargohold.errors import InvalidInputError
+from cargohold.filekind import file_kind
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import parse_platform
 from cargohold.oci.reference import Reference, parse_reference
@@ -215,19 +217,38 @@ SPEC_HINT = ("fix the spec at the file:line named; examples/cache.toml shows eve
              "(a plain list spec is one reference per line)")
 
 
+#: Largest spec file read (a node image's spec is a few KB; more is a wrong path).
+SPEC_MAX_BYTES = 16 << 20
+
+
+def _read_spec_file(p: Path, name: str) -> bytes:
+    """The spec's bytes: a regular file or a FIFO (``<(...)``), at most SPEC_MAX_BYTES
+    (``/dev/zero`` or a huge file would otherwise be read forever)."""
+    try:
+        mode = p.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise InvalidInputError(f"cache spec {name} is not a file ({file_kind(mode)})",
+                                    hint="pass a spec file (TOML or a list of references)")
+        with p.open("rb") as f:
+            raw = f.read(SPEC_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise InvalidInputError(f"cache spec {name} does not exist") from None
+    except OSError as e:
+        raise InvalidInputError(f"cache spec {name}: cannot read: {e.strerror or e}") from None
+    if len(raw) > SPEC_MAX_BYTES:
+        raise InvalidInputError(
+            f"cache spec {name} is larger than {SPEC_MAX_BYTES >> 20} MiB",
+            hint="a spec names images (a few KB); check the path",
+        )
+    return raw
+
+
 def load_spec(path: str | os.PathLike[str], *, format: SpecFormat | None = None) -> CacheSpec:
     """Read and validate a spec file. The format is TOML if the name ends in ``.toml``
     (any case), else a plain list, unless ``format`` says otherwise."""
     p = Path(path)
     name = str(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInputError(f"cache spec {name} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"cache spec {name} is a directory") from None
-    except OSError as e:
-        raise InvalidInputError(f"cache spec {name}: cannot read: {e.strerror or e}") from None
+    raw = _read_spec_file(p, name)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -78,8 +78,13 @@ class Rule:
             self.arrived += 1
             if self.arrived >= self.gather:
                 self.reached.set()
-                self._cond.notify_all()
+            self._cond.notify_all()  # reached, or one more for wait_arrived
             self._cond.wait_for(self.reached.is_set, self.hold_timeout)
+
+    def wait_arrived(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` requests are held by this gather rule (or arrived)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.arrived >= n, timeout)
 
     def matches(self, method: str, path: str) -> bool:
         if self.times == 0:

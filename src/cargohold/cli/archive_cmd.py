@@ -15,6 +15,7 @@ import click
 
 from cargohold.cli.fetch_cmd import (
     apply_registry_options,
+    print_failures,
     raise_failures,
     record_policy,
     registry_options,
@@ -146,9 +147,8 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
                      f"{human_bytes(r.bytes_total)}  (record {r.record})")
             for u in unpacked.get(r.name, []):
                 report_unpack(out, r.name, u)
-        if len(failures) > 1:
-            for f in failures:
-                out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
+        print_failures(out, failures, total=len(failures) + len(ok),
+                       shown=progress.failures_shown)
         out.info(f"elapsed: {elapsed:.1f} s")
     raise_failures(failures, total=max(1, len(failures) + len(ok)))
 

@@ -141,7 +141,7 @@ def create_container(app: App, store: LocalStore, ref: str, name: str,
 def create(app: App, ref: str, name: str, platform: str | None, jobs: int | None) -> None:
     """Create container NAME from image REF (unpacking the image first when needed)."""
     plat = parse_platform_option(platform)
-    with open_embedded(app.settings) as store:
+    with open_embedded(app.settings, must_exist=True) as store:
         made = create_container(app, store, ref, name, plat, jobs)
     out = app.out
     if out.json_mode:
@@ -167,7 +167,7 @@ def create(app: App, ref: str, name: str, platform: str | None, jobs: int | None
 @pass_app
 def mount_cmd(app: App, name: str, directory: Path) -> None:
     """Mount container NAME's root file system on DIRECTORY (created if missing)."""
-    with open_embedded(app.settings) as store:
+    with open_embedded(app.settings, must_exist=True) as store:
         c = store.containers.get(name)
         mounts = store.snapshots.mounts(c.snapshot_key)
     directory.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def remove_container(store: LocalStore, name: str) -> None:
 @pass_app
 def containers_rm(app: App, names: tuple[str, ...]) -> None:
     """Remove containers and their snapshots (the image's layers stay)."""
-    with open_embedded(app.settings) as store:
+    with open_embedded(app.settings, must_exist=True) as store:
         for name in names:
             remove_container(store, name)
             app.out.data(name)
@@ -541,7 +541,7 @@ def run(app: App, remove: bool, name: str | None, platform: str | None, jobs: in
     cid = check_name(name or f"run-{secrets.token_hex(6)}")
     out = app.out
     t0 = time.monotonic()
-    with open_embedded(app.settings) as store:
+    with open_embedded(app.settings, must_exist=True) as store:
         made = create_container(app, store, ref, cid, plat, jobs)
         mounts = store.snapshots.mounts(made.container.snapshot_key)
     out.info(lazy_line(made.unpack))

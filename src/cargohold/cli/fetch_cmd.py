@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
+from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import TINY, FetchProgress
 from cargohold.cli.resources import open_store, registry_client
 from cargohold.errors import batch_error
@@ -75,7 +75,8 @@ def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platf
         finally:
             fetcher.close()
     elapsed = time.monotonic() - start
-    report_fetch(app, results, elapsed, download_seconds=progress.download_seconds)
+    report_fetch(app, results, elapsed, download_seconds=progress.download_seconds,
+                 shown=progress.failures_shown)
 
 
 def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
@@ -86,9 +87,9 @@ def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
 
 
 def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: float, *,
-                 download_seconds: float = 0.0) -> None:
+                 download_seconds: float = 0.0, shown: Collection[str] = ()) -> None:
     """The results; the rate is the download's own (first blob start to last blob end),
-    not the whole run's."""
+    not the whole run's. ``shown``: images whose failure the progress lines showed."""
     out = app.out
     ok = [r for r in results if isinstance(r, FetchResult)]
     failed = [r for r in results if isinstance(r, FetchFailure)]
@@ -104,14 +105,22 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
     else:
         for r in ok:
             out.data(fetched_line(r))
-        if len(results) > 1:  # a lone failure is the command's error, printed once by main
-            for f in failed:
-                out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
+        print_failures(out, failed, total=len(results), shown=shown)
         secs = download_seconds or elapsed
         rate = (f" ({human_bytes(transferred / secs)}/s)"
                 if transferred >= TINY and secs > 0 else "")
         out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)}{rate}")
     raise_failures(failed, total=len(results))
+
+
+def print_failures(out: Output, failures: list[FetchFailure], *, total: int,
+                   shown: Collection[str]) -> None:
+    """Each failed image of a batch once: those the progress lines did not show (e.g. with
+    -q, or an unpack's failure); a lone failure is the command's error, printed by main."""
+    if total > 1:
+        for f in failures:
+            if str(f.ref) not in shown:
+                out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
 
 
 def fetched_line(r: FetchResult) -> str:

@@ -109,6 +109,8 @@ class FetchProgress(FetchEvents):
         self.lock = threading.Lock()
         self.start = time.monotonic()
         self.images = {"resolved": 0, "done": 0, "failed": 0}
+        #: images whose failure a line on stderr showed (the final report skips them)
+        self.failures_shown: set[str] = set()
         #: first blob start and last blob end: the download's own time
         self._first_start = 0.0
         self._last_end = 0.0
@@ -166,8 +168,10 @@ class FetchProgress(FetchEvents):
         with self.lock:
             self.images["failed"] += 1
         self.out.event("image_failed", ref=str(ref), error=error.kind, message=error.message)
-        if not self.out.json_mode:
+        if not self.out.json_mode and self.out.verbosity >= 0:
             self.out.info(f"failed   {failure_text(ref, error)}")
+            with self.lock:
+                self.failures_shown.add(str(ref))
 
     def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None:
         now = time.monotonic()

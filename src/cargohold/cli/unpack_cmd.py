@@ -20,6 +20,7 @@ from cargohold.blobwait import FetchBoard, WaitingContent, current_ref
 from cargohold.cli.fetch_cmd import (
     apply_registry_options,
     fetched_line,
+    print_failures,
     raise_failures,
     record_policy,
     registry_options,
@@ -158,7 +159,7 @@ def unpack(app: App, ref: str, platform: str | None, jobs: int | None) -> None:
     """Unpack a fetched image's layers into snapshots (idempotent)."""
     plat = parse_platform_option(platform)
     out = app.out
-    with open_store(app.settings) as store:
+    with open_store(app.settings, must_exist=True) as store:
         name = lookup_name(store, ref)
         img = store.images.get(name)
         with (
@@ -282,7 +283,6 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
             out.data(fetched_line(r))
             for u in unpacked[r.name]:
                 report_unpack(out, r.name, u)
-        for f in failures:
-            out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
+        print_failures(out, failures, total=len(parsed), shown=progress.failures_shown)
         out.info(f"elapsed: {elapsed:.1f} s")
     raise_failures(failures, total=len(parsed))

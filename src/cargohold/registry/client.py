@@ -861,14 +861,15 @@ class RegistryClient:
             url = urljoin(resp.url, m.group(1)) if m else None
 
     def abort(self) -> None:
-        """Stop every blob download now, from any thread (Ctrl-C, SIGTERM): blocked reads
-        return at once and the downloads raise Interrupted; what was written stays for a
-        resume."""
+        """Stop every blob download and request now, from any thread (Ctrl-C, SIGTERM):
+        blocked reads return at once and the downloads raise Interrupted; what was written
+        stays for a resume."""
         self._aborted.set()
         with self._lock:
             streams = list(self._streams)
         for resp in streams:
             resp.abort()
+        self.transport.abort()  # manifests, configs and tokens in flight too
 
     def close(self) -> None:
         self.transport.clear()

@@ -34,6 +34,7 @@ import threading
 import time
 import urllib.request
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -48,7 +49,7 @@ from urllib3.exceptions import ProtocolError as _U3ProtocolError
 from urllib3.exceptions import ReadTimeoutError as _U3ReadTimeoutError
 from urllib3.exceptions import SSLError as _U3SSLError
 
-from cargohold.errors import InvalidInputError, UnavailableError
+from cargohold.errors import Interrupted, InvalidInputError, UnavailableError
 
 #: Size of one read of a response body: large reads keep the per-chunk overhead low.
 CHUNK = 1 << 20
@@ -250,7 +251,7 @@ class Transport:
         timeout: tuple[float, float] = (10.0, 60.0),
         user_agent: str = "cargohold",
         ca_file: str | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
         proxies: Mapping[str, str] | None = None,
     ) -> None:
@@ -266,7 +267,9 @@ class Transport:
         self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         self.user_agent = user_agent
         self.ca_file = ca_file
-        self.sleep = sleep
+        #: set by abort(): no request starts or retries, backoff sleeps end
+        self._aborted = threading.Event()
+        self.sleep: Callable[[float], None] = sleep or self._pause
         self.rand = rand
         self._pm = urllib3.PoolManager(
             num_pools=64, maxsize=max_per_host, block=False, retries=False, timeout=self.timeout
@@ -279,6 +282,9 @@ class Transport:
             urllib.request.getproxies_environment() if proxies is None else proxies
         )
         self._proxy_managers: dict[str, urllib3.ProxyManager] = {}
+        #: every connection opened (weakly): abort() shuts their sockets down
+        self._conns: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._tracked: dict[type, type] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -346,6 +352,52 @@ class Transport:
                 self._proxy_managers[proxy] = pm
             return pm
 
+    def _track(self, pool: Any) -> Any:
+        """``pool`` with its connections registered when they connect (for abort())."""
+        base = pool.ConnectionCls
+        if getattr(base, "_cargohold_tracked", False):
+            return pool
+        with self._lock:
+            cls = self._tracked.get(base)
+            if cls is None:
+                conns, lock, aborted = self._conns, self._lock, self._aborted
+
+                def connect(conn: Any) -> None:
+                    if aborted.is_set():
+                        raise OSError(errno.ECONNABORTED, "request stopped")
+                    base.connect(conn)
+                    with lock:
+                        conns.add(conn)
+                    if aborted.is_set():  # abort() ran while this one connected
+                        conn.close()
+                        raise OSError(errno.ECONNABORTED, "request stopped")
+
+                cls = self._tracked[base] = type(base.__name__, (base,), {
+                    "connect": connect, "_cargohold_tracked": True})
+        pool.ConnectionCls = cls
+        return pool
+
+    def abort(self) -> None:
+        """Stop every request now, from any thread (Ctrl-C, SIGTERM): the sockets of open
+        connections are shut down, so a request waiting for its response or reading a body
+        fails at once instead of at the read timeout, and raises Interrupted, as does any
+        request started or retried later."""
+        self._aborted.set()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):  # aborting must not fail
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _pause(self, seconds: float) -> None:
+        """A backoff sleep that abort() ends early."""
+        self._aborted.wait(seconds)
+
+    def _stopped(self, url: str) -> Interrupted:
+        return Interrupted(f"{_origin(url)}: request stopped")
+
     def _pool(self, url: str, tls: TLSConfig) -> tuple[Any, str, Mapping[str, str]]:
         """The connection pool for ``url``, the request target, and headers to add."""
         parts = urlsplit(url)
@@ -374,7 +426,7 @@ class Transport:
             pool = pm.connection_from_host(
                 parts.hostname, parts.port, "http", pool_kwargs={"blocksize": SEND_BLOCK}
             )
-        return pool, path, extra
+        return self._track(pool), path, extra
 
     def _send_once(
         self,
@@ -450,6 +502,8 @@ class Transport:
         while True:
             attempt += 1
             retry_after: float | None = None
+            if self._aborted.is_set():
+                raise self._stopped(url)
             try:
                 resp = self._follow(method, url, hdrs, body, tls, follow_redirects, sensitive)
             except _U3SSLError as e:
@@ -457,6 +511,8 @@ class Transport:
                 err.certificate_error = _caused_by(e, ssl.SSLCertVerificationError)
                 raise err from e
             except (_U3HTTPError, OSError) as e:
+                if self._aborted.is_set():
+                    raise self._stopped(url) from None
                 if attempt >= attempts:
                     raise UnavailableError(
                         f"{_reason(e, url)} ({_origin(url)}, after {attempt} "

@@ -9,6 +9,8 @@ out as cargohold errors (:func:`map_rpc_error`), never as ``grpc.RpcError``.
 from __future__ import annotations
 
 import os
+import socket
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,7 @@ from cargohold.errors import (
     UnavailableError,
     UnsupportedError,
 )
+from cargohold.filekind import file_kind
 from cargohold.store.containerd import api as api_mod
 from cargohold.store.interfaces import active_lease
 
@@ -68,6 +71,40 @@ def from_timestamp(ts: Any) -> datetime | None:
     return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
+def unreachable_cause(address: str) -> tuple[str, str] | None:
+    """Why the unix socket ``address`` cannot be connected to, in words, and a hint: the
+    path is missing, is not a socket, nobody listens on it, or it may not be opened.
+    None when it is no unix socket path or a connection succeeds now."""
+    if address.startswith(("unix-abstract:", "dns:", "ipv4:", "ipv6:")):
+        return None
+    path = address.removeprefix("unix://") if address.startswith("unix://") else (
+        address.removeprefix("unix:"))
+    fix = "or fix --address (CARGOHOLD_ADDRESS): it names containerd's socket"
+    start = f"start containerd (systemctl start containerd) {fix}"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such socket (the path does not exist)", start
+    except OSError as e:
+        return f"cannot look at the socket: {e.strerror or e}", start
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"not a socket ({file_kind(st.st_mode)})", f"fix --address (CARGOHOLD_ADDRESS): it names " \
+            f"containerd's socket, e.g. {DEFAULT_ADDRESS}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5.0)
+        try:
+            sock.connect(path)
+        except ConnectionRefusedError:
+            return ("connection refused: nothing listens on the socket (containerd stopped "
+                    "or crashed and left it behind)"), start
+        except PermissionError:
+            return "permission denied on the socket", "run as root (containerd's socket " \
+                "usually needs it)"
+        except OSError as e:
+            return f"cannot connect: {e.strerror or e}", start
+    return None
+
+
 def map_rpc_error(err: Exception, *, what: str = "", address: str = "") -> CargoholdError:
     """Translate a ``grpc.RpcError`` from containerd into the cargohold error tree."""
     code_fn = getattr(err, "code", None)
@@ -88,6 +125,13 @@ def map_rpc_error(err: Exception, *, what: str = "", address: str = "") -> Cargo
         if " locked" in details:
             # containerd's content store: "ref <ref> locked for ...: unavailable".
             return IngestLockedError(msg)
+        cause = unreachable_cause(address) if address else None
+        if cause is not None:
+            return UnavailableError(
+                f"cannot reach containerd at {address}" + (f" ({what})" if what else "")
+                + f": {cause[0]}",
+                hint=cause[1],
+            )
         return UnavailableError(
             f"containerd at {sock} is unavailable: {details}" + (f" ({what})" if what else ""),
             hint=f"is containerd running and listening on {sock}? (systemctl status "
