@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from cargohold import errors
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.spec import SPEC_MAX_BYTES
 from tests.rig.cli import TEST_ENV
 from tests.rig.images import Pushed, push
 from tests.rig.services import Registry
@@ -109,6 +111,8 @@ class Case:
     says: str = ""
     #: the store must not have been created or changed by the command
     untouched: bool = False
+    #: more text the error output must contain
+    says_also: str = ""
 
 
 SNAP_DB = "snapshots/metadata.db"
@@ -131,6 +135,40 @@ CASES = [
                   ["containers", "ls"], ["images", "inspect", "x"], ["images", "rm", "x"],
                   ["images", "tag", "x", "y"], ["content", "rm", "sha256:" + "0" * 64],
                   ["gc"], ["gc", "--dry-run"])),
+    *(Case(f"missing store: {' '.join(cmd)}", ["--root", "{tmp}/typo", *cmd],
+           errors.NotFoundError.exit_code, says="{tmp}/typo", untouched=True)
+      for cmd in (["containers", "rm", "c0"], ["mount", "c0", "{tmp}/mnt"],
+                  ["create", "{ref}", "c1"], ["unpack", "{ref}"], ["run", "{ref}"])),
+    Case("empty --root", ["--root", "", "images", "ls"], errors.InvalidInputError.exit_code,
+         says="--root: root is empty"),
+    Case("empty root in the config file", ["--config", "{tmp}/empty-root.toml", "images", "ls"],
+         errors.InvalidInputError.exit_code, says="empty-root.toml: root is empty"),
+    *(Case(f"containerd socket {why}: images ls",
+           ["--store", "containerd", "--address", sock, "images", "ls"],
+           errors.UnavailableError.exit_code, says=f"cannot reach containerd at {sock}",
+           says_also=cause)
+      for why, sock, cause in (
+          ("missing", "{tmp}/no.sock", "no such socket (the path does not exist)"),
+          ("a regular file", "{tmp}/file", "not a socket (a regular file)"),
+          ("a directory", "{tmp}", "not a socket (a directory)"),
+          ("dead", "{tmp}/dead.sock", "connection refused: nothing listens on the socket"))),
+    *(Case(f"containerd socket missing: {' '.join(cmd)}",
+           ["--store", "containerd", "--address", "{tmp}/no.sock", *cmd],
+           errors.UnavailableError.exit_code, says="cannot reach containerd at {tmp}/no.sock",
+           says_also="no such socket")
+      for cmd in (["content", "ls"], ["du"], ["verify"], ["fetch", "{ref}"], ["pull", "{ref}"],
+                  ["bake", "{tmp}/spec.txt"], ["images", "inspect", "x"], ["unpack", "x"])),
+    Case("containerd socket missing: plan (plans without the store)",
+         ["--store", "containerd", "--address", "{tmp}/no.sock", "plan", "{tmp}/spec.txt"],
+         errors.UnavailableError.exit_code, says="cannot reach containerd at {tmp}/no.sock",
+         says_also="connection refused by 127.0.0.1:1"),
+    *(Case(f"spec is {what}: {cmd}", ["--root", "{tmp}/s", cmd, spec],
+           errors.InvalidInputError.exit_code, says=says, untouched=True)
+      for cmd in ("plan", "bake")
+      for what, spec, says in (
+          ("/dev/zero", "/dev/zero", "cache spec /dev/zero is not a file (a character device)"),
+          ("a directory", "{tmp}", "is not a file (a directory)"),
+          ("over 16 MiB", "{tmp}/huge.txt", "huge.txt is larger than 16 MiB"))),
     Case("plan does not create a store", ["--root", "{tmp}/typo", "plan", "{tmp}/spec.txt"],
          errors.UnavailableError.exit_code, says="connection refused", untouched=True),
     Case("global option after the command", ["images", "ls", "--root", "{tmp}/typo"],
@@ -172,6 +210,11 @@ def test_bad_input_has_no_traceback(case: Case, pulled: Store, tmp_path: Path) -
     _non_utf8(tmp_path / "bad.toml")
     _nested_spec(tmp_path / "deep.toml")
     (tmp_path / "spec.txt").write_text("127.0.0.1:1/nothing:here\n")  # port 1: refused
+    (tmp_path / "empty-root.toml").write_text('root = ""\n')
+    with open(tmp_path / "huge.txt", "wb") as f:  # sparse: one byte over the cap
+        f.truncate(SPEC_MAX_BYTES + 1)
+    with socket.socket(socket.AF_UNIX) as s:  # a socket file nobody listens on
+        s.bind(str(tmp_path / "dead.sock"))
     root = tmp_path / "store"
     if case.damage is not None:
         shutil.copytree(pulled.template, root, symlinks=True)
@@ -188,11 +231,13 @@ def test_bad_input_has_no_traceback(case: Case, pulled: Store, tmp_path: Path) -
     both = p.stdout + p.stderr
     assert "Traceback" not in both, both
     assert p.returncode == case.code, both
-    says = case.says
-    for k, v in subst.items():
-        says = says.replace(k, v)
-    assert says.lower() in p.stderr.lower(), p.stderr
+    for says in (case.says, case.says_also):
+        for k, v in subst.items():
+            says = says.replace(k, v)
+        assert says.lower() in p.stderr.lower(), p.stderr
     assert "error: " in p.stderr, p.stderr
     if case.untouched:
         assert _tree(root) == before
         assert not (tmp_path / "typo").exists()
+        assert not (tmp_path / "s").exists()
+        assert not (tmp_path / "mnt").exists()

@@ -53,3 +53,26 @@ def test_partial_failure_is_12(command: str, refused: str, registry: Registry,
     p = _batch(command, [good.text, f"{refused}/b:1"], tmp_path)
     assert p.returncode == errors.PartialFailureError.exit_code, p.stderr
     assert f"connection refused by {refused}" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("command", ["fetch", "pull"])
+@pytest.mark.parametrize("partial", [False, True], ids=["all-failed", "partial"])
+@pytest.mark.parametrize("quiet", [False, True], ids=["", "-q"])
+def test_each_failure_is_printed_once(command: str, partial: bool, quiet: bool, refused: str,
+                                      registry: Registry, tmp_path: Path) -> None:
+    """A failed image's cause is printed once on stderr: by its progress line, or (with
+    -q, which silences those) by an ``error:`` line; the exit code rule is unchanged."""
+    bad = [f"{refused}/a:1", f"{refused}/b:1"]
+    refs = bad[:1] if partial else bad
+    if partial:
+        refs = [push(registry.host, ImageSpec([LayerSpec([File("f", size=1000, seed=5)])]),
+                     tmp_path / "img").text, *refs]
+    args = ["-q"] if quiet else []
+    p = run_cli(tmp_path / "store", *args, command, "--plain-http", *refs, check=False)
+    code = errors.PartialFailureError if partial else errors.UnavailableError
+    assert p.returncode == code.exit_code, p.stderr
+    for ref in refs[1:] if partial else refs:
+        named = [line for line in p.stderr.splitlines()
+                 if ref in line and "connection refused" in line]
+        assert len(named) == 1, p.stderr
+        assert named[0].startswith("error: " if quiet else "failed "), p.stderr

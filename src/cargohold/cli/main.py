@@ -63,7 +63,7 @@ class GlobalOption(click.Option):
 def global_options() -> list[GlobalOption]:
     """Fresh instances of the global options (one set per command)."""
     return [
-        GlobalOption(["--root"], "root", type=click.Path(path_type=Path), default=None,
+        GlobalOption(["--root"], "root", type=click.Path(), default=None,
                      help="Store directory [default: /var/lib/cargohold as root, else "
                           "$XDG_DATA_HOME/cargohold]."),
         GlobalOption(["-v", "--verbose"], "verbose", count=True,
