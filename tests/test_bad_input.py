@@ -145,7 +145,7 @@ CASES = [
          errors.InvalidInputError.exit_code, says="empty-root.toml: root is empty"),
     *(Case(f"containerd socket {why}: images ls",
            ["--store", "containerd", "--address", sock, "images", "ls"],
-           errors.UnavailableError.exit_code, says=f"cannot reach containerd at {sock}",
+           errors.UnavailableError.exit_code, says=f"containerd at {sock} is unavailable",
            says_also=cause)
       for why, sock, cause in (
           ("missing", "{tmp}/no.sock", "no such socket (the path does not exist)"),
@@ -154,20 +154,20 @@ CASES = [
           ("dead", "{tmp}/dead.sock", "connection refused: nothing listens on the socket"))),
     *(Case(f"containerd socket missing: {' '.join(cmd)}",
            ["--store", "containerd", "--address", "{tmp}/no.sock", *cmd],
-           errors.UnavailableError.exit_code, says="cannot reach containerd at {tmp}/no.sock",
+           errors.UnavailableError.exit_code, says="containerd at {tmp}/no.sock is unavailable",
            says_also="no such socket")
       for cmd in (["content", "ls"], ["du"], ["verify"], ["fetch", "{ref}"], ["pull", "{ref}"],
                   ["bake", "{tmp}/spec.txt"], ["images", "inspect", "x"], ["unpack", "x"])),
     Case("containerd socket missing: plan (plans without the store)",
          ["--store", "containerd", "--address", "{tmp}/no.sock", "plan", "{tmp}/spec.txt"],
-         errors.UnavailableError.exit_code, says="cannot reach containerd at {tmp}/no.sock",
+         errors.UnavailableError.exit_code, says="containerd at {tmp}/no.sock is unavailable",
          says_also="connection refused by 127.0.0.1:1"),
     *(Case(f"spec is {what}: {cmd}", ["--root", "{tmp}/s", cmd, spec],
            errors.InvalidInputError.exit_code, says=says, untouched=True)
       for cmd in ("plan", "bake")
       for what, spec, says in (
-          ("/dev/zero", "/dev/zero", "cache spec /dev/zero is not a file (a character device)"),
-          ("a directory", "{tmp}", "is not a file (a directory)"),
+          ("/dev/zero", "/dev/zero", "cache spec /dev/zero is a character device, not a file"),
+          ("a directory", "{tmp}", "is a directory, not a file"),
           ("over 16 MiB", "{tmp}/huge.txt", "huge.txt is larger than 16 MiB"))),
     Case("plan does not create a store", ["--root", "{tmp}/typo", "plan", "{tmp}/spec.txt"],
          errors.UnavailableError.exit_code, says="connection refused", untouched=True),

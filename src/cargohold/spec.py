@@ -227,7 +227,7 @@ def _read_spec_file(p: Path, name: str) -> bytes:
     try:
         mode = p.stat().st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise InvalidInputError(f"cache spec {name} is not a file ({file_kind(mode)})",
+            raise InvalidInputError(f"cache spec {name} is {file_kind(mode)}, not a file",
                                     hint="pass a spec file (TOML or a list of references)")
         with p.open("rb") as f:
             raw = f.read(SPEC_MAX_BYTES + 1)

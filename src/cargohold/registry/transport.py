@@ -269,7 +269,7 @@ class Transport:
         self.ca_file = ca_file
         #: set by abort(): no request starts or retries, backoff sleeps end
         self._aborted = threading.Event()
-        self.sleep: Callable[[float], None] = sleep or self._pause
+        self.sleep: Callable[[float], None] = self._pause if sleep is None else sleep
         self.rand = rand
         self._pm = urllib3.PoolManager(
             num_pools=64, maxsize=max_per_host, block=False, retries=False, timeout=self.timeout

@@ -79,8 +79,8 @@ def unreachable_cause(address: str) -> tuple[str, str] | None:
         return None
     path = address.removeprefix("unix://") if address.startswith("unix://") else (
         address.removeprefix("unix:"))
-    fix = "or fix --address (CARGOHOLD_ADDRESS): it names containerd's socket"
-    start = f"start containerd (systemctl start containerd) {fix}"
+    start = (f"start containerd (systemctl start containerd), or fix --address "
+             f"(CARGOHOLD_ADDRESS) if its socket is not {path}")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -88,8 +88,9 @@ def unreachable_cause(address: str) -> tuple[str, str] | None:
     except OSError as e:
         return f"cannot look at the socket: {e.strerror or e}", start
     if not stat.S_ISSOCK(st.st_mode):
-        return f"not a socket ({file_kind(st.st_mode)})", f"fix --address (CARGOHOLD_ADDRESS): it names " \
-            f"containerd's socket, e.g. {DEFAULT_ADDRESS}"
+        fix = (f"fix --address (CARGOHOLD_ADDRESS): {path} is no socket; containerd's is "
+               f"usually {DEFAULT_ADDRESS}")
+        return f"not a socket ({file_kind(st.st_mode)})", fix
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5.0)
         try:
@@ -98,8 +99,7 @@ def unreachable_cause(address: str) -> tuple[str, str] | None:
             return ("connection refused: nothing listens on the socket (containerd stopped "
                     "or crashed and left it behind)"), start
         except PermissionError:
-            return "permission denied on the socket", "run as root (containerd's socket " \
-                "usually needs it)"
+            return "permission denied on the socket", f"run as root ({path} usually needs it)"
         except OSError as e:
             return f"cannot connect: {e.strerror or e}", start
     return None
@@ -128,7 +128,7 @@ def map_rpc_error(err: Exception, *, what: str = "", address: str = "") -> Cargo
         cause = unreachable_cause(address) if address else None
         if cause is not None:
             return UnavailableError(
-                f"cannot reach containerd at {address}" + (f" ({what})" if what else "")
+                f"containerd at {address} is unavailable" + (f" ({what})" if what else "")
                 + f": {cause[0]}",
                 hint=cause[1],
             )
