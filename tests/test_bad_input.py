@@ -157,11 +157,9 @@ CASES = [
            errors.UnavailableError.exit_code, says="containerd at {tmp}/no.sock is unavailable",
            says_also="no such socket")
       for cmd in (["content", "ls"], ["du"], ["verify"], ["fetch", "{ref}"], ["pull", "{ref}"],
-                  ["bake", "{tmp}/spec.txt"], ["images", "inspect", "x"], ["unpack", "x"])),
-    Case("containerd socket missing: plan (plans without the store)",
-         ["--store", "containerd", "--address", "{tmp}/no.sock", "plan", "{tmp}/spec.txt"],
-         errors.UnavailableError.exit_code, says="containerd at {tmp}/no.sock is unavailable",
-         says_also="connection refused by 127.0.0.1:1"),
+                  ["bake", "{tmp}/spec.txt"], ["images", "inspect", "x"], ["unpack", "x"],
+                  ["status"], ["evict", "--dry-run", "--free", "1MB"],
+                  ["plan", "{tmp}/spec.txt"])),
     *(Case(f"spec is {what}: {cmd}", ["--root", "{tmp}/s", cmd, spec],
            errors.InvalidInputError.exit_code, says=says, untouched=True)
       for cmd in ("plan", "bake")
