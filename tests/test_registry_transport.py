@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cargohold.errors import UnavailableError
+from cargohold.errors import Interrupted, UnavailableError
 from cargohold.registry.transport import (
     TLSConfig,
     TLSHandshakeError,
@@ -286,3 +286,34 @@ def test_http_proxy_from_environment(registry: Registry, monkeypatch: pytest.Mon
         assert all({k.lower(): v for k, v in r.headers.items()}["proxy-authorization"] == want for r in seen)
     finally:
         proxy.stop()
+
+
+def test_abort_ends_a_request_waiting_for_its_response(proxy: FaultProxy) -> None:
+    """abort() from another thread shuts the connection down: a request whose response
+    the server holds raises Interrupted at once (not after the read timeout, set far
+    beyond the test's wait here), and later requests do not start."""
+    t = Transport(backoff=0.001, timeout=(10.0, 600.0))
+    held = proxy.add(Rule("gather", path="^/v2/$", times=-1, gather=2, hold_timeout=600))
+    outcome: list[BaseException | int] = []
+
+    def request() -> None:
+        try:
+            with t.request("GET", f"{proxy.url}/v2/") as r:
+                outcome.append(r.status)
+        except BaseException as e:  # the test inspects it
+            outcome.append(e)
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    try:
+        assert held.wait_arrived(1, 60)
+        t.abort()
+        worker.join(120)
+        assert not worker.is_alive()
+    finally:
+        held.open_gate()
+    (got,) = outcome
+    assert isinstance(got, Interrupted), got
+    with pytest.raises(Interrupted):
+        t.request("GET", f"{proxy.url}/v2/")
+    assert held.arrived == 1
