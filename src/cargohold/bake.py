@@ -75,6 +75,7 @@ from cargohold.plan import DEFAULT_MODEL, CostModel, Decision
 from cargohold.spec import CacheSpec, ImageEntry, format_size
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 from cargohold.verify import Problem, verify
+from cargohold.warmorder import label_record
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
 
@@ -650,6 +651,7 @@ class Baker:
                         continue
                     img = by_name[res.name]
                     img.fetch = res
+                    label_record(self.store.images, res.name, img.priority, img.critical)
                     if str(res.target.digest) != img.digest:
                         _fail(img, ConflictError(
                             f"{img.name} moved from {img.digest} (planned) to "

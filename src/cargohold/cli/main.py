@@ -256,6 +256,7 @@ COMMANDS: dict[str, str] = {
     "evict": "node_cmd",
     "doctor": "node_cmd",
     "metrics": "node_cmd",
+    "warm": "warm_cmd",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 

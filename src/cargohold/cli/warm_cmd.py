@@ -1,0 +1,263 @@
+"""`cargohold warm [SPEC]`: unpack fetched-only images in the background, most valuable first
+(see :mod:`cargohold.warm`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cargohold.cli.fetch_cmd import raise_failures
+from cargohold.cli.main import App, cli, pass_app
+from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
+from cargohold.cli.unpack_cmd import unpack_lease
+from cargohold.errors import CargoholdError, InvalidInputError, UnavailableError
+from cargohold.fetch import FetchFailure
+from cargohold.niceness import idle_io_class, lower_cpu_priority
+from cargohold.oci.platform import parse_platform
+from cargohold.spec import load_spec
+from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
+from cargohold.warm import (
+    FAILED,
+    SKIPPED,
+    WARMED,
+    Warmer,
+    WarmEvents,
+    WarmItem,
+    WarmOptions,
+    WarmReport,
+    fs_bytes,
+    items_from_records,
+    items_from_spec,
+    store_filesystem,
+    warm_lock,
+)
+from cargohold.warmorder import parse_keep_free
+
+#: ``--wait`` without a value: how long to wait for containerd's socket.
+DEFAULT_WAIT = 300.0
+
+
+class _Progress(WarmEvents, UnpackEvents):
+    """Plain lines on stderr (off a TTY), a live bar on a TTY, NDJSON events with --json."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self._live: Any = None
+        self._task: Any = None
+        self.total = 0
+        self.count = 0
+        self.n = 0
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def planned(self, order: Sequence[WarmItem]) -> None:
+        self.count = len(order)
+        self.total = sum(i.bytes_expected for i in order)
+        if self.out.json_mode:
+            self.out.event("plan", images=[i.to_json() for i in order])
+            return
+        if order:
+            secs = sum(i.seconds for i in order)
+            self.out.info(f"warming {len(order)} images (about {human_bytes(self.total)}, "
+                          f"{secs:.1f} s expected), most valuable first")
+            for i in order:
+                self.out.debug(f"  {i.name}: priority {i.priority:g}, {i.layers_missing} layers, "
+                               f"about {human_bytes(i.bytes_expected)}, {i.seconds:.2f} s")
+        if self.out.live and order:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
+
+            self._live = Progress("{task.description}", BarColumn(), DownloadColumn(),
+                                  TimeElapsedColumn(), console=Console(file=self.out.err),
+                                  transient=True)
+            self._live.start()
+            self._task = self._live.add_task("warming", total=max(1, self.total))
+
+    def started(self, item: WarmItem) -> None:
+        self.n += 1
+        if self.out.json_mode:
+            self.out.event("image_started", name=item.name, expected_bytes=item.bytes_expected)
+        elif self._live is not None:
+            self._live.update(self._task, description=f"{self.n}/{self.count} {item.name}")
+        else:
+            self.out.info(f"warming {item.name} ({self.n}/{self.count}, about "
+                          f"{human_bytes(item.bytes_expected)})")
+
+    def layer_done(self, outcome: LayerOutcome) -> None:
+        if self.out.json_mode:
+            self.out.event("layer_done", **outcome.to_json())
+        elif self._live is not None and outcome.state == STATE_UNPACKED:
+            self._live.advance(self._task, outcome.uncompressed)
+        elif outcome.state == STATE_UNPACKED:
+            self.out.debug(f"layer {str(outcome.layer.digest)[:19]}  "
+                           f"{human_bytes(outcome.uncompressed)}  {outcome.seconds:.2f} s")
+
+    def finished(self, item: WarmItem) -> None:
+        if self.out.json_mode:
+            self.out.event("image_done" if item.status == WARMED else "image_failed",
+                           **item.to_json())
+            return
+        if item.status == WARMED:
+            shared = sum(r.chains_shared for r in item.results)
+            extra = f", {shared} by a concurrent unpack" if shared else ""
+            line = (f"{item.name}  warmed {item.layers_missing} layers "
+                    f"({human_bytes(item.bytes_unpacked)}) in {item.elapsed:.2f} s{extra}")
+            self._print(line)
+        elif item.error is not None:
+            self.out.error(f"{item.name}: {item.error.message}", item.error.hint_text())
+
+    def cold(self, items: Sequence[WarmItem], reason: str) -> None:
+        if self.out.json_mode:
+            self.out.event("cold", names=[i.name for i in items], reason=reason)
+            return
+        self.out.warn(f"stopped: left cold {', '.join(i.name for i in items)}: {reason}")
+
+    def _print(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            self.out.data(line)
+
+
+def _lock_path(app: App, store: Any) -> Path:
+    if isinstance(store, LocalStore):
+        return Path(store.root) / "warm.lock"
+    s = app.settings
+    key = hashlib.sha256(f"{s.address}\0{s.namespace}".encode()).hexdigest()[:16]
+    return Path(s.root) / f"warm-{key}.lock"
+
+
+def _wait_for(store: Any, seconds: float, out: Output) -> None:
+    """Wait until containerd answers (its version call), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    said = False
+    while True:
+        try:
+            store.version()
+            return
+        except UnavailableError as e:
+            if time.monotonic() >= deadline:
+                raise UnavailableError(
+                    f"containerd did not answer within {seconds:g} s: {e.message}",
+                    hint=e.hint_text()) from None
+            if not said:
+                out.info(f"waiting for containerd at {store.address} (up to {seconds:g} s)")
+                said = True
+            time.sleep(0.25)
+
+
+def _summary(out: Output, r: WarmReport, niceness: dict[str, Any]) -> None:
+    if out.json_mode:
+        out.json({"event": "summary", **r.to_json(), **niceness})
+        return
+    warmed = r.having(WARMED)
+    skipped = r.having(SKIPPED)
+    if r.nothing_to_do and not r.having("cold"):
+        unpacked = sum(1 for i in skipped if i.reason == "already unpacked")
+        out.data(f"nothing to do: {unpacked} images already unpacked"
+                 + (f", {len(skipped) - unpacked} skipped" if len(skipped) > unpacked else ""))
+    else:
+        parts = [f"warmed {len(warmed)} images ({human_bytes(r.bytes)}) in {r.seconds:.1f} s"]
+        if skipped:
+            parts.append(f"skipped {len(skipped)}")
+        if r.having(FAILED):
+            parts.append(f"{len(r.having(FAILED))} failed")
+        if r.having("cold"):
+            parts.append(f"{len(r.having('cold'))} left cold")
+        out.data("; ".join(parts))
+    for i in skipped:
+        (out.debug if i.reason == "already unpacked" else out.info)(
+            f"  skipped {i.name}: {i.reason}")
+
+
+@cli.command()
+@click.argument("spec_file", metavar="[SPEC]", required=False,
+                type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Layers of an image applied at once (images are warmed one after another).")
+@click.option("--nice", "nice", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="CPU niceness (0: leave it).")
+@click.option("--io-class", type=click.Choice(["idle", "normal"]), default="idle",
+              show_default=True, help="I/O scheduling class (idle: ionice -c3).")
+@click.option("--keep-free", default=None, metavar="SIZE|PCT",
+              help="Never unpack past this much free space on the store's file system "
+                   "(e.g. 5GiB or 10%).")
+@click.option("--wait", "wait", type=float, is_flag=False, flag_value=DEFAULT_WAIT,
+              default=None, metavar="[SECONDS]",
+              help=f"Wait for containerd's socket to answer (default {DEFAULT_WAIT:g} s).")
+@click.option("--platform", "platforms", multiple=True,
+              help="os/arch[/variant] to warm (repeatable) [default: the spec's, else this "
+                   "host's].")
+@pass_app
+def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
+         keep_free: str | None, wait: float | None, platforms: tuple[str, ...]) -> None:
+    """Unpack fetched-only images, most valuable first (at boot, in the background)."""
+    # Before any thread starts: threads inherit both.
+    niceness: dict[str, Any] = {"nice": lower_cpu_priority(nice) if nice else
+                                os.getpriority(os.PRIO_PROCESS, 0)}
+    niceness["io_class"] = idle_io_class() if io_class == "idle" else "normal"
+    out = app.out
+    s = app.settings
+    spec = load_spec(spec_file) if spec_file is not None else None
+    plats = [parse_platform(p) for p in (platforms or s.platforms)]
+    if wait is not None and wait < 0:
+        raise InvalidInputError("--wait: seconds must be >= 0")
+    with open_store(s) as store:
+        if wait is not None and not isinstance(store, LocalStore):
+            _wait_for(store, wait, out)
+        with warm_lock(_lock_path(app, store)):
+            report = _warm(app, store, spec, plats, jobs, keep_free)
+    _summary(out, report, niceness)
+    failed = report.having(FAILED)
+    attempted = len(report.order) + sum(1 for i in failed if i.name not in report.order)
+    raise_failures([FetchFailure(i.name, i.error) for i in failed if i.error is not None],
+                   total=max(attempted, 1))
+    if report.out_of_space is not None:
+        raise report.out_of_space
+
+
+def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
+          keep_free: str | None) -> WarmReport:
+    out = app.out
+    if spec is not None:
+        items = items_from_spec(spec, store.images, plats)
+    else:
+        items, unlabelled = items_from_records(store.images, plats)
+        if unlabelled:
+            out.debug(f"{unlabelled} image records carry no bake labels: not warmed "
+                      "(name them in a spec to warm them)")
+    floor = floor_path = None
+    if keep_free is not None:
+        floor_path = store_filesystem(store)
+        if floor_path is None:
+            raise CargoholdError(
+                "--keep-free: cannot see the file system of the store's snapshots",
+                hint="run warm on the node containerd runs on (its snapshotter root must be "
+                     "a local path), or drop --keep-free")
+        floor = parse_keep_free(keep_free, fs_bytes(floor_path))
+    from cargohold.calibration import cost_model
+
+    model, _ = cost_model(Path(app.settings.root))
+    progress = _Progress(out)
+    warmer = Warmer(
+        store, items,
+        WarmOptions(jobs=jobs, reserve=reserve_bytes(app.settings), floor=floor,
+                    floor_path=floor_path, model=model),
+        events=progress, layer_events=progress,
+        unpack_scope=lambda: unpack_lease(store),
+    )
+    with progress:
+        return warmer.run()
