@@ -1,7 +1,17 @@
-"""containerd's gRPC API for Python, generated on first use from the .proto files Debian ships.
+"""containerd's gRPC API for Python, generated from the .proto files Debian ships.
 
-Nothing generated is committed. On first use :func:`load` runs ``grpc_tools.protoc`` (the
-``grpcio-tools`` package, a dependency) over the service definitions cargohold needs --
+**Shipped in the wheel.** Building the package (``setup.py``'s ``build_py`` step) runs
+:func:`generate` and puts the modules inside the wheel as the private top-level package
+``cargohold_containerd_gen`` (with ``MANIFEST.json``: the generator, grpcio-tools and
+protobuf versions and the proto files used). :func:`load` imports those when they are
+installed: a node needs neither protoc nor the Go source packages. Nothing generated is
+committed.
+
+**Generated on first use** when the shipped modules are absent (an editable install, a
+source checkout on ``PYTHONPATH``) or cannot be imported (a protobuf runtime older than the
+one they were generated for) and ``grpcio-tools`` is installed (a build dependency; the
+``test`` and ``protoc`` extras install it): :func:`load` runs ``grpc_tools.protoc`` over
+the service definitions cargohold needs --
 content, images, leases, snapshots, diff, namespaces, version, introspection -- plus their
 imports (``types/{descriptor,mount,platform}.proto``, gogoproto's ``gogo.proto``, gogo's
 ``google/rpc/status.proto``; the google/protobuf well-known types come with grpcio-tools),
@@ -82,6 +92,8 @@ GENERATOR_VERSION = "1"
 
 #: The private top-level package the generated modules live in.
 TOP = "cargohold_containerd_gen"
+#: Inside the shipped package: how it was generated (marks it as shipped, not a cache entry).
+SHIPPED_MANIFEST = "MANIFEST.json"
 
 DEFAULT_PROTO_ROOTS = ("/usr/share/gocode/src",)
 
@@ -368,8 +380,60 @@ def _module_name(proto: str, suffix: str) -> str:
     return stage_name(proto).removesuffix(".proto").replace("/", ".") + suffix
 
 
+def shipped_root() -> Path | None:
+    """The directory holding the wheel's pre-generated ``cargohold_containerd_gen`` (None when
+    the package was not installed with them)."""
+    existing = sys.modules.get(TOP)
+    if existing is not None:
+        paths = list(getattr(existing, "__path__", []))
+    else:
+        try:
+            spec = importlib.util.find_spec(TOP)
+        except (ImportError, ValueError):
+            return None
+        paths = list(spec.submodule_search_locations or []) if spec else []
+    for p in paths:
+        if (Path(p) / SHIPPED_MANIFEST).is_file():
+            return Path(p).parent
+    return None
+
+
+def _import_modules() -> dict[str, ModuleType]:
+    mods: dict[str, ModuleType] = {}
+    for short, proto in SERVICES.items():
+        mods[short] = importlib.import_module(_module_name(proto, "_pb2"))
+        mods[short + "_grpc"] = importlib.import_module(_module_name(proto, "_pb2_grpc"))
+    for short, proto in TYPES.items():
+        mods["types_" + short] = importlib.import_module(_module_name(proto, "_pb2"))
+    for wk in ("empty_pb2", "field_mask_pb2", "timestamp_pb2", "any_pb2"):
+        mods[wk] = importlib.import_module(f"google.protobuf.{wk}")
+    return mods
+
+
+def _load_shipped(root: Path) -> Api | None:
+    """The shipped modules; None (after forgetting them) when they do not import and
+    grpcio-tools can generate a fresh set instead."""
+    try:
+        return Api(root=root, **_import_modules())
+    except Exception as e:
+        for name in [m for m in sys.modules if m == TOP or m.startswith(TOP + ".")]:
+            del sys.modules[name]
+        if importlib.util.find_spec("grpc_tools") is not None:
+            return None
+        try:
+            made = json.loads((root / TOP / SHIPPED_MANIFEST).read_text()).get("protobuf", "?")
+        except (OSError, ValueError):
+            made = "?"
+        raise UnavailableError(
+            f"importing the containerd API shipped with cargohold ({root / TOP}) failed: {e}",
+            hint=f"it was generated for protobuf {made} (installed: {_dist_version('protobuf')}):"
+            f" install protobuf>={made}, or grpcio-tools to generate the API here",
+        ) from e
+
+
 def load() -> Api:
-    """Generate (once per proto set) and import containerd's API; cached per process.
+    """Import containerd's API: the modules shipped in the wheel, else generated (once per
+    proto set, cached); cached per process.
 
     Raises UnavailableError naming the Debian package when protos or protoc are missing.
     """
@@ -377,17 +441,15 @@ def load() -> Api:
     with _lock:
         if _loaded is not None:
             return _loaded
+        shipped = shipped_root()
+        if shipped is not None:
+            _loaded = _load_shipped(shipped)
+            if _loaded is not None:
+                return _loaded
         root = _ensure_generated(collect())
         _register_top(root)
         try:
-            mods: dict[str, ModuleType] = {}
-            for short, proto in SERVICES.items():
-                mods[short] = importlib.import_module(_module_name(proto, "_pb2"))
-                mods[short + "_grpc"] = importlib.import_module(_module_name(proto, "_pb2_grpc"))
-            for short, proto in TYPES.items():
-                mods["types_" + short] = importlib.import_module(_module_name(proto, "_pb2"))
-            for wk in ("empty_pb2", "field_mask_pb2", "timestamp_pb2", "any_pb2"):
-                mods[wk] = importlib.import_module(f"google.protobuf.{wk}")
+            mods = _import_modules()
         except Exception as e:
             raise UnavailableError(
                 f"importing the generated containerd API from {root} failed: {e}",
