@@ -246,3 +246,60 @@ def test_keep_free_stops_at_the_floor_nothing_corrupted(
     p = run_cli(root, "--json", "warm", "--keep-free", "0%")
     assert last_json(p)["images_warmed"] == 2
     run_cli(root, "verify")
+
+
+def test_one_warm_per_store(tmp_path: Path) -> None:
+    from cargohold.warm import warm_lock
+
+    root = tmp_path / "root"
+    with warm_lock(root / "warm.lock"):
+        p = run_cli(root, "warm", check=False)
+    assert p.returncode == 8 and "another cargohold warm is running" in p.stderr, p.stderr
+    assert "nothing to do: 0 images" in run_cli(root, "warm").stdout
+
+
+def test_an_image_another_unpack_is_applying_is_put_back_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """CRI unpacking image A for a waiting container (here: an active snapshot under
+    containerd's unpack key for A's chain): warm does B first, then A."""
+    from cargohold.cli.resources import LocalStore
+    from cargohold.oci.chainid import chain_ids
+
+    a = push(registry.host, random_image(51, 200_000), tmp_path / "a")
+    b = push(registry.host, random_image(52, 200_000), tmp_path / "b")
+    root = tmp_path / "root"
+    run_cli(root, "bake", "--plain-http",
+            str(fetch_spec(tmp_path / "c.toml", [(a, 9.0), (b, 1.0)])))
+    chain = str(chain_ids(list(a.built.diff_ids))[0])
+    with LocalStore(root) as store:
+        store.snapshots.prepare(f"extract-1733480000-abcd {chain}", "")
+    p = run_cli(root, "--json", "warm")
+    ev = events(p)
+    plan = next(e for e in ev if e["event"] == "plan")
+    assert [i["name"] for i in plan["images"]] == [a.text, b.text]
+    assert [e["name"] for e in ev if e["event"] == "image_started"] == [b.text, a.text]
+    assert last_json(p)["images_warmed"] == 2
+
+
+def test_disk_filling_past_the_estimate_stops_with_exit_9(
+    registry: Registry, tmp_path: Path, small_fs: Path
+) -> None:
+    """A layer whose size the blob does not tell (zstd without a content size) and that
+    inflates 1000-fold: the estimate passes the floor, the applier's reserve stops the
+    write. The half-applied snapshot is removed, the image left cold, nothing corrupted."""
+    zeros = ImageSpec([LayerSpec([Dir("z"), File("z/zeros", content=bytes(40_000_000))],
+                                 compression="zstd")], cmd=["/bin/true"])
+    img = push(registry.host, zeros, tmp_path / "z")
+    root = small_fs / "root"
+    run_cli(root, "bake", "--plain-http", str(fetch_spec(tmp_path / "c.toml", [(img, 1.0)])))
+    st = os.statvfs(small_fs)
+    floor = st.f_bavail * st.f_frsize - 20_000_000
+    p = run_cli(root, "warm", "--keep-free", str(floor), check=False)
+    assert p.returncode == 9, p.stdout + p.stderr
+    assert f"left cold {img.text}" in p.stderr and "Traceback" not in p.stderr
+    assert "reached while unpacking" in p.stderr, p.stderr
+    assert extract_snapshots(root) == []
+    assert unpacked(root) == {img.text: False}
+    run_cli(root, "verify")
+    assert "warmed" in run_cli(root, "warm").stdout

@@ -15,6 +15,9 @@ On a running node (the other half of ``bake``'s trade) :class:`Warmer`:
    first image that would cross it, and every one after it, stays cold. The applier's
    reserve (``reserve_bytes``, raised to the floor) enforces the floor while writing, when
    the estimate was short: that image's half-applied snapshot is removed and the warm stops.
+   An image another unpack is applying right now (CRI for a waiting container: an active
+   snapshot labelled with one of its chain IDs) is put back once to the end of the queue;
+   one found unpacked by then is skipped ("unpacked meanwhile").
 
 A layer blob missing from the content store fails that image (the others are warmed); a
 daemon that goes away stops the warm (:class:`UnavailableError`); an interrupt (Ctrl-C,
@@ -32,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ from cargohold.catalog import local_tar_size, measured_ratio
 from cargohold.errors import (
     CargoholdError,
     ConflictError,
+    InvalidInputError,
     NotFoundError,
     OutOfSpaceError,
     UnavailableError,
@@ -50,8 +55,21 @@ from cargohold.fetch import image_name
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estimate_unpacked
 from cargohold.spec import CacheSpec, format_size
-from cargohold.store.interfaces import KIND_COMMITTED, ImageStore, Snapshotter
-from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult, resolve_image
+from cargohold.store.interfaces import (
+    KIND_ACTIVE,
+    KIND_COMMITTED,
+    ImageStore,
+    SnapshotInfo,
+    Snapshotter,
+)
+from cargohold.unpack.image import (
+    EXTRACT_PREFIX,
+    LABEL_SNAPSHOT_REF,
+    Unpacker,
+    UnpackEvents,
+    UnpackResult,
+    resolve_image,
+)
 from cargohold.warmorder import expected_seconds, parse_record_labels, wspt_order
 
 __all__ = [
@@ -80,6 +98,8 @@ class WarmItem:
     bytes_expected: int = 0
     seconds: float = 0.0
     layers_missing: int = 0
+    #: Chain IDs of the layers not unpacked yet (when sized).
+    chains_missing: frozenset[str] = frozenset()
     status: str = PENDING
     reason: str = ""
     error: CargoholdError | None = None
@@ -252,8 +272,12 @@ def fs_bytes(path: Path) -> int:
 @contextmanager
 def warm_lock(path: Path) -> Iterator[None]:
     """One warm per store at a time (ConflictError if another holds ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise InvalidInputError(f"cannot create the warm lock {path}: {e.strerror or e}",
+                                hint="give --root a directory this user can write") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -315,6 +339,7 @@ class Warmer:
         content, sn = self.store.content, self.store.snapshots
         missing = 0
         nbytes = 0
+        chains: set[str] = set()
         try:
             for p in item.platforms:
                 img = resolve_image(content, item.target, p)
@@ -328,12 +353,14 @@ class Warmer:
                     nbytes += size if size is not None else estimate_unpacked(
                         layer.size, self._unpack_ratio())
                 missing += len(img.chain_ids) - base - 1
+                chains.update(img.chain_ids[base + 1:])
         except UnavailableError:
             raise
         except CargoholdError as e:
             _fail(item, e)
             return
         item.layers_missing = missing
+        item.chains_missing = frozenset(chains)
         item.bytes_expected = nbytes
         item.seconds = expected_seconds(nbytes, self.options.model)
         if missing == 0:
@@ -370,10 +397,19 @@ class Warmer:
                      jobs=opts.jobs, reserve_bytes=reserve,
                      events=self.layer_events) as unpacker,
         ):
-            for n, item in enumerate(order):
+            queue = deque(order)
+            deferred: set[str] = set()
+            while queue:
+                item = queue.popleft()
+                if queue and item.name not in deferred and self._busy_elsewhere(item):
+                    # containerd's CRI (or another unpack) is on it: its container is waiting
+                    # for that unpack; unpacking the same layers alongside only slows both.
+                    deferred.add(item.name)
+                    queue.append(item)
+                    continue
                 why = self._over_floor(item)
                 if why:
-                    self._go_cold(order[n:], why)
+                    self._go_cold([item, *queue], why)
                     return
                 self.events.started(item)
                 t0 = time.monotonic()
@@ -383,8 +419,8 @@ class Warmer:
                         item.results.append(unpacker.unpack(item.target, p))
                 except OutOfSpaceError as e:
                     report.out_of_space = e
-                    self._go_cold(order[n:], f"the disk or the free-space floor was reached "
-                                             f"while unpacking: {e.message}")
+                    self._go_cold([item, *queue], f"the disk or the free-space floor was "
+                                                  f"reached while unpacking: {e.message}")
                     return
                 except UnavailableError:
                     raise  # the daemon went away: every other image would fail the same way
@@ -393,9 +429,35 @@ class Warmer:
                 except Exception as e:  # one image's bug must not take the others down
                     _fail(item, CargoholdError(f"warming {item.name} failed: {e!r}"))
                 else:
-                    item.status = WARMED
+                    if all(r.already_unpacked for r in item.results):
+                        item.status, item.reason = SKIPPED, "unpacked meanwhile by another unpack"
+                    else:
+                        item.status = WARMED
                 item.elapsed = time.monotonic() - t0
                 self.events.finished(item)
+
+    def _busy_elsewhere(self, item: WarmItem) -> bool:
+        """Whether another unpack (CRI's, ``ctr run``'s) is applying one of the item's missing
+        layers now: an active snapshot labelled with one of its chain IDs, or an unpacker's
+        ``extract-<unique> <chain ID>`` key (containerd's own). Between images this warm has
+        none of its own."""
+        if not item.chains_missing:
+            return False
+
+        def on_it(info: SnapshotInfo) -> bool:
+            if info.kind != KIND_ACTIVE:
+                return False
+            if info.labels.get(LABEL_SNAPSHOT_REF) in item.chains_missing:
+                return True
+            return info.name.startswith(EXTRACT_PREFIX) and any(
+                info.name.endswith(c) for c in item.chains_missing)
+
+        try:
+            return any(on_it(info) for info in self.store.snapshots.walk())
+        except UnavailableError:
+            raise
+        except CargoholdError:
+            return False
 
     def _over_floor(self, item: WarmItem) -> str:
         opts = self.options

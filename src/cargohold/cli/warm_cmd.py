@@ -17,7 +17,7 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.unpack_cmd import unpack_lease
-from cargohold.errors import CargoholdError, InvalidInputError, UnavailableError
+from cargohold.errors import InvalidInputError, UnavailableError, UnsupportedError
 from cargohold.fetch import FetchFailure
 from cargohold.niceness import idle_io_class, lower_cpu_priority
 from cargohold.oci.platform import parse_platform
@@ -243,7 +243,7 @@ def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
     if keep_free is not None:
         floor_path = store_filesystem(store)
         if floor_path is None:
-            raise CargoholdError(
+            raise UnsupportedError(
                 "--keep-free: cannot see the file system of the store's snapshots",
                 hint="run warm on the node containerd runs on (its snapshotter root must be "
                      "a local path), or drop --keep-free")
