@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class _Progress(WarmEvents, UnpackEvents):
         self.total = 0
         self.count = 0
         self.n = 0
+        self._held: list[Callable[[], None]] = []
 
     def __enter__(self) -> _Progress:
         return self
@@ -62,6 +63,9 @@ class _Progress(WarmEvents, UnpackEvents):
         if self._live is not None:
             self._live.stop()
             self._live = None
+        for emit in self._held:
+            emit()
+        self._held.clear()
 
     def planned(self, order: Sequence[WarmItem]) -> None:
         self.count = len(order)
@@ -115,21 +119,24 @@ class _Progress(WarmEvents, UnpackEvents):
             extra = f", {shared} by a concurrent unpack" if shared else ""
             line = (f"{item.name}  warmed {item.layers_missing} layers "
                     f"({human_bytes(item.bytes_unpacked)}) in {item.elapsed:.2f} s{extra}")
-            self._print(line)
+            self._emit(lambda: self.out.data(line))
         elif item.error is not None:
-            self.out.error(f"{item.name}: {item.error.message}", item.error.hint_text())
+            err = item.error
+            self._emit(lambda: self.out.error(f"{item.name}: {err.message}", err.hint_text()))
 
     def cold(self, items: Sequence[WarmItem], reason: str) -> None:
         if self.out.json_mode:
             self.out.event("cold", names=[i.name for i in items], reason=reason)
             return
-        self.out.warn(f"stopped: left cold {', '.join(i.name for i in items)}: {reason}")
+        names = ", ".join(i.name for i in items)
+        self._emit(lambda: self.out.warn(f"stopped: left cold {names}: {reason}"))
 
-    def _print(self, line: str) -> None:
+    def _emit(self, emit: Callable[[], None]) -> None:
+        """Result and error lines: held while the bar owns the terminal."""
         if self._live is not None:
-            self._live.console.print(line, markup=False, highlight=False)
+            self._held.append(emit)
         else:
-            self.out.data(line)
+            emit()
 
 
 def _lock_path(app: App, store: Any) -> Path:
