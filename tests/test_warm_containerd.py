@@ -249,3 +249,31 @@ def test_full_file_system_stops_at_the_floor_nothing_corrupted(
     filler.unlink()
     ch(ctrd, ns, root, "warm")
     assert all(is_unpacked(ctrd, ns, x) for x in imgs)
+
+
+def test_wait_for_containerd_before_warming(
+    registry: Registry, fresh_containerd: Containerd, tmp_path: Path
+) -> None:
+    """Boot order: warm starts before containerd answers; --wait holds it until it does."""
+    ctrd = fresh_containerd
+    img = push(registry.host, random_image(131, 300_000), tmp_path / "img")
+    ns = ctrd.unique_namespace("warmwait")
+    root = tmp_path / "root"
+    bake_fetch_only(ctrd, ns, root, tmp_path, [(img, 1.0)])
+    ctrd.stop()
+
+    p = ch(ctrd, ns, root, "warm", "--wait=0.5", check=False)
+    assert p.returncode == 7, p.stdout + p.stderr
+    assert "containerd did not answer within 0.5 s" in p.stderr and "Traceback" not in p.stderr
+    p = ch(ctrd, ns, root, "warm", check=False)  # no --wait: at once
+    assert p.returncode == 7 and "unavailable" in p.stderr, p.stderr
+
+    warm = popen(ctrd, ns, root, "warm", "--wait")
+    assert warm.stderr is not None
+    line = warm.stderr.readline()
+    assert line.startswith("waiting for containerd at "), line
+    ctrd.restart()
+    out, err = warm.communicate(timeout=300)
+    assert warm.returncode == 0, out + err
+    assert "warmed 1 images" in out
+    assert is_unpacked(ctrd, ns, img)
