@@ -117,6 +117,12 @@ def test_bake_labels_records_and_warm_goes_most_valuable_first(
 
     again = run_cli(root, "warm")
     assert again.stdout.strip() == "nothing to do: 4 images already unpacked", again.stdout
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    run_cli(root, "warm", "--metrics-textfile", str(textfile))
+    prom = (textfile / "cargohold.prom").read_text()
+    assert 'cargohold_last_run_success{command="warm"} 1.0' in prom, prom
+    assert "cargohold_images_pending_warm 0.0" in prom, prom
     # A spec names what to warm (and gives the priorities); unknown images are skipped.
     listed = tmp_path / "list.txt"
     listed.write_text(f"{pushed['a'].text}\n{registry.host}/never/fetched:1\n")
@@ -242,8 +248,8 @@ def test_keep_free_stops_at_the_floor_nothing_corrupted(
     run_cli(root, "verify")
     assert unpacked(root) == {imgs[0].text: True, imgs[1].text: True,
                               imgs[2].text: False, imgs[3].text: False}
-    # Percentages work too; 0% lets the rest through.
-    p = run_cli(root, "--json", "warm", "--keep-free", "0%")
+    # Percentages work too; 1% lets the rest through.
+    p = run_cli(root, "--json", "warm", "--keep-free", "1%")
     assert last_json(p)["images_warmed"] == 2
     run_cli(root, "verify")
 

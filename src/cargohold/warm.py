@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cargohold.catalog import local_tar_size, measured_ratio
+from cargohold.catalog import local_tar_size, unpack_ratio
 from cargohold.errors import (
     CargoholdError,
     ConflictError,
@@ -52,6 +52,7 @@ from cargohold.errors import (
     UnavailableError,
 )
 from cargohold.fetch import image_name
+from cargohold.node.disk import fs_space
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estimate_unpacked
 from cargohold.spec import CacheSpec, format_size
@@ -238,37 +239,6 @@ def _committed(sn: Snapshotter, name: str) -> bool:
         return False
 
 
-def store_filesystem(store: Any) -> Path | None:
-    """A directory on the file system the store's snapshots live on: the embedded store's
-    snapshot directory; containerd's snapshotter root (its introspection exports), when that
-    path is on this machine. None when unknown."""
-    where = getattr(store.snapshots, "dir", None)
-    if where is not None:
-        return Path(where)
-    client = getattr(store, "client", None)
-    if client is None:
-        return None
-    sn_name = store.snapshots.name
-    req = client.api.introspection.PluginsRequest(
-        filters=[f"type==io.containerd.snapshotter.v1,id=={sn_name}"])
-    resp = client.call(client.introspection_stub.Plugins, req, what="introspect plugins")
-    for p in resp.plugins:
-        root = dict(p.exports).get("root")
-        if root and os.path.isdir(root):
-            return Path(root)
-    return None
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fs_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_blocks * st.f_frsize
-
-
 @contextmanager
 def warm_lock(path: Path) -> Iterator[None]:
     """One warm per store at a time (ConflictError if another holds ``path``)."""
@@ -327,7 +297,7 @@ class Warmer:
     def _unpack_ratio(self) -> float:
         if self._ratio is None:
             try:
-                self._ratio = measured_ratio(self.store) or DEFAULT_UNPACK_RATIO
+                self._ratio = unpack_ratio(self.store).value
             except CargoholdError:
                 self._ratio = DEFAULT_UNPACK_RATIO
         return self._ratio
@@ -463,7 +433,7 @@ class Warmer:
         opts = self.options
         if opts.floor is None or opts.floor_path is None:
             return ""
-        free = free_bytes(opts.floor_path)
+        free = fs_space(opts.floor_path).free
         if free - item.bytes_expected >= opts.floor:
             return ""
         return (f"unpacking {item.name} (about {format_size(item.bytes_expected)}) would leave "

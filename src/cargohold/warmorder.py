@@ -22,8 +22,8 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from cargohold.errors import InvalidInputError
+from cargohold.node.labels import LABEL_CRITICAL, LABEL_PRIORITY, image_critical, image_priority
 from cargohold.plan import CostModel
-from cargohold.spec import parse_size
 from cargohold.store.interfaces import ImageStore
 
 __all__ = [
@@ -32,16 +32,11 @@ __all__ = [
     "Weighted",
     "expected_seconds",
     "label_record",
-    "parse_keep_free",
     "parse_record_labels",
     "record_labels",
     "weighted_completion",
     "wspt_order",
 ]
-
-#: Image record labels written by ``bake`` (the spec entry's priority and critical flag).
-LABEL_PRIORITY = "io.cargohold.priority"
-LABEL_CRITICAL = "io.cargohold.critical"
 
 
 def record_labels(priority: float, critical: bool) -> dict[str, str]:
@@ -51,18 +46,11 @@ def record_labels(priority: float, critical: bool) -> dict[str, str]:
 
 
 def parse_record_labels(labels: Mapping[str, str]) -> tuple[float, bool] | None:
-    """(priority, critical) from a record's labels; None when bake did not label it (or the
-    priority is not a number >= 0)."""
-    text = labels.get(LABEL_PRIORITY)
-    if text is None:
+    """(priority, critical) from a record's labels as ``status`` and ``evict`` read them
+    (:mod:`cargohold.node.labels`); None when bake did not label the record."""
+    if LABEL_PRIORITY not in labels:
         return None
-    try:
-        priority = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(priority) or priority < 0:
-        return None
-    return priority, labels.get(LABEL_CRITICAL, "false").lower() == "true"
+    return image_priority(labels), image_critical(labels)
 
 
 def expected_seconds(unpacked_bytes: int, model: CostModel) -> float:
@@ -115,24 +103,6 @@ def weighted_completion(items: Sequence[Weighted]) -> float:
         t += i.seconds
         total += i.priority * t
     return total
-
-
-def parse_keep_free(text: str, fs_bytes: int) -> int:
-    """``--keep-free`` as bytes: a size (``2GiB``, ``500MB``, a number of bytes) or a
-    percentage of the file system's size ``fs_bytes`` (``10%``)."""
-    t = text.strip()
-    if t.endswith("%"):
-        try:
-            pct = float(t[:-1])
-        except ValueError:
-            raise InvalidInputError(f"--keep-free: not a percentage: {text!r}") from None
-        if not math.isfinite(pct) or not 0 <= pct <= 100:
-            raise InvalidInputError(f"--keep-free: percentage must be 0-100 (got {text!r})")
-        return math.ceil(fs_bytes * pct / 100)
-    try:
-        return parse_size(t)
-    except InvalidInputError as e:
-        raise InvalidInputError(f"--keep-free: {e.message}") from None
 
 
 def label_record(images: ImageStore, name: str, priority: float, critical: bool) -> None:

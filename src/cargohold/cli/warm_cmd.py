@@ -14,12 +14,14 @@ import click
 
 from cargohold.cli.fetch_cmd import raise_failures
 from cargohold.cli.main import App, cli, pass_app
+from cargohold.cli.node_cmd import _node_store, _refresh_metrics, _textfile_option
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.unpack_cmd import unpack_lease
 from cargohold.errors import InvalidInputError, UnavailableError, UnsupportedError
 from cargohold.fetch import FetchFailure
 from cargohold.niceness import idle_io_class, lower_cpu_priority
+from cargohold.node.disk import free_target, fs_space, parse_keep_free, store_path
 from cargohold.oci.platform import parse_platform
 from cargohold.spec import load_spec
 from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
@@ -32,13 +34,10 @@ from cargohold.warm import (
     WarmItem,
     WarmOptions,
     WarmReport,
-    fs_bytes,
     items_from_records,
     items_from_spec,
-    store_filesystem,
     warm_lock,
 )
-from cargohold.warmorder import parse_keep_free
 
 #: ``--wait`` without a value: how long to wait for containerd's socket.
 DEFAULT_WAIT = 300.0
@@ -208,10 +207,32 @@ def _summary(out: Output, r: WarmReport, niceness: dict[str, Any]) -> None:
 @click.option("--platform", "platforms", multiple=True,
               help="os/arch[/variant] to warm (repeatable) [default: the spec's, else this "
                    "host's].")
+@_textfile_option
 @pass_app
 def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
-         keep_free: str | None, wait: float | None, platforms: tuple[str, ...]) -> None:
+         keep_free: str | None, wait: float | None, platforms: tuple[str, ...],
+         metrics_dir: Path | None) -> None:
     """Unpack fetched-only images, most valuable first (at boot, in the background)."""
+    if metrics_dir is None:
+        _warm_command(app, spec_file, jobs, nice, io_class, keep_free, wait, platforms)
+        return
+    from cargohold.node.metrics import check_textfile_dir, record_run
+
+    check_textfile_dir(metrics_dir)
+    started = time.time()
+    ok = False
+    try:
+        _warm_command(app, spec_file, jobs, nice, io_class, keep_free, wait, platforms)
+        ok = True
+    finally:
+        state = record_run(Path(app.settings.root), "warm", started=started, success=ok)
+        with _node_store(app) as (store, sn):
+            _refresh_metrics(app, metrics_dir, store, sn, state)
+
+
+def _warm_command(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
+                  keep_free: str | None, wait: float | None,
+                  platforms: tuple[str, ...]) -> None:
     # Before any thread starts: threads inherit both.
     niceness: dict[str, Any] = {"nice": lower_cpu_priority(nice) if nice else
                                 os.getpriority(os.PRIO_PROCESS, 0)}
@@ -219,6 +240,7 @@ def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
     out = app.out
     s = app.settings
     spec = load_spec(spec_file) if spec_file is not None else None
+    target = parse_keep_free(keep_free) if keep_free is not None else None
     plats = [parse_platform(p) for p in (platforms or s.platforms)]
     if wait is not None and wait < 0:
         raise InvalidInputError("--wait: seconds must be >= 0")
@@ -226,7 +248,7 @@ def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
         if wait is not None and not isinstance(store, LocalStore):
             _wait_for(store, wait, out)
         with warm_lock(_lock_path(app, store)):
-            report = _warm(app, store, spec, plats, jobs, keep_free)
+            report = _warm(app, store, spec, plats, jobs, target)
     _summary(out, report, niceness)
     failed = report.having(FAILED)
     attempted = len(report.order) + sum(1 for i in failed if i.name not in report.order)
@@ -237,7 +259,7 @@ def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
 
 
 def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
-          keep_free: str | None) -> WarmReport:
+          keep_free: tuple[int | None, float | None] | None) -> WarmReport:
     out = app.out
     if spec is not None:
         items = items_from_spec(spec, store.images, plats)
@@ -248,13 +270,13 @@ def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
                       "(name them in a spec to warm them)")
     floor = floor_path = None
     if keep_free is not None:
-        floor_path = store_filesystem(store)
+        floor_path = store_path(store, Path(app.settings.root))
         if floor_path is None:
             raise UnsupportedError(
                 "--keep-free: cannot see the file system of the store's snapshots",
                 hint="run warm on the node containerd runs on (its snapshotter root must be "
                      "a local path), or drop --keep-free")
-        floor = parse_keep_free(keep_free, fs_bytes(floor_path))
+        floor = free_target(fs_space(floor_path), keep_free)
     from cargohold.calibration import cost_model
 
     model, _ = cost_model(Path(app.settings.root))
