@@ -18,7 +18,7 @@ from cargohold.cli.node_cmd import _node_store, _refresh_metrics, _textfile_opti
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.unpack_cmd import unpack_lease
-from cargohold.errors import InvalidInputError, UnavailableError, UnsupportedError
+from cargohold.errors import CargoholdError, InvalidInputError, UnavailableError, UnsupportedError
 from cargohold.fetch import FetchFailure
 from cargohold.niceness import idle_io_class, lower_cpu_priority
 from cargohold.node.disk import free_target, fs_space, parse_keep_free, store_path
@@ -225,9 +225,13 @@ def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
         _warm_command(app, spec_file, jobs, nice, io_class, keep_free, wait, platforms)
         ok = True
     finally:
-        state = record_run(Path(app.settings.root), "warm", started=started, success=ok)
-        with _node_store(app) as (store, sn):
-            _refresh_metrics(app, metrics_dir, store, sn, state)
+        try:
+            state = record_run(Path(app.settings.root), "warm", started=started, success=ok)
+            with _node_store(app) as (store, sn):
+                _refresh_metrics(app, metrics_dir, store, sn, state)
+        except CargoholdError:
+            if ok:
+                raise  # else the warm's own error is the one to report
 
 
 def _warm_command(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
