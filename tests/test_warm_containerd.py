@@ -116,8 +116,9 @@ def test_warm_and_a_concurrent_ctr_run_of_the_same_image_both_succeed(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     w_out, w_err = warm.communicate(timeout=300)
     r_out, r_err = run.communicate(timeout=300)
-    assert warm.returncode == 0, w_out + w_err
-    assert run.returncode == 0 and r_out.strip() == "raced", r_out + r_err
+    log = containerd.log_text()[-4000:]  # for a failure's diagnosis
+    assert warm.returncode == 0, w_out + w_err + log
+    assert run.returncode == 0 and r_out.strip() == "raced", r_out + r_err + log
     assert is_unpacked(containerd, ns, img)
     # One set of snapshots: the chain IDs, committed; nothing half-applied left.
     assert snapshots(containerd, ns) == dict.fromkeys(chains(img), "Committed")
