@@ -248,11 +248,15 @@ def _warm_command(app: App, spec_file: Path | None, jobs: int, nice: int, io_cla
     plats = [parse_platform(p) for p in (platforms or s.platforms)]
     if wait is not None and wait < 0:
         raise InvalidInputError("--wait: seconds must be >= 0")
-    with open_store(s) as store:
-        if wait is not None and not isinstance(store, LocalStore):
-            _wait_for(store, wait, out)
-        with warm_lock(_lock_path(app, store)):
-            report = _warm(app, store, spec, plats, jobs, target)
+    if wait is not None and s.store == "containerd":
+        # Before open_store: opening releases dead processes' leases, a call that needs the
+        # daemon.
+        from cargohold.store.containerd.store import ContainerdStore
+
+        with ContainerdStore.from_settings(s) as probe:
+            _wait_for(probe, wait, out)
+    with open_store(s) as store, warm_lock(_lock_path(app, store)):
+        report = _warm(app, store, spec, plats, jobs, target)
     _summary(out, report, niceness)
     failed = report.having(FAILED)
     attempted = len(report.order) + sum(1 for i in failed if i.name not in report.order)
