@@ -1,19 +1,15 @@
 """`cargohold doctor` against sample kubelet / containerd configs (good, risky, malformed,
-missing), `cargohold metrics` scraped through Debian's prometheus-node-exporter, and the
-systemd units in contrib/systemd checked by `systemd-analyze verify`."""
+missing), and `cargohold metrics` scraped through Debian's prometheus-node-exporter. (The
+systemd units are checked in tests/test_systemd_unit.py.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
 
 from cargohold.devtools.registry import stop_process
 from cargohold.imagebuild.entries import Dir, File
@@ -213,27 +209,19 @@ def test_metrics_textfile_errors(tmp_path: Path, registry: Registry) -> None:
     assert p.returncode == 2
 
 
-# ---------------------------------------------------------------- systemd units
-
-
-def _units() -> list[Path]:
-    return sorted(p for p in (REPO / "contrib" / "systemd").iterdir()
-                  if p.suffix in (".service", ".timer"))
-
-
-def test_systemd_units_verify(tmp_path: Path) -> None:
-    analyze = require_binary("systemd-analyze", "systemd")
-    units = _units()
-    assert units
-    # systemd-analyze checks that ExecStart's program exists: point it at this install.
-    installed = shutil.which("cargohold") or str(Path(sys.executable).parent / "cargohold")
-    if not Path(installed).exists():
-        pytest.fail(f"cargohold is not installed next to {sys.executable}")
-    for unit in units:
-        text = unit.read_text().replace("/usr/local/bin/cargohold", installed)
-        (tmp_path / unit.name).write_text(text)
-    p = subprocess.run([analyze, "verify", *(str(tmp_path / u.name) for u in units)],
-                       capture_output=True, text=True, timeout=60)
-    problems = [x for x in p.stderr.splitlines() if any(u.name in x for u in units)]
-    assert p.returncode == 0 and not problems, p.stderr
-
+def test_bake_refreshes_the_textfile(registry: Registry, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    imgs = [push(registry.host, _one(9300 + i), tmp_path / f"i{i}") for i in range(2)]
+    spec = tmp_path / "images.txt"
+    spec.write_text("".join(f"{p.text}\n" for p in imgs))
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    cli(root, "bake", str(spec), "--plain-http", "--metrics-textfile", str(textdir), check=True)
+    series = _series((textdir / "cargohold.prom").read_text())
+    assert series['cargohold_last_run_success{command="bake"}'] == 1
+    assert series['cargohold_images{tier="unpacked"}'] == 2  # small images: pulled
+    # A failed bake is recorded as one, and the textfile still refreshed.
+    spec.write_text("example.invalid/none:1\n")
+    assert cli(root, "bake", str(spec), "--metrics-textfile", str(textdir)).returncode != 0
+    series = _series((textdir / "cargohold.prom").read_text())
+    assert series['cargohold_last_run_success{command="bake"}'] == 0

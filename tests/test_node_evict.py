@@ -15,6 +15,7 @@ from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.node.evict_plan import plan_evict
 from cargohold.node.inventory import ImageState, Inventory
 from cargohold.node.labels import LABEL_CRI_PINNED, LABEL_CRITICAL, LABEL_PRIORITY
+from cargohold.plan import CostModel
 from cargohold.store.embedded.store import EmbeddedStore
 from tests.rig.cli import last_json
 from tests.rig.images import Pushed, push
@@ -180,6 +181,9 @@ def test_evict_usage_errors(registry: Registry, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the planner, pure
 
 
+ONE_BYTE_PER_SECOND = CostModel(unpack_throughput=1.0, per_image_overhead=0.0)
+
+
 def _state(name: str, chains: list[str], *, prio: float = 1.0, size: int = 0,
            **kw: Any) -> ImageState:
     return ImageState(names=[name], digest=name, tier="unpacked", priority=prio,
@@ -201,14 +205,14 @@ def test_plan_orders_by_value_and_respects_shared_chains() -> None:
     big = _state("big", ["b", "a2"], size=600)       # value 1/600: first
     imp = _state("imp", ["c1"], prio=0.001, size=10)  # value 1e-4: before both
     inv = _inv([a, big, imp], sizes)
-    plan = plan_evict(inv, 1, throughput=1.0)
+    plan = plan_evict(inv, 1, model=ONE_BYTE_PER_SECOND)
     assert [x.image.name for x in plan.actions] == ["imp"]
-    plan = plan_evict(inv, 20, throughput=1.0)
+    plan = plan_evict(inv, 20, model=ONE_BYTE_PER_SECOND)
     assert [(x.image.name, x.chains) for x in plan.actions] == [
         ("imp", ["c1"]), ("big", ["a2"])]
     assert plan.planned_bytes == 510
     # Asking for everything: a goes with the shared base once big is gone.
-    plan = plan_evict(inv, 10_000, throughput=1.0)
+    plan = plan_evict(inv, 10_000, model=ONE_BYTE_PER_SECOND)
     assert [(x.image.name, x.chains) for x in plan.actions] == [
         ("imp", ["c1"]), ("big", ["a2"]), ("a", ["a1", "b"])]
     assert not plan.reaches_target and plan.planned_bytes == sum(sizes.values())
@@ -235,7 +239,7 @@ def test_plan_deletes_only_when_allowed_and_after_demotions() -> None:
                    content_exclusive=500)
     inv = _inv([a, f], sizes)
     assert [x.action for x in plan_evict(inv, 200).actions] == ["demote"]
-    plan = plan_evict(inv, 700, allow_delete=True, throughput=1.0)
+    plan = plan_evict(inv, 700, allow_delete=True, model=ONE_BYTE_PER_SECOND)
     assert next((x.action, x.image.name) for x in plan.actions) == ("demote", "a")
     assert ("delete", "f") in [(x.action, x.image.name) for x in plan.actions]
     assert plan.reaches_target

@@ -20,6 +20,7 @@ from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resolve_progress import ResolveProgress
 from cargohold.cli.resources import open_store, reserve_bytes
+from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.cli.unpack_cmd import UnpackProgress, summary_line, unpack_lease
 from cargohold.errors import (
     BudgetError,
@@ -71,14 +72,26 @@ class _BakeProgress(ResolveProgress, BakeEvents):
               help="Machine-readable output on stdout (same as the global --json).")
 @registry_options
 @from_options
+@textfile_option
 @pass_app
 def bake_command(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, ...],
                  report_file: Path | None, replan: bool, no_verify: bool, jobs: int | None,
                  cri: bool | None, json_local: bool, plain_http: bool | None,
                  insecure_skip_verify: bool | None, hosts_dir: str | None,
                  authfile: str | None, from_paths: tuple[Path, ...],
-                 allow_network: bool) -> None:
+                 allow_network: bool, metrics_dir: Path | None) -> None:
     """Build the image cache of SPEC within its disk budget: plan, fetch, unpack, verify."""
+    with recorded_run(app, "bake", metrics_dir):
+        _bake(app, spec_file, budget, platforms, report_file, replan, no_verify, jobs, cri,
+              json_local, plain_http, insecure_skip_verify, hosts_dir, authfile, from_paths,
+              allow_network)
+
+
+def _bake(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, ...],
+          report_file: Path | None, replan: bool, no_verify: bool, jobs: int | None,
+          cri: bool | None, json_local: bool, plain_http: bool | None,
+          insecure_skip_verify: bool | None, hosts_dir: str | None, authfile: str | None,
+          from_paths: tuple[Path, ...], allow_network: bool) -> None:
     out = app.out
     if json_local:
         out.json_mode = True

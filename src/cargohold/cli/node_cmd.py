@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +9,8 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import open_store
+from cargohold.cli.resources import LocalStore, open_store, open_store_and_snapshots
+from cargohold.cli.run_metrics import RunCounters, recorded_run, textfile_option
 from cargohold.errors import (
     CargoholdError,
     CheckFailedError,
@@ -20,35 +18,6 @@ from cargohold.errors import (
     PartialFailureError,
     TargetNotReachedError,
 )
-
-_textfile_option = click.option(
-    "--metrics-textfile", "metrics_dir", type=click.Path(path_type=Path), default=None,
-    help="Refresh DIR/cargohold.prom for node_exporter's textfile collector after the run.")
-
-
-@contextmanager
-def _node_store(app: App) -> Iterator[tuple[Any, Any]]:
-    """The configured store (never created: a missing embedded store is NotFoundError) and
-    its snapshotter (None when the embedded store never unpacked anything)."""
-    s = app.settings
-    with open_store(s, must_exist=True) as store:
-        if s.store == "containerd":
-            store.version()  # type: ignore[union-attr]
-            yield store, store.snapshots
-        else:
-            yield store, (store.snapshots if store.has_snapshots else None)  # type: ignore[union-attr]
-
-
-def _refresh_metrics(app: App, metrics_dir: Path | None, store: Any, sn: Any,
-                     state: Any) -> None:
-    if metrics_dir is None:
-        return
-    from cargohold.node.inventory import take_inventory
-    from cargohold.node.metrics import write_textfile
-
-    path = write_textfile(metrics_dir, take_inventory(store, sn), state)
-    app.out.debug(f"metrics written to {path}")
-
 
 # ---------------------------------------------------------------- status
 
@@ -68,7 +37,7 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
         from cargohold.spec import load_spec
 
         names += [str(e.ref) for e in load_spec(spec_file).images]
-    with _node_store(app) as (store, sn):
+    with open_store_and_snapshots(app.settings) as (store, sn):
         inv = take_inventory(store, sn)
     rows = select(inv, names) if names else inv.images
     if app.out.json_mode:
@@ -126,7 +95,7 @@ def _needed_bytes(keep_free: str | None, free: str | None, space: Any) -> int:
               help="When demotion is not enough, delete whole images (never critical, pinned "
                    "or in use).")
 @click.option("--dry-run", is_flag=True, help="Only print what would go and what it frees.")
-@_textfile_option
+@textfile_option
 @pass_app
 def evict_command(app: App, keep_free: str | None, free: str | None, allow_delete: bool,
                   dry_run: bool, metrics_dir: Path | None) -> None:
@@ -134,31 +103,17 @@ def evict_command(app: App, keep_free: str | None, free: str | None, allow_delet
     compressed content stay), lowest value first; with --allow-delete, then whole images.
     Exit 13 when the target cannot be reached."""
     from cargohold.node.disk import parse_keep_free
-    from cargohold.node.metrics import check_textfile_dir, load_state, record_run
 
-    if metrics_dir is not None:
-        check_textfile_dir(metrics_dir)
     if keep_free is not None:  # usage errors before touching anything
         parse_keep_free(keep_free)
-    started = time.time()
-    root = Path(app.settings.root)
-    ok = False
-    freed = (0, 0)
-    try:
-        freed = _evict(app, keep_free, free, allow_delete, dry_run)
-        ok = True
-    finally:
-        state = (record_run(root, "evict", started=started, success=ok, demoted=freed[0],
-                            deleted=freed[1]) if not dry_run else load_state(root))
-        if metrics_dir is not None:
-            with _node_store(app) as (store, sn):
-                _refresh_metrics(app, metrics_dir, store, sn, state)
+    with recorded_run(app, "evict", metrics_dir, record=not dry_run) as counters:
+        _evict(app, keep_free, free, allow_delete, dry_run, counters)
 
 
 def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool,
-           dry_run: bool) -> tuple[int, int]:
-    """Plan, carry out, collect garbage, measure and report; (bytes demoted, bytes deleted)
-    as removed per action. TargetNotReachedError / PartialFailureError at the end."""
+           dry_run: bool, counters: RunCounters) -> None:
+    """Plan, carry out, collect garbage, measure and report; the bytes demoted and deleted go
+    into ``counters``. TargetNotReachedError / PartialFailureError at the end."""
     from cargohold.calibration import cost_model
     from cargohold.node.disk import fs_space, store_path
     from cargohold.node.evict import carry_out
@@ -166,15 +121,13 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
     from cargohold.node.inventory import take_inventory
 
     s = app.settings
-    with _node_store(app) as (store, sn):
+    with open_store_and_snapshots(app.settings) as (store, sn):
         where = store_path(store, Path(s.root))
         before = fs_space(where) if where is not None else None
         needed = _needed_bytes(keep_free, free, before)
         inv = take_inventory(store, sn)
         model, _ = cost_model(Path(s.root))
-        plan = plan_evict(inv, needed, allow_delete=allow_delete,
-                          throughput=model.unpack_throughput,
-                          overhead=model.per_image_overhead)
+        plan = plan_evict(inv, needed, allow_delete=allow_delete, model=model)
         if before is not None:
             app.out.info(f"{before.path}: {human_bytes(before.free)} free of "
                          f"{human_bytes(before.total)}; to free: {human_bytes(needed)}")
@@ -183,7 +136,7 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
         if dry_run:
             _report_dry_run(app, plan)
             _check_reached(plan, plan.planned_bytes, allow_delete)
-            return 0, 0
+            return
         outcomes = (carry_out(store, sn, plan, on_done=lambda r: _report_outcome(app, r))
                     if plan.actions else [])
     _collect(app, any(o.records_deleted for o in outcomes))
@@ -192,6 +145,7 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
     deleted = sum(o.removed_bytes + (o.action.image.content_exclusive if o.records_deleted
                                      else 0)
                   for o in outcomes if o.action.action == "delete")
+    counters.demoted_bytes, counters.deleted_bytes = demoted, deleted
     if app.out.json_mode:
         app.out.json({"event": "summary", "command": "evict", "dry_run": False,
                       **plan.to_json(), "outcomes": [o.to_json() for o in outcomes],
@@ -211,7 +165,6 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
             + "; ".join(f"{o.action.image.name}: {o.error}" for o in failed),
             hint="those images are left partial; the next evict finishes them")
     _check_reached(plan, demoted + deleted, allow_delete)
-    return demoted, deleted
 
 
 def _report_dry_run(app: App, plan: Any) -> None:
@@ -331,8 +284,8 @@ def _doctor_checks(app: App, containerd_config: Path, kubelet_config: Path, keep
     else:
         kubelet_ok = True
     try:
-        with _node_store(app) as (store, sn):
-            if s.store == "containerd":
+        with open_store_and_snapshots(app.settings) as (store, sn):
+            if not isinstance(store, LocalStore):
                 v = store.version()
                 checks.append(d.Check("containerd", d.OK,
                                       f"containerd {v.version} at {s.address}"))
@@ -412,18 +365,15 @@ def _store_checks(app: App, store: Any, sn: Any, no_verify: bool) -> list[Any]:
 @pass_app
 def metrics_command(app: App, textfile_dir: Path | None) -> None:
     """Prometheus metrics: images per tier, store bytes, bytes evicted, last runs."""
-    from cargohold.node.inventory import take_inventory
-    from cargohold.node.metrics import load_state, write_textfile
+    from cargohold.cli.run_metrics import refresh_textfile
+    from cargohold.node.metrics import check_textfile_dir
 
-    root = Path(app.settings.root)
-    with _node_store(app) as (store, sn):
-        inv = take_inventory(store, sn)
     if textfile_dir is not None:
-        path = write_textfile(textfile_dir, inv, load_state(root))
-        app.out.info(f"wrote {path}")
+        check_textfile_dir(textfile_dir)
+        app.out.info(f"wrote {refresh_textfile(app, textfile_dir)}")
         return
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_textfile(Path(tmp), inv, load_state(root))
+        path = refresh_textfile(app, Path(tmp))
         app.out.data(path.read_text(encoding="utf-8").rstrip("\n"))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cargohold.store.containerd.store import ContainerdStore
     from cargohold.store.embedded.containers import EmbeddedContainerStore
     from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
+    from cargohold.store.interfaces import Snapshotter
     from cargohold.unpack.applier import EmbeddedApplier
 
 
@@ -161,6 +162,21 @@ def open_store(
         raise InvalidInputError(f"unknown store {s.store!r}; use embedded or containerd")
     with open_embedded(s, exclusive=exclusive, must_exist=must_exist) as store:
         yield store
+
+
+@contextmanager
+def open_store_and_snapshots(
+    s: Settings,
+) -> Iterator[tuple[LocalStore | ContainerdStore, Snapshotter | None]]:
+    """An existing store (``must_exist``; containerd is asked for its version, so an
+    unreachable daemon fails here) and its snapshotter: containerd's, or the embedded one
+    if anything was ever unpacked (None otherwise: nothing is created)."""
+    with open_store(s, must_exist=True) as store:
+        if isinstance(store, LocalStore):
+            yield store, (store.snapshots if store.has_snapshots else None)
+        else:
+            store.version()
+            yield store, store.snapshots
 
 
 @contextmanager

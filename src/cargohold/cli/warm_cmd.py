@@ -14,11 +14,11 @@ import click
 
 from cargohold.cli.fetch_cmd import raise_failures
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.node_cmd import _node_store, _refresh_metrics, _textfile_option
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
+from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.cli.unpack_cmd import unpack_lease
-from cargohold.errors import CargoholdError, InvalidInputError, UnavailableError, UnsupportedError
+from cargohold.errors import InvalidInputError, UnavailableError, UnsupportedError
 from cargohold.fetch import FetchFailure
 from cargohold.niceness import idle_io_class, lower_cpu_priority
 from cargohold.node.disk import free_target, fs_space, parse_keep_free, store_path
@@ -207,31 +207,14 @@ def _summary(out: Output, r: WarmReport, niceness: dict[str, Any]) -> None:
 @click.option("--platform", "platforms", multiple=True,
               help="os/arch[/variant] to warm (repeatable) [default: the spec's, else this "
                    "host's].")
-@_textfile_option
+@textfile_option
 @pass_app
 def warm(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,
          keep_free: str | None, wait: float | None, platforms: tuple[str, ...],
          metrics_dir: Path | None) -> None:
     """Unpack fetched-only images, most valuable first (at boot, in the background)."""
-    if metrics_dir is None:
+    with recorded_run(app, "warm", metrics_dir):
         _warm_command(app, spec_file, jobs, nice, io_class, keep_free, wait, platforms)
-        return
-    from cargohold.node.metrics import check_textfile_dir, record_run
-
-    check_textfile_dir(metrics_dir)
-    started = time.time()
-    ok = False
-    try:
-        _warm_command(app, spec_file, jobs, nice, io_class, keep_free, wait, platforms)
-        ok = True
-    finally:
-        try:
-            state = record_run(Path(app.settings.root), "warm", started=started, success=ok)
-            with _node_store(app) as (store, sn):
-                _refresh_metrics(app, metrics_dir, store, sn, state)
-        except CargoholdError:
-            if ok:
-                raise  # else the warm's own error is the one to report
 
 
 def _warm_command(app: App, spec_file: Path | None, jobs: int, nice: int, io_class: str,

@@ -1,8 +1,9 @@
 """Which images to demote (drop unpacked snapshots) and delete to free disk: pure logic.
 
-Value of an image = priority / expected unpack seconds (the order ``warm`` unpacks in, highest
-first); evict goes the other way, lowest value first: large, unimportant images go before
-small, important ones.
+Value of an image = priority / expected unpack seconds; ``warm`` unpacks the most valuable
+first (:func:`cargohold.warmorder.wspt_order`), evict goes the exact other way
+(:func:`evict_order`), least valuable first: large, unimportant images go before small,
+important ones.
 
 * **Tier 1, demote**: an image that is unpacked, not critical, not pinned and not in use
   loses its committed chains from the top down, as far as no image that stays unpacked and
@@ -19,30 +20,55 @@ Stops as soon as the bytes asked for are freed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.node.inventory import ImageState, Inventory
-from cargohold.plan import DEFAULT_UNPACK_RATIO
+from cargohold.plan import DEFAULT_UNPACK_RATIO, CostModel
+from cargohold.warmorder import expected_seconds, wspt_order
 
-__all__ = ["EvictAction", "EvictPlan", "plan_evict", "value"]
+__all__ = ["EvictAction", "EvictPlan", "evict_order", "plan_evict", "value"]
 
-#: Seconds a first start pays per image besides the unpack itself (as the planner's default).
-_MIN_SECONDS = 0.01
-
-
-def expected_unpack_seconds(img: ImageState, throughput: float, overhead: float) -> float:
-    """Seconds a first start of ``img`` would wait for its unpack: from its unpacked size, or
-    for an image not unpacked, its compressed size at the planner's default ratio."""
-    size = (img.snapshot_bytes if img.tier == "unpacked"
-            else max(img.snapshot_bytes, int(img.content_bytes * DEFAULT_UNPACK_RATIO)))
-    return max(_MIN_SECONDS, overhead + size / max(throughput, 1.0))
+def unpack_size(img: ImageState) -> int:
+    """The bytes an unpack of ``img`` writes: its snapshots when unpacked, else its compressed
+    size at the planner's default ratio."""
+    if img.tier == "unpacked":
+        return img.snapshot_bytes
+    return max(img.snapshot_bytes, int(img.content_bytes * DEFAULT_UNPACK_RATIO))
 
 
-def value(img: ImageState, throughput: float, overhead: float = 0.0) -> float:
+@dataclass(frozen=True)
+class _Weighted:
+    """An image as warm's order sees it (:class:`cargohold.warmorder.Weighted`)."""
+
+    image: ImageState
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+    @property
+    def priority(self) -> float:
+        return self.image.priority
+
+    @property
+    def critical(self) -> bool:
+        return self.image.critical
+
+
+def value(img: ImageState, model: CostModel) -> float:
     """priority / expected unpack seconds: what keeping it unpacked is worth per second."""
-    return img.priority / expected_unpack_seconds(img, throughput, overhead)
+    seconds = expected_seconds(unpack_size(img), model)
+    return img.priority / seconds if seconds > 0 else math.inf
+
+
+def evict_order(images: Iterable[ImageState], model: CostModel) -> list[ImageState]:
+    """Least valuable first: warm's order (:func:`cargohold.warmorder.wspt_order`) reversed."""
+    items = [_Weighted(i, expected_seconds(unpack_size(i), model)) for i in images]
+    return [w.image for w in wspt_order(items, reverse=True)]
 
 
 @dataclass
@@ -125,15 +151,15 @@ def plan_evict(
     needed: int,
     *,
     allow_delete: bool = False,
-    throughput: float = 100e6,
-    overhead: float = 0.0,
+    model: CostModel | None = None,
 ) -> EvictPlan:
     """Demotions (then deletions with ``allow_delete``), lowest value first, until ``needed``
     bytes are planned; ``needed`` <= 0 plans nothing."""
     plan = EvictPlan(needed=max(0, needed))
     if plan.needed == 0:
         return plan
-    order = sorted(inv.images, key=lambda i: (value(i, throughput, overhead), i.name))
+    model = model or CostModel()
+    order = evict_order(inv.images, model)
     kept: dict[str, str] = {}
     candidates: list[ImageState] = []
     for img in order:
@@ -162,7 +188,7 @@ def plan_evict(
             n = sum(inv.chain_sizes[c] for c in chains)
             live.discard(img.digest)
             plan.actions.append(EvictAction("demote", img, chains, n,
-                                            f"value {value(img, throughput, overhead):.3g}"))
+                                            f"value {value(img, model):.3g}"))
             freed += n
             progress = True
     if allow_delete and freed < plan.needed:
