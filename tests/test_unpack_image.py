@@ -374,20 +374,28 @@ def test_bad_layer_leaves_no_partial_snapshot(registry: Registry, tmp_path: Path
 # ------------------------------------------------------------------ crash and gc
 
 
-def _active_extracts(root: Path) -> list[str]:
+def _active_extracts(root: Path, *, starting: bool = False) -> list[str]:
+    """Keys of the active ``extract-*`` snapshots. ``starting``: the store may still be
+    being created by a running command (no database or no table yet, or it is locked: none
+    seen yet); otherwise every error is raised, so an unreadable database never passes as
+    "nothing left behind"."""
     db = root / "snapshots" / "metadata.db"
-    if not db.exists():
+    if starting and not db.exists():
         return []
+    if not db.exists():
+        raise AssertionError(f"{db} does not exist")
     try:
-        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
             rows = c.execute(
                 "SELECT key FROM snapshots WHERE kind = 'active' AND key LIKE 'extract-%'"
             ).fetchall()
         finally:
             c.close()
-    except sqlite3.Error:
-        return []
+    except sqlite3.OperationalError as e:
+        if starting and ("no such table" in str(e) or "locked" in str(e)):
+            return []
+        raise
     return [r[0] for r in rows]
 
 
@@ -413,7 +421,7 @@ def _signal_mid_unpack(pushed: Pushed, tmp_path: Path, sig: int,
         )
         seen: list[str] = []
         while proc.poll() is None and not seen:
-            seen = _active_extracts(root)
+            seen = _active_extracts(root, starting=True)
             time.sleep(0.002)
         if proc.poll() is None:
             proc.send_signal(sig)
@@ -494,9 +502,114 @@ def test_sigterm_mid_unpack_cleans_up_and_exits_130(big60: Pushed, tmp_path: Pat
                                    errors.Interrupted.exit_code)
 
     assert "interrupted" in err
+    assert "could not remove" not in err  # no cleanup failed (the store stayed open)
     assert top not in snapshots(root)
     assert _active_extracts(root) == []  # cleaned up on the way out
     assert images_ls(root)[pushed.text]["unpacked"] is False
     r = last_json(cli(root, "--json", "unpack", pushed.text))
     assert r["chain_id"] == top
     assert images_ls(root)[pushed.text]["unpacked"] is True
+
+
+class _InterruptingPool:
+    """A pool whose ``submit`` number ``at`` queues its task and then raises
+    KeyboardInterrupt before returning: SIGTERM landing inside ``ThreadPoolExecutor.submit``
+    (e.g. in ``Thread.start``) after the work item was queued."""
+
+    def __init__(self, pool: Any, at: int) -> None:
+        self.pool = pool
+        self.at = at
+        self.calls = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        fut = self.pool.submit(*args, **kwargs)
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return fut
+
+
+class _HoldingApplier(_GatedApplier):
+    """Holds every layer until the unpack is cancelled; counts the applies in progress."""
+
+    def __init__(self, inner: EmbeddedApplier, cancel: threading.Event) -> None:
+        super().__init__(inner, lambda _desc: cancel.wait(60))
+        self.running = 0
+
+    def apply_with_stats(self, desc: Descriptor, mounts: list[Mount], *, reader: BinaryIO,
+                         diff_id: Digest | None = None) -> tuple[Descriptor, ApplyStats]:
+        with self.lock:
+            self.running += 1
+        try:
+            return super().apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@root_only
+def test_interrupt_inside_submit_waits_for_every_layer_task(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The SIGTERM race (issue 14, defects 7/20): KeyboardInterrupt raised while the layer
+    tasks are being submitted. unpack() must cancel the tasks and return only when none of
+    them runs and their snapshots are removed (the CLI closes the store right after)."""
+    pushed = push(registry.host, samples.small_images()["app-a"], tmp_path / "img")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", pushed.text)
+    with EmbeddedStore(root) as store, EmbeddedSnapshotter(root, backend="overlay") as sn:
+        unpacker = Unpacker(store.content, sn, EmbeddedApplier(), jobs=2)
+        applier = _HoldingApplier(EmbeddedApplier(), unpacker.cancel)
+        unpacker.applier = applier
+        pool = _InterruptingPool(unpacker._executor(), at=2)
+        unpacker._executor = lambda: pool  # type: ignore[method-assign]
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                unpacker.unpack(store.images.get(pushed.text).target)
+            # Nothing of the unpack may still run or be left half-applied.
+            assert applier.running == 0
+            assert [i.name for i in sn.walk() if i.kind == KIND_ACTIVE] == []
+        finally:
+            unpacker.cancel.set()  # (before the fix: release the held task)
+            unpacker.close()
+        assert pool.calls == 2
+        assert [i.name for i in sn.walk()] == []  # nothing committed either
+    # A rerun completes.
+    r = last_json(cli(root, "--json", "unpack", pushed.text))
+    assert r["chains_unpacked"] == 2
+
+
+class _FailingRemoveSnapshotter(EmbeddedSnapshotter):
+    def remove(self, key: str) -> None:
+        if key.startswith("extract-"):
+            raise errors.CargoholdError(f"simulated failure removing {key}")
+        super().remove(key)
+
+
+class _BrokenApplier(EmbeddedApplier):
+    def apply_with_stats(self, desc: Descriptor, mounts: list[Mount], *, reader: BinaryIO,
+                         diff_id: Digest | None = None) -> tuple[Descriptor, ApplyStats]:
+        raise errors.InvalidInputError("simulated bad layer")
+
+
+@root_only
+def test_failed_cleanup_is_reported_and_gc_removes_the_leftover(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A half-applied snapshot that cannot be removed is not dropped silently: a warning
+    names it (the layer's own error is the one raised), and gc removes it."""
+    pushed = push(registry.host, samples.small_images()["tiny"], tmp_path / "img")
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", pushed.text)
+    with EmbeddedStore(root) as store, \
+            _FailingRemoveSnapshotter(root, backend="overlay") as sn, \
+            Unpacker(store.content, sn, _BrokenApplier()) as unpacker, \
+            pytest.raises(errors.InvalidInputError, match="simulated bad layer"):
+        unpacker.unpack(store.images.get(pushed.text).target)
+    left = _active_extracts(root)
+    assert len(left) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(left[0] in w and "gc" in w for w in warnings), warnings
+    gc = last_json(cli(root, "--json", "gc"))
+    assert f"overlayfs/{left[0]}" in {r["id"] for r in gc["removed"] if r["kind"] == "snapshot"}
+    assert _active_extracts(root) == []

@@ -20,7 +20,11 @@ unpacker writes are set: ``containerd.io/uncompressed=<diff_id>`` on every layer
 keeps the snapshots of every image a record references.
 
 Failures remove the snapshots the failing call prepared; chains committed before the failure
-stay (a rerun reuses them).  A process killed mid-unpack leaves active ``extract-*``
+stay (a rerun reuses them).  A failed call returns only once none of its layer tasks runs
+any more (also when Ctrl-C / SIGTERM lands in the middle of submitting them), and
+:meth:`Unpacker.close` waits for every running call, so the store is never closed under a
+worker.  A cleanup that fails is reported (:meth:`UnpackEvents.cleanup_failed`), never
+dropped.  A process killed mid-unpack leaves active ``extract-*``
 snapshots: callers unpack under a lease (:func:`cargohold.leasing.leased`), so the next
 command or gc finds them through the dead owner's lease and removes them.  After the unpack
 the config label protects the committed snapshots.
@@ -30,13 +34,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -88,6 +93,8 @@ STATE_UNPACKED = "unpacked"
 STATE_EXISTS = "exists"
 STATE_SHARED = "shared"
 STATE_FAILED = "failed"
+
+_log = logging.getLogger(__name__)
 
 
 def snapshot_gc_label(snapshotter_name: str) -> str:
@@ -416,6 +423,12 @@ class UnpackEvents:
 
     def image_done(self, result: UnpackResult) -> None: ...
 
+    def cleanup_failed(self, key: str, error: BaseException) -> None:
+        """A half-applied snapshot could not be removed (it is left for gc); logged as a
+        warning by default (on stderr when logging is not configured)."""
+        _log.warning("warning: could not remove the half-applied snapshot %s (%s); "
+                     "`cargohold gc` removes it", key, error)
+
 
 # ---------------------------------------------------------------- the unpacker
 
@@ -455,12 +468,62 @@ class _Reader:
         return getattr(self._raw, name)
 
 
+class _Gate:
+    """Counts the tasks running through it; once closed no task starts (Interrupted) and
+    :meth:`close` returns when the running ones have finished."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._closed = False
+
+    @contextmanager
+    def enter(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise Interrupted("unpack interrupted")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                if not self._running:
+                    self._cond.notify_all()
+
+    def close(self, on_interrupt: Callable[[], None]) -> None:
+        """Refuse new tasks and wait for the running ones. A KeyboardInterrupt (Ctrl-C,
+        SIGTERM) while waiting calls ``on_interrupt`` (to make them stop), keeps waiting,
+        and is raised once they have finished."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                with self._cond:
+                    self._closed = True
+                    while self._running:
+                        self._cond.wait()
+                break
+            except KeyboardInterrupt as e:
+                on_interrupt()
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
+
+
 @dataclass
 class _Job:
     img: ResolvedImage
     token: str
     standalone: bool
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: The job's layer tasks (pool workers): :meth:`stop` waits for them.
+    tasks: _Gate = field(default_factory=_Gate)
+
+    def stop(self, on_interrupt: Callable[[], None]) -> None:
+        """Cancel the job and return once none of its tasks runs (none starts afterwards,
+        even one queued by a ``submit`` that was interrupted before it returned)."""
+        self.cancel.set()
+        self.tasks.close(on_interrupt)
 
 
 class Unpacker:
@@ -495,8 +558,13 @@ class Unpacker:
         self._flight = SingleFlight()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        #: Running :meth:`unpack` calls: :meth:`close` waits for them.
+        self._calls = _Gate()
 
     def close(self) -> None:
+        """Wait for the running unpacks (later ones are refused: Interrupted), then stop
+        the layer workers. The store may be closed afterwards."""
+        self._calls.close(self.cancel.set)
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -525,6 +593,10 @@ class Unpacker:
         self, image_target: Descriptor, platform: Platform | None = None
     ) -> UnpackResult:
         """Make the image's top chain committed (see the module docstring)."""
+        with self._calls.enter():
+            return self._unpack(image_target, platform)
+
+    def _unpack(self, image_target: Descriptor, platform: Platform | None) -> UnpackResult:
         start = time.monotonic()
         img = self.resolve(image_target, platform)
         sn = self.snapshotter
@@ -601,6 +673,24 @@ class Unpacker:
             )
 
     def _unpack_concurrently(self, job: _Job, missing: Sequence[int]) -> list[LayerOutcome]:
+        try:
+            return self._run_concurrently(job, missing)
+        except BaseException as e:
+            # Also when Ctrl-C / SIGTERM (KeyboardInterrupt, main thread only) lands while
+            # the tasks are being submitted: a task queued (or a worker started) by a submit
+            # that never returned is not among our futures, so wait on the job's own count.
+            if isinstance(e, KeyboardInterrupt):
+                self.cancel.set()
+            job.stop(self.cancel.set)
+            raise
+
+    def _layer_task(
+        self, job: _Job, i: int, parent: Future[LayerOutcome] | None
+    ) -> LayerOutcome:
+        with job.tasks.enter():  # Interrupted once the job stopped
+            return self._ensure_chain(job, i, parent)
+
+    def _run_concurrently(self, job: _Job, missing: Sequence[int]) -> list[LayerOutcome]:
         pool = self._executor()
         futs: list[Future[LayerOutcome]] = []
         prev: Future[LayerOutcome] | None = None
@@ -608,7 +698,7 @@ class Unpacker:
         # ever waits for tasks that are already running (its parent, or the same chain's
         # leader in another image), never for a queued one.
         for i in missing:
-            fut = pool.submit(contextvars.copy_context().run, self._ensure_chain, job, i, prev)
+            fut = pool.submit(contextvars.copy_context().run, self._layer_task, job, i, prev)
             futs.append(fut)
             prev = fut
         out: list[LayerOutcome] = []
@@ -684,12 +774,13 @@ class Unpacker:
         key = f"{EXTRACT_PREFIX}{job.token}-{i}-{chain}"
         t0 = time.monotonic()
         self.events.layer_started(chain, layer)
-        mounts = sn.prepare(
-            key, "" if job.standalone else parent_name, labels={LABEL_SNAPSHOT_REF: chain}
-        )
         state = STATE_UNPACKED
         stats: ApplyStats | None = None
         try:
+            # Inside the try: an interrupt right after the row is written still removes it.
+            mounts = sn.prepare(
+                key, "" if job.standalone else parent_name, labels={LABEL_SNAPSHOT_REF: chain}
+            )
             with self.content.reader(layer.digest) as raw, stored_blob_check(self.content, layer):
                 reader: Any = _Reader(raw, self.cancel, job.cancel,
                                       functools.partial(self.events.layer_progress, layer))
@@ -714,8 +805,7 @@ class Unpacker:
                 state = STATE_SHARED
         except BaseException:
             job.cancel.set()  # the image fails: its other layers stop early
-            with suppress(Exception):  # the original error matters more
-                sn.remove(key)
+            self._remove_extract(key)  # the original error matters more: it is raised
             failed = LayerOutcome(i, chain, layer, diff_id, STATE_FAILED,
                                   time.monotonic() - t0, stats)
             self.events.layer_done(failed)
@@ -726,6 +816,14 @@ class Unpacker:
         )
         self.events.layer_done(out)
         return out
+
+    def _remove_extract(self, key: str) -> None:
+        try:
+            self.snapshotter.remove(key)
+        except NotFoundError:
+            return  # never prepared (or already gone)
+        except Exception as e:
+            self.events.cleanup_failed(key, e)
 
     def _set_labels(self, img: ResolvedImage) -> None:
         """containerd's unpacker labels (only written when they differ)."""
