@@ -5,7 +5,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.rig.needs import apply_needs_root
 from tests.rig.services import Registry, start_registry
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_root: needs root; fails under CI=true, skips elsewhere (tests/rig/needs.py)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    apply_needs_root(item)
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,7 @@ from cargohold.oci.digest import Digest
 from cargohold.unpack import apply as apply_mod
 from cargohold.unpack.apply import ApplyStats, apply_layer
 from cargohold.unpack.decompress import open_decompressed
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+from tests.rig.needs import needs_root, require_root
 
 # ---------------------------------------------------------------- building layers
 
@@ -616,8 +615,8 @@ def _assert_unsafe(tmp_path: Path, entries: list[E], **kw: Any) -> UnsafeContent
 
 @pytest.mark.parametrize("mode", ["flat", "overlay"])
 def test_dotdot_escape_refused(tmp_path: Path, sentinel: Path, mode: str) -> None:
-    if mode == "overlay" and os.geteuid() != 0:
-        pytest.skip("needs root")
+    if mode == "overlay":
+        require_root("overlay")
     rel = os.path.relpath(sentinel, tmp_path / "target")
     for name in (f"{rel}/pwned", "../pwned", "a/../../pwned", "./../x"):
         with pytest.raises(UnsafeContentError):
@@ -778,8 +777,7 @@ def _zeros_layer(size: int, files: int = 1) -> bytes:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
+    require_root("mounting a tmpfs")
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)

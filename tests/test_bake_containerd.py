@@ -111,3 +111,54 @@ def test_du_and_verify_repair_on_containerd(
     fixed = cli_rc(containerd, ns, root, "verify", "--repair", "--plain-http")
     assert fixed.returncode == 0, "REPAIR:" + fixed.stderr
     assert cli_rc(containerd, ns, root, "verify").returncode == 0
+
+
+def test_verify_repair_of_a_pulled_config_keeps_its_snapshots_on_containerd(
+    registry: Registry, containerd: Containerd, tmp_path: Path
+) -> None:
+    """Issue 14, defect 13 on containerd: repairing a pulled image's damaged config keeps its
+    gc.ref.snapshot label (its snapshots survive the collector that runs during the repair
+    and every later one), and a lost label is a problem that --repair mends."""
+    pulled = push(registry.host, spec_of(413, 200_000), tmp_path / "p")
+    ns = containerd.unique_namespace("repair")
+    root = tmp_path / "state"
+    p = cli_rc(containerd, ns, root, "pull", "--plain-http", pulled.text)
+    assert p.returncode == 0, p.stderr
+    config = pulled.built.config_descriptor.digest  # type: ignore[union-attr]
+    key = "containerd.io/gc.ref.snapshot.overlayfs"
+
+    def config_labels() -> dict[str, str]:
+        line = next(x for x in containerd.ctr("content", "ls", namespace=ns).stdout.splitlines()
+                    if x.startswith(str(config)))
+        return dict(kv.split("=", 1) for kv in line.split()[-1].split(","))
+
+    def snapshots() -> set[str]:
+        out = containerd.ctr("snapshots", "ls", namespace=ns).stdout.splitlines()[1:]
+        return {x.split()[0] for x in out if x.strip()}
+
+    labels = config_labels()
+    assert key in labels and labels[key] in snapshots()
+    snaps = snapshots()
+
+    blob = (containerd.base / "root" / "io.containerd.content.v1.content" / "blobs" /
+            config.algorithm / config.hex)
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert cli_rc(containerd, ns, root, "verify").returncode == 6
+    fixed = cli_rc(containerd, ns, root, "verify", "--repair", "--plain-http")
+    assert fixed.returncode == 0, fixed.stderr
+    assert config_labels()[key] == labels[key]
+    containerd.gc(ns)
+    assert snapshots() == snaps
+    assert cli_rc(containerd, ns, root, "verify").returncode == 0
+    assert not containerd.ctr("leases", "ls", "-q", namespace=ns).stdout.split()
+
+    containerd.ctr("content", "label", str(config), key, namespace=ns)  # drop the label
+    lost = cli_rc(containerd, ns, root, "--json", "verify")
+    assert lost.returncode == 6, lost.stderr
+    assert '"snapshot_unreferenced"' in lost.stdout
+    assert cli_rc(containerd, ns, root, "verify", "--repair").returncode == 0
+    assert config_labels()[key] == labels[key]
+    containerd.gc(ns)
+    assert snapshots() == snaps

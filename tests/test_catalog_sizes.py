@@ -3,7 +3,6 @@ overlay snapshot holds its own layer, a flat (full-copy) one every layer below i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
 from cargohold.unpack.applier import EmbeddedApplier
 from cargohold.unpack.image import Unpacker
 from tests.rig.images import push
+from tests.rig.needs import require_root
 from tests.rig.services import Registry
 from tests.test_fetch import cli
 
@@ -26,8 +26,8 @@ from tests.test_fetch import cli
 def test_measured_chain_sizes_add_up_to_the_snapshots_on_disk(
     registry: Registry, tmp_path: Path, backend: str
 ) -> None:
-    if backend == "overlay" and os.geteuid() != 0:
-        pytest.skip("overlay needs root")
+    if backend == "overlay":
+        require_root("overlay")
     pushed = push(registry.host, samples.small_images()["app-b"], tmp_path / "img")  # 2 layers
     root = tmp_path / "store"
     cli(root, "fetch", "--plain-http", pushed.text, check=True)

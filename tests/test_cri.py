@@ -25,7 +25,8 @@ from cargohold.oci.descriptor import Platform
 from tests.rig import cri
 from tests.rig.containerd import CRI_PLUGIN, Containerd, start_containerd
 from tests.rig.images import Pushed, push, push_index
-from tests.rig.services import IN_CI, Registry
+from tests.rig.needs import missing
+from tests.rig.services import Registry
 
 CLI = [sys.executable, "-m", "cargohold"]
 K8S_NAMESPACE = "k8s.io"
@@ -33,14 +34,6 @@ LINUX_AMD64 = Platform("linux", "amd64")
 #: Bound of the waits for CRI's image cache, which follows containerd's image events
 #: asynchronously (never reached when things work).
 WAIT = 60.0
-
-
-def unavailable(msg: str) -> None:
-    """containerd (and so its CRI plugin) is one of the Debian packages we install: under
-    CI=true its absence or breakage is a failure, elsewhere a skip."""
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def cri_containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contain
         status = [r[-1] for r in rows if len(r) >= 3 and r[0] == "io.containerd.grpc.v1"
                   and r[1] == plugin_id]
         if status != ["ok"]:
-            unavailable(f"containerd's CRI plugin did not start ({status}):\n{ctrd.log_text()}")
+            missing(f"containerd's CRI plugin did not start ({status}):\n{ctrd.log_text()}")
         yield ctrd
     finally:
         ctrd.cleanup()
@@ -64,7 +57,7 @@ def cri_api(cri_containerd: Containerd) -> cri.CriApi:
     try:
         return cri.load(cri_containerd.binary)
     except cri.CriApiUnavailable as e:
-        unavailable(str(e))
+        missing(str(e))
         raise
 
 

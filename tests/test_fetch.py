@@ -21,6 +21,7 @@ from cargohold.oci.descriptor import Platform
 from cargohold.oci.digest import Digest
 from cargohold.store.embedded import EmbeddedStore
 from tests.rig.images import push, push_index
+from tests.rig.needs import require_root
 from tests.rig.services import Registry
 
 CLI = [sys.executable, "-m", "cargohold"]
@@ -252,8 +253,7 @@ def test_interrupted_fetch_resumes_without_refetching(registry: Registry, tmp_pa
 
 
 def test_disk_full_is_out_of_space_and_keeps_stored(registry: Registry, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
+    require_root("mounting a small tmpfs")
     small = push(registry.host, small_spec(90, size=100_000), tmp_path / "s")
     big = push(registry.host, ImageSpec([LayerSpec([File("big", size=30_000_000, seed=91)],
                                                    compression="none")]), tmp_path / "b")

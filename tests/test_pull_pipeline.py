@@ -21,6 +21,7 @@ from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.faultproxy import FaultProxy, Rule, running_proxy
 from tests.rig.images import Pushed, push
+from tests.rig.needs import needs_root
 from tests.rig.services import Registry
 from tests.test_fetch import records
 
@@ -64,7 +65,7 @@ def _held_two_layer_image(registry: Registry, proxy: FaultProxy, tmp_path: Path,
     return pushed, rule, f"{proxy.host}/{pushed.ref.path}:v1"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root")
+@needs_root("overlay snapshots")
 def test_first_layer_unpacked_while_the_last_downloads(registry: Registry, proxy: FaultProxy,
                                                         tmp_path: Path) -> None:
     pushed, rule, ref = _held_two_layer_image(registry, proxy, tmp_path, seed=901)
@@ -98,7 +99,7 @@ def test_first_layer_unpacked_while_the_last_downloads(registry: Registry, proxy
     assert records(root) == {ref: str(pushed.built.root.digest)}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="overlay snapshots need root")
+@needs_root("overlay snapshots")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_fetch_and_unpack(registry: Registry, proxy: FaultProxy,
                                           tmp_path: Path, sig: int) -> None:

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import stat
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from cargohold.registry.client import RegistryClient
 from cargohold.registry.push import push_image
 from cargohold.registry.transport import Transport
 from tests.rig.faultproxy import FaultProxy
+from tests.rig.needs import require_module
 from tests.rig.services import Registry, TokenAuth, start_registry
-from tests.rig.tokenserver import ISSUER, SERVICE, TokenServer, have_openssl
+from tests.rig.tokenserver import ISSUER, SERVICE, TokenServer
 from tests.test_registry_client import Sink, hand_image, ref_for
 
 # --------------------------------------------------------------------------- parsing
@@ -219,15 +219,11 @@ def make_auth_client(tmp_path: Path, auths: dict[str, object] | None = None, **k
 
 
 def bcrypt_line(user: str, password: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            import crypt
-        except ImportError:  # Python 3.13+
-            pytest.skip("no bcrypt: the crypt module is gone; install apache2-utils' htpasswd")
-        if crypt.METHOD_BLOWFISH not in crypt.methods:
-            pytest.skip("libcrypt has no bcrypt")
-        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}"
+    """An htpasswd line (bcrypt, cost 4: the registry checks it on every request) made with
+    the PyPI ``bcrypt`` package of the test extras (Python 3.13 has no ``crypt``)."""
+    bcrypt = require_module("bcrypt")
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:{hashed}"
 
 
 @pytest.fixture
@@ -259,8 +255,6 @@ def test_basic_auth_registry(basic_registry: Registry, tmp_path: Path) -> None:
 
 @pytest.fixture
 def token_setup(tmp_path: Path) -> Iterator[tuple[Registry, TokenServer]]:
-    if not have_openssl():
-        pytest.skip("openssl not installed: needed to sign test JWTs")
     ts = TokenServer(tmp_path / "ts", users={"bob": "builder"}, refresh_tokens={"rt-123": "bob"})
     reg = start_registry(
         tmp_path / "tokenreg",

@@ -30,7 +30,7 @@ from cargohold.registry.push import push_image
 from cargohold.registry.transport import TLSHandshakeError, Transport
 from tests.rig.faultproxy import FaultProxy, Rule
 from tests.rig.services import Registry, start_registry
-from tests.rig.tokenserver import have_openssl, make_cert
+from tests.rig.tokenserver import make_cert
 
 pytestmark = pytest.mark.registry
 
@@ -642,8 +642,6 @@ def test_mirror_404_falls_through_to_origin(registry: Registry, tmp_path: Path) 
 
 @pytest.fixture
 def tls_registry(tmp_path: Path) -> Iterator[tuple[Registry, Path]]:
-    if not have_openssl():
-        pytest.skip("openssl not installed")
     cert, key = make_cert(tmp_path / "tls")
     reg = start_registry(tmp_path / "tlsreg", tls=(cert, key))
     yield reg, cert

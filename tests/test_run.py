@@ -28,11 +28,11 @@ from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.oci.manifest import ImageConfig
 from tests.rig.images import Pushed, push
+from tests.rig.needs import needs_root
 from tests.rig.services import Registry, require_binary
 
 CLI = [sys.executable, "-m", "cargohold"]
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, runc)")
 
 
 def cli(root: Path, *args: str, env: dict[str, str] | None = None,
@@ -71,7 +71,7 @@ def containers(root: Path) -> list[str]:
 # ------------------------------------------------------------------ running
 
 
-@needs_root
+@needs_root("mounts, runc")
 def test_run_prints_output_lazily_unpacked(root: Path, busybox: Pushed) -> None:
     p = ok(cli(root, "run", "--rm", busybox.text, "--", "echo", "hello"))
     assert p.stdout == "hello\n"
@@ -82,7 +82,7 @@ def test_run_prints_output_lazily_unpacked(root: Path, busybox: Pushed) -> None:
     assert containers(root) == []  # --rm
 
 
-@needs_root
+@needs_root("mounts, runc")
 @pytest.mark.parametrize("code", [0, 1, 7, 42])
 def test_run_passes_exit_code_through(root: Path, busybox: Pushed, code: int) -> None:
     p = cli(root, "run", "--rm", busybox.text, "--", "sh", "-c", f"echo out; exit {code}")
@@ -90,7 +90,7 @@ def test_run_passes_exit_code_through(root: Path, busybox: Pushed, code: int) ->
     assert p.stdout == "out\n"
 
 
-@needs_root
+@needs_root("mounts, runc")
 def test_run_without_rm_keeps_the_container(root: Path, busybox: Pushed) -> None:
     p = cli(root, "run", "--name", "keepme", busybox.text, "--", "sh", "-c",
             "echo data > /kept.txt")
@@ -109,7 +109,7 @@ def test_run_without_rm_keeps_the_container(root: Path, busybox: Pushed) -> None
     assert containers(root) == []
 
 
-@needs_root
+@needs_root("mounts, runc")
 def test_run_isolation_defaults(root: Path, busybox: Pushed) -> None:
     script = (
         "ls /sys/class/net; hostname; echo pid=$$; id -u; pwd; "
@@ -131,7 +131,7 @@ def test_run_isolation_defaults(root: Path, busybox: Pushed) -> None:
     assert lines[9] == "/root"
 
 
-@needs_root
+@needs_root("mounts, runc")
 def test_run_image_entrypoint_user_workdir(
     registry: Registry, tmp_path: Path, busybox: Pushed
 ) -> None:
@@ -162,7 +162,7 @@ def test_run_without_runc_names_the_package(tmp_path: Path, busybox: Pushed) -> 
     assert not (tmp_path / "store" / "snapshots").exists()  # nothing was done
 
 
-@needs_root
+@needs_root("mounts, runc")
 def test_run_image_without_command(registry: Registry, tmp_path: Path) -> None:
     spec = ImageSpec([samples.busybox_layer()])  # no entrypoint, no cmd
     pushed = push(registry.host, spec, tmp_path / "img")

@@ -40,15 +40,15 @@ from cargohold.store.interfaces import (
 )
 from cargohold.unpack import chain_ids, unpack_layer
 from cargohold.unpack.applier import EmbeddedApplier, plan
+from tests.rig.needs import needs_root, require_root
 from tests.test_apply import E, describe, gzip_members, listing, make_tar, sha, zstd_frames
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlayfs, mounts)")
 BACKENDS = ["overlay", "flat"]
 
 
 def _sn(tmp_path: Path, backend: str, **kw: Any) -> EmbeddedSnapshotter:
-    if backend == "overlay" and os.geteuid() != 0:
-        pytest.skip("overlay needs root")
+    if backend == "overlay":
+        require_root("overlay")
     return EmbeddedSnapshotter(tmp_path / "root", backend=backend, **kw)  # type: ignore[arg-type]
 
 
@@ -199,7 +199,7 @@ EXPECTED = {
 }
 
 
-@root_only
+@needs_root
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("parallel", [False, True])
 def test_whiteouts_merged_view(tmp_path: Path, backend: str, parallel: bool) -> None:
@@ -230,7 +230,7 @@ def test_whiteouts_merged_view(tmp_path: Path, backend: str, parallel: bool) -> 
     sn.close()
 
 
-@root_only
+@needs_root
 def test_active_overlay_snapshot_is_writable_and_sees_parents(tmp_path: Path) -> None:
     sn = _sn(tmp_path, "overlay")
     names = _unpack_chain(sn, [L1, L2])
@@ -294,7 +294,7 @@ def test_diff_id_mismatch_removes_snapshot(sn: EmbeddedSnapshotter) -> None:
         sn.stat("x")
 
 
-@root_only
+@needs_root
 def test_bomb_in_snapshot_removed(tmp_path: Path) -> None:
     from tests.test_apply import _zeros_layer
 
@@ -323,7 +323,7 @@ def test_bomb_in_snapshot_removed(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(small)], check=True)
 
 
-@root_only
+@needs_root
 def test_watched_outside_dir_untouched_by_hostile_chain(tmp_path: Path) -> None:
     watched = tmp_path / "etc-like"
     watched.mkdir()
@@ -608,7 +608,7 @@ def test_plan() -> None:
     assert isinstance(EmbeddedApplier(), Applier)
 
 
-@root_only
+@needs_root
 def test_applier_mounts_other_types(tmp_path: Path) -> None:
     """Mounts it cannot write through directly are mounted on a temporary directory."""
     img = tmp_path / "disk"
@@ -622,7 +622,7 @@ def test_applier_mounts_other_types(tmp_path: Path) -> None:
     assert [p for p in tmp_path.iterdir() if p.name.startswith("cargohold-apply-")] == []
 
 
-@root_only
+@needs_root
 def test_many_layers_long_mount_options(tmp_path: Path) -> None:
     """More lower dirs than fit in a page of mount options (the helper shortens paths)."""
     sn = _sn(tmp_path / ("long-path-component-" * 4), "overlay")

@@ -45,6 +45,7 @@ from cargohold.store.interfaces import (
     LeaseResource,
     active_lease,
 )
+from tests.rig.needs import missing, require_root
 
 MiB = 1 << 20
 
@@ -418,26 +419,19 @@ def test_gc_keeps_a_killed_writers_ingest_under_its_lease(root: Path) -> None:
 # ---------------------------------------------------------------- out of space
 
 
-def _skip_or_fail(msg: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{msg} (CI is set: this test must run)")
-    pytest.skip(msg)
-
-
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (needs root)."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if os.geteuid() != 0:
-        _skip_or_fail("mounting a tiny tmpfs needs root")
+    require_root("mounting a tiny tmpfs")
     r = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
         capture_output=True,
         text=True,
     )
     if r.returncode != 0:
-        _skip_or_fail(f"cannot mount a tiny tmpfs: {r.stderr.strip()}")
+        missing(f"cannot mount a tiny tmpfs: {r.stderr.strip()}")
     try:
         yield mnt
     finally:

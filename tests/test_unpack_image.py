@@ -38,11 +38,11 @@ from cargohold.unpack.applier import EmbeddedApplier
 from cargohold.unpack.apply import ApplyStats
 from cargohold.unpack.image import Unpacker, is_unpacked, unpacked_size
 from tests.rig.images import Pushed, push, push_index
+from tests.rig.needs import needs_root, require_root
 from tests.rig.services import Registry
 
 CLI = [sys.executable, "-m", "cargohold"]
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlayfs, mounts)")
 
 
 def cli(root: Path, *args: str, check: bool = True, timeout: float = 300,
@@ -91,7 +91,7 @@ def mnt(tmp_path: Path) -> Iterator[Path]:
 # ------------------------------------------------------------------ lazy create
 
 
-@root_only
+@needs_root
 def test_fetch_then_create_unpacks_lazily_once(registry: Registry, tmp_path: Path) -> None:
     spec = samples.small_images()["app-a"]
     pushed = push(registry.host, spec, tmp_path / "img")
@@ -146,7 +146,7 @@ def test_create_needs_fetched_image(registry: Registry, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ pull and unpack
 
 
-@root_only
+@needs_root
 def test_pull_then_images_ls_shows_unpacked(registry: Registry, tmp_path: Path) -> None:
     pushed = push(registry.host, samples.busybox(), tmp_path / "img")
     root = tmp_path / "store"
@@ -171,7 +171,7 @@ def test_pull_then_images_ls_shows_unpacked(registry: Registry, tmp_path: Path) 
     assert "already unpacked (1 layers)" in again.stdout
 
 
-@root_only
+@needs_root
 def test_unpack_is_idempotent_and_names_skipped_chains(registry: Registry, tmp_path: Path) -> None:
     imgs = samples.small_images()
     a = push(registry.host, imgs["app-a"], tmp_path / "a")
@@ -198,7 +198,7 @@ def test_unpack_is_idempotent_and_names_skipped_chains(registry: Registry, tmp_p
     assert f"skipped layer 0: chain {base_chain} already unpacked" in text
 
 
-@root_only
+@needs_root
 def test_shared_base_chain_unpacked_once_by_concurrent_pulls(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -248,8 +248,8 @@ def test_unpacker_applies_a_shared_chain_once(
 ) -> None:
     """Two images unpacked at the same time by one Unpacker: the base chain, wanted by
     both while in flight, is applied once (both backends: concurrent and sequential)."""
-    if backend == "overlay" and os.geteuid() != 0:
-        pytest.skip("overlay needs root")
+    if backend == "overlay":
+        require_root("overlay")
     imgs = samples.small_images()
     a = push(registry.host, imgs["app-a"], tmp_path / "a")
     b = push(registry.host, imgs["app-docker"], tmp_path / "b")
@@ -297,7 +297,7 @@ def test_unpacker_applies_a_shared_chain_once(
 # ------------------------------------------------------------------ platforms and content
 
 
-@root_only
+@needs_root
 def test_unpack_non_host_platform_rootfs(registry: Registry, tmp_path: Path, mnt: Path) -> None:
     pushed = push_index(registry.host, samples.multiarch_images(), tmp_path / "idx")
     root = tmp_path / "store"
@@ -321,7 +321,7 @@ def test_unpack_non_host_platform_rootfs(registry: Registry, tmp_path: Path, mnt
     cli(root, "umount", str(mnt))
 
 
-@root_only
+@needs_root
 def test_merged_rootfs_has_whiteouts_applied(registry: Registry, tmp_path: Path, mnt: Path) -> None:
     pushed = push(registry.host, samples.small_images()["deleter"], tmp_path / "img")
     root = tmp_path / "store"
@@ -354,7 +354,7 @@ def test_merged_rootfs_has_whiteouts_applied(registry: Registry, tmp_path: Path,
     assert not any(k.startswith("containers/") for k in snapshots(root))
 
 
-@root_only
+@needs_root
 def test_bad_layer_leaves_no_partial_snapshot(registry: Registry, tmp_path: Path) -> None:
     spec = samples.small_images()["app-a"]
     built = tamper_diff_ids(spec.build(tmp_path / "b"),
@@ -433,7 +433,7 @@ def _signal_mid_unpack(pushed: Pushed, tmp_path: Path, sig: int,
     pytest.fail(f"the unpack always finished before signal {sig} could stop it")
 
 
-@root_only
+@needs_root
 def test_kill_9_mid_unpack_then_gc_then_rerun(big60: Pushed, tmp_path: Path) -> None:
     pushed = big60
     top = chains_of(pushed.built)[-1]
@@ -459,7 +459,7 @@ def test_kill_9_mid_unpack_then_gc_then_rerun(big60: Pushed, tmp_path: Path) -> 
     assert {k: v for k, v in snapshots(root).items() if v != KIND_COMMITTED} == {}
 
 
-@root_only
+@needs_root
 def test_gc_keeps_snapshots_of_records_and_containers(registry: Registry, tmp_path: Path) -> None:
     imgs = samples.small_images()
     a = push(registry.host, imgs["app-a"], tmp_path / "a")
@@ -492,7 +492,7 @@ def test_gc_keeps_snapshots_of_records_and_containers(registry: Registry, tmp_pa
     assert images_ls(root)[a.text]["unpacked"] is True
 
 
-@root_only
+@needs_root
 def test_sigterm_mid_unpack_cleans_up_and_exits_130(big60: Pushed, tmp_path: Path) -> None:
     """SIGTERM is handled like Ctrl-C: workers stop, half-applied snapshots are removed at
     once (no gc needed), exit 130, and a rerun completes."""
@@ -547,7 +547,7 @@ class _HoldingApplier(_GatedApplier):
                 self.running -= 1
 
 
-@root_only
+@needs_root
 def test_interrupt_inside_submit_waits_for_every_layer_task(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -592,7 +592,7 @@ class _BrokenApplier(EmbeddedApplier):
         raise errors.InvalidInputError("simulated bad layer")
 
 
-@root_only
+@needs_root
 def test_failed_cleanup_is_reported_and_gc_removes_the_leftover(
     registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,6 +11,7 @@ from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.units import format_size
 from tests.rig.images import push
+from tests.rig.needs import needs_root
 from tests.rig.services import Registry
 from tests.test_fetch import blob_files, cli
 
@@ -193,3 +194,75 @@ def test_verify_trusted_blobs_are_size_checked_only(registry: Registry, tmp_path
         os.truncate(f, f.stat().st_size - 10)
         kinds = {(p.kind, p.digest) for p in verify(store, [img.text], trusted={layer})}
         assert ("truncated", layer) in kinds
+
+
+def _config_labels(root: Path, digest: str) -> dict[str, str]:
+    from cargohold.oci.digest import Digest
+    from cargohold.store.embedded import EmbeddedStore
+
+    with EmbeddedStore(root) as s:
+        return dict(s.content.info(Digest.parse(digest)).labels)
+
+
+def _committed(root: Path) -> set[str]:
+    from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
+    from cargohold.store.interfaces import KIND_COMMITTED
+
+    with EmbeddedSnapshotter(root) as sn:
+        return {i.name for i in sn.walk() if i.kind == KIND_COMMITTED}
+
+
+@needs_root
+def test_repair_of_a_pulled_config_keeps_its_snapshot_label(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Issue 14, defect 13: repairing a damaged config blob must keep its
+    containerd.io/gc.ref.snapshot.* label (else the next gc deletes the unpacked
+    snapshots), and verify must notice a pulled image whose label is gone."""
+    pushed = push(registry.host, one_layer(450), tmp_path / "p")
+    root = tmp_path / "store"
+    cli(root, "pull", "--plain-http", pushed.text, check=True)
+    config = str(pushed.built.config_descriptor.digest)  # type: ignore[union-attr]
+    labels = _config_labels(root, config)
+    key = "containerd.io/gc.ref.snapshot.overlayfs"
+    assert key in labels
+    snaps = _committed(root)
+    assert labels[key] in snaps
+
+    # A corrupt config blob: repaired, with every label it had.
+    f = blob(root, config)
+    os.chmod(f, 0o644)
+    f.write_bytes(f.read_bytes().replace(b"{", b"[", 1))
+    bad = cli(root, "verify", "--json")
+    assert bad.returncode == 6
+    fixed = cli(root, "verify", "--repair", "--plain-http", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert _config_labels(root, config) == labels
+    assert cli(root, "verify").returncode == 0
+    cli(root, "gc", check=True)
+    assert _committed(root) == snaps  # gc kept the image's snapshots
+
+    # The label lost some other way: verify says so (exit 6), --repair puts it back.
+    from cargohold.oci.digest import Digest
+    from cargohold.store.embedded import EmbeddedStore
+
+    with EmbeddedStore(root) as s:
+        s.content.update(Digest.parse(config), {key: None})
+    lost = cli(root, "verify", "--json")
+    assert lost.returncode == 6, lost.stderr
+    kinds = {(p["kind"], p["digest"]) for p in first_json(lost.stdout)["problems"]}
+    assert kinds == {("snapshot_unreferenced", config)}
+    assert "verify --repair" in lost.stderr
+    fixed = cli(root, "verify", "--repair", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert [p["repaired"] for p in first_json(fixed.stdout)["problems"]] == [True]
+    assert _config_labels(root, config) == labels
+    cli(root, "gc", check=True)
+    assert _committed(root) == snaps
+
+    # A label naming another chain while the image's own is committed: unreferenced too.
+    with EmbeddedStore(root) as s:
+        s.content.update(Digest.parse(config), {key: "sha256:" + "0" * 64})
+    wrong = cli(root, "verify", "--json")
+    assert wrong.returncode == 6  # the image's own chain is committed: the label is mended
+    assert {p["kind"] for p in first_json(wrong.stdout)["problems"]} == {"snapshot_unreferenced"}

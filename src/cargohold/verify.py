@@ -12,8 +12,12 @@ several images share it. Problems (:class:`Problem`, ``kind``):
 * ``incomplete`` - one per image that has any of the above (or that
   :func:`~cargohold.imagecontent.image_contents` finds incomplete), naming its platforms;
 * ``snapshot_missing`` - the config blob carries ``containerd.io/gc.ref.snapshot.<name>``
-  (the image was unpacked) but the snapshotter has no snapshot of that chain ID; only
-  checked when the store has a snapshotter (``store.snapshots``) or one is passed.
+  (the image was unpacked) but the snapshotter has no committed snapshot of that chain ID;
+* ``snapshot_unreferenced`` - the image is unpacked (the top chain ID of its config's
+  diff_ids is a committed snapshot) but its config blob lacks that label, or the label
+  names another chain: the next gc would delete the image's snapshots. Both snapshot checks
+  run only when the store has a snapshotter (``store.snapshots``) or one is passed, and
+  look at that snapshotter's label only.
 
 ``trusted``: digests whose bytes this process has just had verified by the store on commit
 (``bake`` passes the blobs its fetch downloaded: containerd and the embedded store hash
@@ -26,34 +30,59 @@ Repair (``repair_with`` a :class:`~cargohold.fetch.Fetcher`): corrupt and trunca
 deleted, then every damaged image is fetched again by its record name (the record's
 reference; records whose name is not a reference, e.g. CRI's ``sha256:<config>`` records,
 are mended through another record of the same target) for the platforms it had (this
-host's when they cannot be known any more), and checked again. A problem whose image
-checks clean afterwards is returned with ``repaired=True``. Missing snapshots are not
-re-created (unpacking is not verify's business): they stay unrepaired.
+host's when they cannot be known any more), and checked again. Every label of a deleted
+blob (``containerd.io/gc.ref.snapshot.*`` of a config, ``containerd.io/uncompressed`` of a
+layer, ...) is put back on the blob fetched again; meanwhile a lease holds the snapshots
+those labels reference (containerd's collector runs in between). An unreferenced snapshot
+gets its label back. A problem whose image checks clean afterwards is returned with
+``repaired=True``. Missing snapshots are not re-created (unpacking is not verify's
+business): they stay unrepaired.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.imagecontent import image_contents
 from cargohold.oci import mediatypes
+from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
-from cargohold.oci.manifest import Index, Manifest, parse_manifest_or_index
+from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest_or_index
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
-from cargohold.store.interfaces import GC_REF_SNAPSHOT, ContentStore, Image, ImageStore
+from cargohold.store.interfaces import (
+    GC_REF_SNAPSHOT,
+    KIND_COMMITTED,
+    ContentStore,
+    Image,
+    ImageStore,
+    LeaseResource,
+)
 
-__all__ = ["BLOB_KINDS", "Problem", "check_blob", "count_problems", "select_images", "verify"]
+__all__ = [
+    "BLOB_KINDS",
+    "REPAIRABLE_KINDS",
+    "Problem",
+    "check_blob",
+    "count_problems",
+    "select_images",
+    "verify",
+]
 
 _CHUNK = 1 << 20
 #: Problem kinds that mean content is damaged or absent.
 BLOB_KINDS = frozenset({"missing", "truncated", "corrupt", "incomplete"})
+#: An unpacked image whose config does not reference its snapshots (gc would remove them).
+SNAPSHOT_UNREFERENCED = "snapshot_unreferenced"
+#: Problem kinds ``--repair`` mends.
+REPAIRABLE_KINDS = BLOB_KINDS | {SNAPSHOT_UNREFERENCED}
 
 
 @dataclass(frozen=True)
@@ -240,33 +269,115 @@ class _Checker:
             detail = contents.problems
         except CargoholdError as e:
             complete, detail = False, [str(e)]
-        if problems or not complete:
+        damaged = [p for p in problems if p.kind in BLOB_KINDS]  # (not snapshot problems)
+        if damaged or not complete:
             on = ", ".join(platforms) or "no platform"
-            why = "; ".join(detail) or f"damaged blobs: {len(problems)}"
+            why = "; ".join(detail) or f"damaged blobs: {len(damaged)}"
             problems.append(Problem(img.name, "incomplete",
                                     f"image {img.name} is incomplete ({on}): {why}",
                                     str(img.target.digest)))
         return problems, platforms
 
     def _snapshot(self, img: Image, config: Descriptor, problems: list[Problem]) -> None:
+        """The config's snapshot reference (``snapshot_*`` in the module docstring)."""
         if self.snapshots is None:
             return
         try:
             labels = self.content.info(config.digest).labels
+            top = _top_chain(self.content, config.digest)
+        except CargoholdError:
+            return  # a missing or unreadable config is reported as such
+        key = _snapshot_label(self.snapshots)
+        name = key.removeprefix(GC_REF_SNAPSHOT + ".")
+        chain = labels.get(key)
+        if top and _committed(self.snapshots, top) and chain != top:
+            what = f"names {chain}" if chain else "is missing"
+            problems.append(Problem(
+                img.name, SNAPSHOT_UNREFERENCED,
+                f"config {config.digest}: its label {key} {what}, so gc would remove the "
+                f"unpacked snapshot {top} ({name})",
+                str(config.digest),
+            ))
+        elif chain and not _committed(self.snapshots, chain):
+            problems.append(Problem(
+                img.name, "snapshot_missing",
+                f"snapshot {chain} ({name}) of config {config.digest} is missing",
+                chain,
+            ))
+
+
+def _snapshot_label(snapshots: Any) -> str:
+    """The config label that keeps an image's snapshots in ``snapshots``."""
+    return f"{GC_REF_SNAPSHOT}.{snapshots.name}"
+
+
+def _committed(snapshots: Any, key: str) -> bool:
+    try:
+        return bool(snapshots.stat(key).kind == KIND_COMMITTED)
+    except NotFoundError:
+        return False
+
+
+def _top_chain(content: ContentStore, config: Digest) -> str:
+    """The top chain ID of a config blob's diff_ids ("" for none)."""
+    with content.reader(config) as r:
+        diff_ids = parse_config(r.read()).diff_ids
+    return str(chain_ids(diff_ids)[-1]) if diff_ids else ""
+
+
+def _saved_labels(content: ContentStore, digests: Iterable[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for d in digests:
+        with contextlib.suppress(NotFoundError):
+            out[d] = dict(content.info(Digest.parse(d)).labels)
+    return out
+
+
+def _restore_labels(content: ContentStore, saved: Mapping[str, Mapping[str, str]]) -> None:
+    """Put a deleted blob's labels back on the blob fetched again (labels the fetch wrote
+    itself stay as they are)."""
+    for d, labels in saved.items():
+        try:
+            now = content.info(Digest.parse(d)).labels
         except NotFoundError:
-            return
-        for key, chain in labels.items():
-            if not key.startswith(GC_REF_SNAPSHOT + "."):
-                continue
-            try:
-                self.snapshots.stat(chain)
-            except NotFoundError:
-                problems.append(Problem(
-                    img.name, "snapshot_missing",
-                    f"snapshot {chain} ({key.removeprefix(GC_REF_SNAPSHOT + '.')}) of "
-                    f"config {config.digest} is missing",
-                    chain,
-                ))
+            continue  # not fetched again: the repair failed and says so
+        lost = {k: v for k, v in labels.items() if k not in now}
+        if lost:
+            content.update(Digest.parse(d), lost)
+
+
+@contextlib.contextmanager
+def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
+    """A lease on the snapshots the saved labels reference, while their blobs are away
+    (containerd's collector runs during a repair); none where no collector runs."""
+    refs = {LeaseResource(f"snapshots/{k.removeprefix(GC_REF_SNAPSHOT + '.')}", v)
+            for labels in saved.values() for k, v in labels.items()
+            if k.startswith(GC_REF_SNAPSHOT + ".")}
+    leases = getattr(store, "leases", None)
+    if not refs or leases is None or not callable(getattr(store, "collect_garbage", None)):
+        yield
+        return
+    expire = datetime.now(UTC) + timedelta(hours=1)  # if this process dies meanwhile
+    lease = leases.create(labels={"containerd.io/gc.expire": expire.isoformat(),
+                                  "cargohold/purpose": "verify-repair"})
+    try:
+        for r in sorted(refs, key=lambda r: (r.type, r.id)):
+            leases.add_resource(lease.id, r)
+        yield
+    finally:
+        with contextlib.suppress(NotFoundError):
+            leases.delete(lease.id)
+
+
+def _relabel(content: ContentStore, snapshots: Any, images: Iterable[Image]) -> None:
+    """Give each unpacked image's config its snapshot label back."""
+    checker = _Checker(content, snapshots)
+    key = _snapshot_label(snapshots)
+    for img in images:
+        for p in checker.image(img)[0]:
+            if p.kind == SNAPSHOT_UNREFERENCED:
+                cfg = Digest.parse(p.digest)
+                content.update(cfg, {key: _top_chain(content, cfg)})
 
 
 def _refetch_ref(img: Image, records: Iterable[Image]) -> Reference | None:
@@ -309,6 +420,40 @@ def verify(
         return out
 
     damaged = {p.digest for p in out if p.kind in ("corrupt", "truncated") and p.digest}
+    saved = _saved_labels(content, damaged)  # put back once fetched again
+    with _holding_snapshots(store, saved):
+        errors = _refetch(store, content, found, damaged, repair_with)
+        _restore_labels(content, saved)
+        if snapshots is not None:
+            _relabel(content, snapshots, [img for img, _, _ in found.values()])
+    # Check the damaged images again from scratch.
+    checker = _Checker(content, snapshots, jobs=jobs)
+    result: list[Problem] = []
+    for name, (img, problems, _) in found.items():
+        again, _ = checker.image(img)
+        still = {(p.kind, p.digest) for p in again}
+        for p in problems:
+            if (p.kind, p.digest) in still:
+                msg = p.message
+                if name in errors:
+                    msg += f" (repair failed: {errors[name]})"
+                result.append(replace(p, message=msg))
+            else:
+                result.append(replace(p, repaired=True))
+        for p in again:
+            if not any((p.kind, p.digest) == (q.kind, q.digest) for q in problems):
+                result.append(p)
+    return result
+
+
+def _refetch(
+    store: Any,
+    content: ContentStore,
+    found: Mapping[str, tuple[Image, list[Problem], list[str]]],
+    damaged: set[str],
+    repair_with: Any,
+) -> dict[str, str]:
+    """Delete the damaged blobs and fetch the damaged images again; errors by image name."""
     for d in sorted(damaged):
         with contextlib.suppress(NotFoundError):
             content.delete(Digest.parse(d))
@@ -339,21 +484,4 @@ def verify(
             fetched.add(key)
         except CargoholdError as e:
             errors[name] = e.message
-    # Check the damaged images again from scratch.
-    checker = _Checker(content, snapshots, jobs=jobs)
-    result: list[Problem] = []
-    for name, (img, problems, _) in found.items():
-        again, _ = checker.image(img)
-        still = {(p.kind, p.digest) for p in again}
-        for p in problems:
-            if (p.kind, p.digest) in still:
-                msg = p.message
-                if name in errors:
-                    msg += f" (repair failed: {errors[name]})"
-                result.append(replace(p, message=msg))
-            else:
-                result.append(replace(p, repaired=True))
-        for p in again:
-            if not any((p.kind, p.digest) == (q.kind, q.digest) for q in problems):
-                result.append(p)
-    return result
+    return errors

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cargohold.devtools.registry import stop_process
-from tests.rig.services import IN_CI, require_binary
+from tests.rig.needs import require_binary, require_root
 
 #: Plugins that probe or need host state we do not want (or have) in tests.
 DISABLED_PLUGINS = [
@@ -218,11 +218,7 @@ def start_containerd(base: Path, *, cri: bool = False) -> Containerd:
     """
     binary = require_binary("containerd", "containerd")
     ctr_binary = require_binary("ctr", "containerd")
-    if os.geteuid() != 0:
-        msg = "containerd needs root for its own root/state directories"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_root("containerd's own root and state directories")
     base = base.resolve()
     base.mkdir(parents=True, exist_ok=True)
     for sub in ("root", "state", "tmp", "opt"):

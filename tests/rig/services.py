@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from cargohold.devtools.registry import (
     free_port,
@@ -18,25 +14,18 @@ from cargohold.devtools.registry import (
     stop_process,
     wait_http,
 )
+from tests.rig.needs import IN_CI, needs_root, require_binary
 
-__all__ = ["Registry", "TokenAuth", "free_port", "require_binary", "start_registry", "wait_http"]
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_binary(name: str, package: str) -> str:
-    """Path of ``name``; under CI=true a missing binary fails, elsewhere it skips."""
-    path = shutil.which(name)
-    if path is None:
-        for d in ("/usr/sbin", "/sbin", "/usr/bin"):
-            cand = Path(d) / name
-            if cand.exists():
-                return str(cand)
-        msg = f"{name} not found: install Debian's {package} (apt-get install {package})"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+__all__ = [
+    "IN_CI",
+    "Registry",
+    "TokenAuth",
+    "free_port",
+    "needs_root",
+    "require_binary",
+    "start_registry",
+    "wait_http",
+]
 
 
 @dataclass

@@ -249,7 +249,7 @@ def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | No
                    hosts_dir: str | None, authfile: str | None) -> None:
     """Re-hash every blob of the images (all, or REFs); exit 6 if any is damaged."""
     from cargohold.fetch import Fetcher
-    from cargohold.verify import BLOB_KINDS, count_problems, select_images, verify
+    from cargohold.verify import REPAIRABLE_KINDS, count_problems, select_images, verify
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,
@@ -277,10 +277,11 @@ def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | No
                      + (f", {fixed} repaired" if fixed else ""))
     if left:
         damaged = sorted({p.image for p in left})
-        if any(p.kind in BLOB_KINDS for p in left):
+        if any(p.kind in REPAIRABLE_KINDS for p in left):
             raise DigestMismatchError(
                 f"{_problems(count_problems(left))} in {', '.join(damaged)}",
-                hint="run `cargohold verify --repair` to delete damaged blobs and fetch again",
+                hint="run `cargohold verify --repair` (fetches damaged blobs again, restores "
+                     "snapshot labels)",
             )
         raise NotFoundError(f"missing snapshots in {', '.join(damaged)}",
                             hint="pull the images again to unpack them")
