@@ -150,10 +150,12 @@ def test_redirect_to_other_host_drops_authorization(registry: Registry) -> None:
 
 
 class _Slow(BaseHTTPRequestHandler):
+    """Holds every request until ``gate`` opens; counts those in progress (``cond``)."""
+
     protocol_version = "HTTP/1.1"
     active = 0
     peak = 0
-    lock = threading.Lock()
+    cond = threading.Condition()
     gate = threading.Event()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -161,11 +163,12 @@ class _Slow(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         cls = type(self)
-        with cls.lock:
+        with cls.cond:
             cls.active += 1
             cls.peak = max(cls.peak, cls.active)
-        cls.gate.wait(5)
-        with cls.lock:
+            cls.cond.notify_all()
+        cls.gate.wait(120)  # (bounded only so that a failing test cannot hang the run)
+        with cls.cond:
             cls.active -= 1
         self.send_response(200)
         self.send_header("Content-Length", "2")
@@ -173,13 +176,43 @@ class _Slow(BaseHTTPRequestHandler):
         self.wfile.write(b"ok")
 
 
+class _CountingSlot(threading.BoundedSemaphore):
+    """The transport's per-host semaphore, counting the requests waiting for it."""
+
+    def __init__(self, value: int, cond: threading.Condition) -> None:
+        super().__init__(value)
+        self.cond = cond
+        self.waiting = 0
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if super().acquire(blocking=False):
+            return True
+        with self.cond:
+            self.waiting += 1
+            self.cond.notify_all()
+        try:
+            return super().acquire(blocking, timeout)
+        finally:
+            with self.cond:
+                self.waiting -= 1
+
+    __enter__ = acquire
+
+
 def test_per_host_limit() -> None:
+    """Six requests, at most two at a time: the gate opens only once two are in the server
+    and the four others wait for the host's slot (so a broken limit shows as a peak > 2)."""
+    _Slow.gate.clear()
+    _Slow.active = _Slow.peak = 0
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         t = make_transport(max_per_host=2)
-        url = f"http://127.0.0.1:{srv.server_address[1]}/x"
+        netloc = f"127.0.0.1:{srv.server_address[1]}"
+        slot = _CountingSlot(2, _Slow.cond)
+        t._slots[netloc] = slot
+        url = f"http://{netloc}/x"
         results: list[int] = []
 
         def one() -> None:
@@ -190,18 +223,18 @@ def test_per_host_limit() -> None:
         threads = [threading.Thread(target=one) for _ in range(6)]
         for th in threads:
             th.start()
-        # let the first ones pile up, then open the gate
-        for _ in range(50):
-            with _Slow.lock:
-                if _Slow.active >= 2:
-                    break
-            threading.Event().wait(0.02)
+        with _Slow.cond:
+            piled = _Slow.cond.wait_for(lambda: _Slow.active + slot.waiting == 6, timeout=60)
+            assert piled, (_Slow.active, slot.waiting)
+            assert (_Slow.active, _Slow.peak, slot.waiting) == (2, 2, 4)
         _Slow.gate.set()
         for th in threads:
-            th.join(10)
+            th.join(60)
+            assert not th.is_alive()
         assert results == [200] * 6
         assert _Slow.peak == 2
     finally:
+        _Slow.gate.set()
         srv.shutdown()
         srv.server_close()
 

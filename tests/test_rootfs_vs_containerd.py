@@ -285,14 +285,23 @@ def assert_unpacked(ctrd: Containerd, ns: str, ref: str, snapshotter: str = "ove
     assert "complete" in line.split() and line.split()[-1] == "true", check
 
 
-def containerd_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Tree:
+#: Records an unpacked tree: mounts it, walks it, unmounts it.
+Recorder = Callable[[], Tree]
+
+# Each way of unpacking returns a Recorder. The unpacks run side by side; the recorders run
+# one after the other once no other thread is left: a child forked by a sibling thread
+# holds copies of the walk's open files until it execs, and a (non-lazy) unmount at that
+# moment fails with "target is busy".
+
+
+def containerd_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Recorder:
     ns = ctrd.unique_namespace("rootfs-ctr")
     ctrd.ctr("images", "pull", "--plain-http", ref, namespace=ns, timeout=120)
     assert_unpacked(ctrd, ns, ref)
-    return ctr_tree(ctrd, ns, ref, mnt)
+    return lambda: ctr_tree(ctrd, ns, ref, mnt)
 
 
-def containerd_native_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Tree:
+def containerd_native_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Recorder:
     ns = ctrd.unique_namespace("rootfs-ctr-native")
     ctrd.ctr("images", "pull", "--snapshotter", "native", "--plain-http", ref, namespace=ns,
              timeout=120)
@@ -300,22 +309,26 @@ def containerd_native_unpack(ctrd: Containerd, ref: str, mnt: Path) -> Tree:
     with ContainerdStore(ctrd.address, ns, "native") as store:
         img = store.images.get(ref)
         top = resolve_image(store.content, img.target).top_chain
-    return native_tree(ctrd, ns, top, mnt)
+    return lambda: native_tree(ctrd, ns, top, mnt)
 
 
-def embedded_unpack(ref: str, root: Path, mnt: Path) -> Tree:
+def embedded_unpack(ref: str, root: Path, mnt: Path) -> Recorder:
     cargohold("--root", str(root), "pull", "--plain-http", ref)
     cargohold("--root", str(root), "create", ref, "rootfs")
-    with mount_point(mnt):
-        cargohold("--root", str(root), "mount", "rootfs", str(mnt))
-        try:
-            return record_tree(mnt)
-        finally:
-            cargohold("--root", str(root), "umount", str(mnt))
+
+    def record() -> Tree:
+        with mount_point(mnt):
+            cargohold("--root", str(root), "mount", "rootfs", str(mnt))
+            try:
+                return record_tree(mnt)
+            finally:
+                cargohold("--root", str(root), "umount", str(mnt))
+
+    return record
 
 
 def cargohold_into_containerd(ctrd: Containerd, ref: str, mnt: Path, *,
-                              snapshotter: str = "overlayfs", direct: bool = True) -> Tree:
+                              snapshotter: str = "overlayfs", direct: bool = True) -> Recorder:
     """``cargohold --store containerd pull``: cargohold's applier into containerd's snapshots
     (``direct``), or containerd's diff service (``CARGOHOLD_CONTAINERD_DIRECT=0``)."""
     ns = ctrd.unique_namespace("rootfs-ch")
@@ -328,13 +341,13 @@ def cargohold_into_containerd(ctrd: Containerd, ref: str, mnt: Path, *,
     assert any(unpack["phases"].values()) == direct, unpack
     assert_unpacked(ctrd, ns, ref, snapshotter)
     if snapshotter == "native":
-        return native_tree(ctrd, ns, unpack["chain_id"], mnt)
-    return ctr_tree(ctrd, ns, ref, mnt)
+        return lambda: native_tree(ctrd, ns, unpack["chain_id"], mnt)
+    return lambda: ctr_tree(ctrd, ns, ref, mnt)
 
 
 def snapshotter_unpack(
     built: BuiltImage, root: Path, mnt: Path, backend: Literal["overlay", "flat"]
-) -> Tree:
+) -> Recorder:
     """Each layer prepared on its committed parent and applied by cargohold's applier."""
     names = chain_ids(list(built.diff_ids))
     with EmbeddedSnapshotter(root, backend=backend) as sn:
@@ -345,8 +358,13 @@ def snapshotter_unpack(
             with built.open(desc.digest) as blob:
                 unpack_layer(sn, applier, desc, reader=blob, diff_id=diff_id, name=names[i],
                              parent=names[i - 1] if i else "")
-        with mount_point(mnt), mounted(sn.view("rootfs-view", names[-1]), mnt):
+
+    def record() -> Tree:
+        with EmbeddedSnapshotter(root, backend=backend) as sn, mount_point(mnt), \
+                mounted(sn.view("rootfs-view", names[-1]), mnt):
             return record_tree(mnt)
+
+    return record
 
 
 def spot_check(image: str, tree: Tree) -> None:
@@ -403,7 +421,7 @@ def test_rootfs_equal_entry_by_entry(
         assert [d.media_type.rsplit(".", 1)[-1] for d in layers] == [
             "tar+gzip", "tar+zstd", "tar", "tar+gzip"]
         assert layers[-1].size == 32
-    unpacks: dict[str, Callable[[], Tree]] = {
+    unpacks: dict[str, Callable[[], Recorder]] = {
         "containerd": lambda: containerd_unpack(containerd, ref, tmp_path / "mnt-a"),
         "cargohold": lambda: embedded_unpack(ref, tmp_path / "store", tmp_path / "mnt-b"),
         "cargohold->containerd": lambda: cargohold_into_containerd(
@@ -421,7 +439,8 @@ def test_rootfs_equal_entry_by_entry(
     }
     with ThreadPoolExecutor(len(unpacks)) as pool:  # independent: run them side by side
         futures = {name: pool.submit(fn) for name, fn in unpacks.items()}
-        trees = {name: f.result(timeout=300) for name, f in futures.items()}
+        recorders = {name: f.result(timeout=300) for name, f in futures.items()}
+    trees = {name: record() for name, record in recorders.items()}  # one at a time
 
     volatile = VOLATILE_MTIMES.get(image, frozenset()) | {"/"}
     containerd_only = CONTAINERD_ONLY.get(image, frozenset())
