@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import stat
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,9 +18,12 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from isal import igzip
 
 from cargohold.errors import (
+    CargoholdError,
     DigestMismatchError,
     InvalidInputError,
     OutOfSpaceError,
@@ -819,48 +824,7 @@ def test_real_enospc_is_out_of_space(small_fs: Path, monkeypatch: pytest.MonkeyP
         apply_bytes(_zeros_layer(100 << 20, files=10), small_fs / "t", media_type=mt.OCI_LAYER_GZIP)
 
 
-# ---------------------------------------------------------------- throughput (not asserted)
-
-
-@pytest.mark.slow
-@needs_root
-def test_throughput_usr_share(tmp_path: Path) -> None:
-    """Build a ~300 MB layer of real files from /usr/share, gzip it, apply it; print MB/s."""
-    src = Path("/usr/share")
-    tar_path = tmp_path / "layer.tar"
-    total = 0
-    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tf:
-        for dirpath, dirnames, filenames in os.walk(src):
-            dirnames.sort()
-            for name in sorted(filenames):
-                p = os.path.join(dirpath, name)
-                try:
-                    tf.add(p, arcname=os.path.relpath(p, "/"), recursive=False)
-                    total += os.lstat(p).st_size
-                except OSError:
-                    continue
-            if total > 300e6:
-                break
-    raw = tar_path.read_bytes()
-    gz = gzip_members(raw)
-    diff_id = sha(raw)
-    results = {}
-    for label, blob, media_type in (
-        ("tar", raw, mt.OCI_LAYER),
-        ("gzip", gz, mt.OCI_LAYER_GZIP),
-        ("zstd", zstd_frames(raw), mt.OCI_LAYER_ZSTD),
-    ):
-        stats = apply_bytes(
-            blob, tmp_path / f"out-{label}", media_type=media_type, diff_id=diff_id, mode="overlay"
-        )
-        results[label] = stats
-        print(
-            f"\n{label}: {stats.tar_bytes / 1e6:.0f} MB, {stats.entries} entries in "
-            f"{stats.seconds:.2f} s = {stats.mb_per_s:.0f} MB/s (read+inflate "
-            f"{stats.seconds_read:.2f} s, hash {stats.seconds_hash:.2f} s, fs "
-            f"{stats.seconds_write:.2f} s)"
-        )
-    assert results["gzip"].diff_id == diff_id
+# (The applier's throughput is measured by bench/apply.py: `python -m bench.apply`.)
 
 
 # ---------------------------------------------------------------- malformed and unsupported
@@ -908,3 +872,173 @@ def test_bad_checksum(tmp_path: Path) -> None:
     data[0] ^= 0x20  # the name changes, the checksum does not
     with pytest.raises(InvalidInputError, match="checksum"):
         apply_bytes(bytes(data), tmp_path / "t")
+
+
+# ---------------------------------------------------------------- hostile headers (issue 14, 23)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One well-formed PAX record ("LEN key=value\\n", LEN counting itself)."""
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(body) + len(str(n)) != n:
+        n = len(body) + len(str(n))
+    return str(n).encode() + body
+
+
+def _with_pax(records: bytes, entries: list[E]) -> bytes:
+    return _raw_header("././@PaxHeader", tarfile.XHDTYPE, records) + make_tar(entries)
+
+
+def _with_header_field(start: int, end: int, value: bytes) -> bytes:
+    """A one-file tar whose header field [start:end] is ``value`` (checksum redone)."""
+    data = bytearray(make_tar([E("f", data=b"x")]))
+    data[start:end] = value
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    return bytes(data)
+
+
+def _base256(n: int, width: int) -> bytes:
+    """GNU base-256 (two's complement with the high bit set) in ``width`` bytes."""
+    return bytes([0xFF if n < 0 else 0x80]) + (n % (1 << (8 * (width - 1)))).to_bytes(
+        width - 1, "big")
+
+
+@pytest.mark.parametrize("records", [
+    b"abc path=x\n",                     # the length is not a number
+    b"+13 path=abc\n",                   # ... nor plain digits (int() would take these)
+    b"1_3 path=abc\n",
+    b" 13 path=abc\n",
+    b"-13 path=abc\n",
+    b"0 path=x\n",                       # shorter than its own length field
+    b"99 path=x\n",                      # longer than the header
+    b"12 path=abcX",                     # not ended by a newline
+    b"11 pathabc\n",                     # no '='
+    b"path=x\n",                         # no length at all
+    _pax_record(b"size", b"0_1"),        # numbers in values: plain digits too
+    _pax_record(b"size", b" 1"),
+    _pax_record(b"uid", b"1e3"),
+    _pax_record(b"mtime", b"1.x"),
+    _pax_record(b"atime", b"now"),
+])
+def test_malformed_pax_records_refused(tmp_path: Path, records: bytes) -> None:
+    with pytest.raises(InvalidInputError, match="PAX"):
+        apply_bytes(_with_pax(records, [E("f", data=b"x")]), tmp_path / "t")
+    assert not (tmp_path / "t" / "f").exists()
+
+
+def test_well_formed_pax_records_apply(tmp_path: Path) -> None:
+    """(The records of the test above, written correctly, are accepted.)"""
+    records = (_pax_record(b"path", b"renamed") + _pax_record(b"mtime", b"1700000000.5")
+               + _pax_record(b"uid", b"0"))
+    apply_bytes(_with_pax(records, [E("f", data=b"x")]), tmp_path / "t")
+    assert (tmp_path / "t" / "renamed").read_bytes() == b"x"
+    assert os.stat(tmp_path / "t" / "renamed").st_mtime_ns == 1_700_000_000_500_000_000
+
+
+@pytest.mark.parametrize(("before", "records", "entry"), [
+    (b"", _pax_record(b"path", b"a\0b"), E("f", data=b"x")),
+    (b"", _pax_record(b"linkpath", b"t\0arget"), E("s", "symlink", link="x")),
+    (_raw_header("f", tarfile.REGTYPE, b"x"), _pax_record(b"linkpath", b"f\0g"),
+     E("h", "link", link="f")),
+    (b"", _pax_record(b"SCHILY.xattr.user.a\0b", b"v"), E("f", data=b"x")),
+])
+def test_nul_bytes_in_names_refused(
+    tmp_path: Path, before: bytes, records: bytes, entry: E
+) -> None:
+    """A NUL in a name, a link target or an xattr name is invalid input (before the fix an
+    xattr name with a NUL was a ValueError: a traceback, exit 1)."""
+    with pytest.raises(InvalidInputError, match="NUL"):
+        apply_bytes(before + _with_pax(records, [entry]), tmp_path / "t")
+
+
+def test_nul_in_a_header_name_field_ends_the_name(tmp_path: Path) -> None:
+    """ustar name fields are C strings: what follows a NUL is not part of the name."""
+    apply_bytes(_with_header_field(0, 4, b"f\0zz"), tmp_path / "t")
+    assert os.listdir(tmp_path / "t") == ["f"]
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (_with_header_field(124, 136, _base256(-1, 12)), "negative entry size"),
+    (_with_pax(_pax_record(b"size", b"-1"), [E("f", data=b"x")]), "negative entry size"),
+    (_with_pax(_pax_record(b"size", b"-99999"), [E("f", data=b"x")]), "negative entry size"),
+    (_with_header_field(108, 116, _base256(-7, 8)), "uid/gid"),
+    (_with_header_field(116, 124, _base256(1 << 40, 8)), "uid/gid"),
+    (_with_pax(_pax_record(b"uid", b"-5"), [E("f", data=b"x")]), "uid/gid"),
+    (_with_pax(_pax_record(b"gid", b"9" * 30), [E("f", data=b"x")]), "uid/gid"),
+    (_with_header_field(136, 148, _base256(1 << 80, 12)), "time out of range"),
+    (_with_header_field(136, 148, _base256(-(1 << 80), 12)), "time out of range"),
+    (_with_pax(_pax_record(b"mtime", b"9" * 40), [E("f", data=b"x")]), "time out of range"),
+    (_with_pax(_pax_record(b"atime", b"-" + b"9" * 30), [E("f", data=b"x")]), "time out of range"),
+])
+def test_negative_and_out_of_range_numbers_refused(
+    tmp_path: Path, data: bytes, match: str
+) -> None:
+    """Before the fix, uids and times out of range were OverflowErrors (tracebacks)."""
+    with pytest.raises(InvalidInputError, match=match):
+        apply_bytes(data, tmp_path / "t")
+
+
+# ---------------------------------------------------------------- property: containment
+
+#: Name components and link targets of generated hostile layers; "@S" stands for the
+#: sentinel's absolute path, "@R" for the relative path from the target to it.
+_COMPONENTS = ["a", "b", "evil", "..", ".", "", "shadow", "sub", ".wh.shadow", ".wh.sub",
+               ".wh..wh..opq", ".wh.a", "@S", "@R"]
+_TARGETS = ["/", "..", "../..", "../../..", "@S", "@S/shadow", "@S/sub", "@R", "@R/shadow",
+            "@R/sub", "a", "evil", "evil/shadow", "/etc", "a/../../.."]
+
+_hostile_entries = st.lists(
+    st.tuples(
+        st.sampled_from(["file", "dir", "symlink", "link"]),
+        st.lists(st.sampled_from(_COMPONENTS), min_size=1, max_size=4).map("/".join),
+        st.sampled_from(_TARGETS),
+        st.booleans(),  # an absolute name
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _hostile_tar(entries: list[tuple[str, str, str, bool]], sentinel: Path, rel: str) -> bytes:
+    def sub(text: str) -> str:
+        return text.replace("@S", str(sentinel)).replace("@R", rel)
+
+    out = []
+    for typ, name, target, absolute in entries:
+        n = sub(name)
+        n = "/" + n.lstrip("/") if absolute else n
+        if not n.strip("/"):
+            n = "x"
+        out.append(E(n, typ, data=b"evil" if typ == "file" else b"", link=sub(target)))
+    return make_tar(out)
+
+
+@pytest.mark.parametrize("mode", ["flat", "overlay"])
+@settings(max_examples=150, deadline=None)
+@given(entries=_hostile_entries)
+def test_generated_hostile_tars_never_write_outside_the_target(
+    mode: str, entries: list[tuple[str, str, str, bool]]
+) -> None:
+    """Whatever a layer holds (escaping names, links out of the root and entries through
+    them, whiteouts of outside paths, hardlinks to outside files), apply either refuses it
+    (a CargoholdError) or writes inside the target only: the sentinel next to it keeps its
+    contents, links and inode counts, and nothing else appears next to the target."""
+    if mode == "overlay":
+        require_root("overlay")
+    with tempfile.TemporaryDirectory() as d:
+        base = Path(d)
+        sentinel = base / "sentinel"
+        sentinel.mkdir()
+        (sentinel / "shadow").write_bytes(b"root:secret\n")
+        (sentinel / "sub").mkdir()
+        (sentinel / "sub" / "keep").write_bytes(b"keep")
+        before = listing(sentinel)
+        target = base / "work" / "target"
+        data = _hostile_tar(entries, sentinel, os.path.relpath(sentinel, target))
+        with contextlib.suppress(CargoholdError):
+            apply_bytes(data, target, mode=mode)
+        assert listing(sentinel) == before
+        assert sorted(os.listdir(base)) == ["sentinel", "work"]
+        assert os.listdir(base / "work") == ["target"]

@@ -56,7 +56,10 @@ hardlink to a missing path, to a dir,  UnsafeContentError (a hardlink only ever 
 or to ``..``-escaping path             paths inside target; the final component is linked,
                                        not followed: ``linkat`` without FOLLOW)
 parent component is a file             InvalidInputError (containerd: ENOTDIR)
-name with a NUL byte / bad header      InvalidInputError
+name with a NUL byte / bad header      InvalidInputError (also: a NUL in an xattr name or
+                                       a link target, a negative size, a uid/gid, time or
+                                       device number out of range, a PAX record whose
+                                       length or number is not plain decimal digits)
 whiteout ``.wh.``/``.wh..``/``.wh...`` UnsafeContentError (containerd: invalid whiteout)
 ``trusted.overlay.*`` xattrs           dropped (a layer must not forge overlayfs metadata)
 =====================================  ====================================================
@@ -125,6 +128,12 @@ _ZERO_BLOCK = bytes(BLOCK)
 MAX_EXTENDED_HEADER = 16 << 20
 #: Longest entry or link name accepted (PATH_MAX; also bounds the directory depth).
 MAX_NAME = 4096
+#: Largest uid / gid a layer may set ((uid_t)-1 means "unchanged" to chown).
+MAX_ID = (1 << 32) - 2
+#: Entry times must fit a 64-bit time_t (seconds).
+_TIME_RANGE = range(-(1 << 63), 1 << 63)
+#: Largest device major / minor number (Linux: 12 / 20 bits, glibc makedev: 32 each).
+MAX_DEV = (1 << 32) - 1
 #: Symlinks followed while resolving one path (the kernel's limit).
 MAX_SYMLINKS = 40
 #: Files at least this big get a free-space check of their own before they are written.
@@ -436,6 +445,13 @@ def _pax_time_ns(value: bytes) -> int:
     return -ns if neg else ns
 
 
+def _decimal(text: bytes) -> int:
+    """Plain ASCII decimal digits (``int()`` would also take signs, blanks and ``_``)."""
+    if not text or not text.isdigit():
+        raise ValueError(f"not a decimal number: {text!r}")
+    return int(text)
+
+
 def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     records: dict[bytes, bytes] = {}
     pos, end = 0, len(data)
@@ -446,7 +462,7 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
         if sp < 0:
             raise InvalidInputError("layer tar: malformed PAX header")
         try:
-            length = int(data[pos:sp])
+            length = _decimal(data[pos:sp])
         except ValueError:
             raise InvalidInputError("layer tar: malformed PAX record length") from None
         stop = pos + length
@@ -550,7 +566,22 @@ def _entries(src: _Source, stats: ApplyStats) -> Iterator[_Entry]:
                 entry.atime_ns = entry.mtime_ns  # PAX may have changed mtime
         if typ == _AREG and entry.name.endswith(b"/"):
             entry.type = _DIR  # old tars mark directories by a trailing slash only
+        _check_entry(entry)
         yield entry
+
+
+def _check_entry(e: _Entry) -> None:
+    """Header values the file system calls would choke on (OverflowError, ValueError)."""
+    what = f"layer tar: entry {_show(e.name)}"
+    if not (0 <= e.uid <= MAX_ID and 0 <= e.gid <= MAX_ID):
+        raise InvalidInputError(f"{what}: uid/gid {e.uid}/{e.gid} out of range")
+    if not (e.mtime_ns // 1_000_000_000 in _TIME_RANGE
+            and e.atime_ns // 1_000_000_000 in _TIME_RANGE):
+        raise InvalidInputError(f"{what}: time out of range")
+    if not (0 <= e.devmajor <= MAX_DEV and 0 <= e.devminor <= MAX_DEV):
+        raise InvalidInputError(f"{what}: device number {e.devmajor}:{e.devminor} out of range")
+    if e.xattrs and any(b"\0" in k for k in e.xattrs):
+        raise InvalidInputError(f"{what}: an xattr name contains a NUL byte")
 
 
 def _apply_pax(entry: _Entry, pax: dict[bytes, bytes]) -> None:
@@ -563,11 +594,11 @@ def _apply_pax(entry: _Entry, pax: dict[bytes, bytes]) -> None:
                 if value:
                     entry.linkname = value
             elif key == b"size":
-                entry.size = int(value)
+                entry.size = int(value) if value.startswith(b"-") else _decimal(value)
             elif key == b"uid":
-                entry.uid = int(value)
+                entry.uid = int(value) if value.startswith(b"-") else _decimal(value)
             elif key == b"gid":
-                entry.gid = int(value)
+                entry.gid = int(value) if value.startswith(b"-") else _decimal(value)
             elif key == b"mtime":
                 entry.mtime_ns = _pax_time_ns(value)
             elif key == b"atime":
