@@ -20,6 +20,7 @@ from cargohold.imagebuild.image import ImageSpec, LayerSpec, tamper_layer_size
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.digest import Digest
 from cargohold.store.embedded import EmbeddedStore
+from tests.rig.faultproxy import Rule, running_proxy
 from tests.rig.images import push, push_index
 from tests.rig.needs import require_root
 from tests.rig.services import Registry
@@ -279,3 +280,24 @@ def test_progress_lines_off_tty_and_quiet(registry: Registry, tmp_path: Path) ->
     assert "layer" in p.stderr and "done" in p.stderr and "elapsed" in p.stderr
     assert "\x1b[" not in p.stderr  # no live display off a TTY
     assert p.stdout.startswith(pushed.text)
+
+
+def test_manifest_with_a_flipped_byte_stores_nothing(registry: Registry, tmp_path: Path) -> None:
+    """A manifest of the right size and a wrong digest (issue 14, 23): exit 6, no record
+    and no blob of the image; the rerun through an honest registry fetches it."""
+    pushed = push(registry.host, ImageSpec([LayerSpec([File("f", b"flip\n")])]),
+                  tmp_path / "img")
+    root = tmp_path / "store"
+    with running_proxy(registry.host) as proxy:
+        proxy.add(Rule("flip_byte", method="GET", path="/manifests/sha256:", times=-1,
+                       flip_at=pushed.built.root.size // 2))
+        via = f"{proxy.host}/{pushed.ref.repository}:{pushed.ref.tag}"
+        p = cli(root, "fetch", "--plain-http", via)
+        assert p.returncode == errors.DigestMismatchError.exit_code, p.stderr
+        assert str(pushed.built.root.digest) in p.stderr
+        assert "Traceback" not in p.stderr
+        assert records(root) == {}
+        assert blob_files(root) == {}
+        proxy.clear()
+        cli(root, "fetch", "--plain-http", via, check=True)
+    assert set(records(root).values()) == {str(pushed.built.root.digest)}

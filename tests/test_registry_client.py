@@ -426,6 +426,23 @@ def test_fetch_manifest_checks(pushed: tuple[Reference, HandImage], proxy: Fault
     assert c.fetch_manifest(pref, img.root) == img.blobs[img.root.digest]
 
 
+@pytest.mark.parametrize("header", ["kept", "dropped"])
+def test_manifest_of_the_right_size_and_a_wrong_digest(
+    pushed: tuple[Reference, HandImage], proxy: FaultProxy, header: str
+) -> None:
+    """The registry sends a manifest of the expected length whose bytes differ (one byte
+    flipped), with its honest Docker-Content-Digest header or none: the bytes are hashed,
+    so it is a DigestMismatchError, not retried and not returned."""
+    ref, img = pushed
+    pref = ref_for(proxy.host, ref.repository)
+    proxy.add(Rule("flip_byte", method="GET", path="/manifests/", flip_at=img.root.size // 2))
+    if header == "dropped":
+        proxy.add(Rule("drop_digest", method="GET", path="/manifests/"))
+    with pytest.raises(DigestMismatchError, match="content has digest"):
+        make_client().fetch_manifest(pref, img.root)
+    assert len(proxy.seen("GET", "/manifests/")) == 1
+
+
 # --------------------------------------------------------------------------- download faults
 
 
@@ -455,6 +472,43 @@ def test_download_resume_when_range_ignored(pushed: tuple[Reference, HandImage],
     sink = Sink()
     make_client().download_blob(ref_for(proxy.host, ref.repository), img.layer, sink, offset=len(data) - 5)
     assert bytes(sink.buf) == data[-5:]
+
+
+@pytest.mark.parametrize(("content_range", "error", "match"), [
+    (None, DigestMismatchError, "206 without a valid Content-Range"),
+    ("bytes */{size}", DigestMismatchError, "206 without a valid Content-Range"),
+    ("items 100-{last}/{size}", DigestMismatchError, "206 without a valid Content-Range"),
+    ("bytes 100-{last}/{bigger}", DigestMismatchError, "its size is"),
+    ("bytes 200-{last}/{size}", UnavailableError, "got from 200"),
+    # Says the body starts before what was asked, but it starts where asked: the length
+    # does not fit what the range promises.
+    ("bytes 0-{last}/{size}", DigestMismatchError, "sends"),
+])
+def test_resume_with_a_bad_content_range_is_refused(
+    pushed: tuple[Reference, HandImage], proxy: FaultProxy,
+    content_range: str | None, error: type[Exception], match: str,
+) -> None:
+    """A 206 answering a resume (Range: bytes=100-) without a Content-Range, with one that
+    does not parse, names another size or starts after the offset, or does not fit the
+    body: refused before a byte is written (a resumed download must never splice bytes
+    from the wrong offset)."""
+    ref, img = pushed
+    data = img.blobs[img.layer.digest]
+    size = len(data)
+    value = None if content_range is None else content_range.format(
+        size=size, last=size - 1, bigger=size + 1)
+    proxy.add(Rule("content_range", method="GET", path="/blobs/", content_range=value))
+    sink = Sink()
+    with pytest.raises(error, match=match):
+        make_client().download_blob(ref_for(proxy.host, ref.repository), img.layer, sink,
+                                    offset=100)
+    assert bytes(sink.buf) == b""
+    gets = proxy.seen("GET", "/blobs/")
+    assert [g.headers.get("Range") for g in gets] == ["bytes=100-"]
+    # The same resume through an honest registry completes.
+    make_client().download_blob(ref_for(proxy.host, ref.repository), img.layer, sink,
+                                offset=100)
+    assert bytes(sink.buf) == data[100:]
 
 
 def test_download_retries_5xx_and_429(pushed: tuple[Reference, HandImage], proxy: FaultProxy) -> None:

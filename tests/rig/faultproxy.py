@@ -46,7 +46,7 @@ class Rule:
     (a regex searched in the path without the query)."""
 
     # status | cut | ignore_range | wrong_digest | extra_bytes | redirect | drop_digest |
-    # relative_location | pause | gather
+    # relative_location | pause | gather | content_range | flip_byte
     action: str
     method: str | None = None
     path: str = ""
@@ -59,6 +59,9 @@ class Rule:
     digest: str = "sha256:" + "0" * 64
     redirect_to: str = ""  # "http://host:port": the same path there
     content_type: str | None = None  # override Content-Type
+    # content_range: the Content-Range of a 206 becomes this (None: the header is dropped)
+    content_range: str | None = None
+    flip_at: int = 0  # flip_byte: the body byte at this offset is inverted (same length)
     hits: int = 0
     # pause: after ``cut_after`` body bytes (flushed), set ``reached`` and wait for ``release``
     # (at most ``hold_timeout`` seconds, so a failing test cannot hang the proxy forever).
@@ -311,6 +314,10 @@ class _Handler(BaseHTTPRequestHandler):
             ]
         if rule.action == "drop_digest":
             headers = [(k, v) for k, v in headers if k.lower() != "docker-content-digest"]
+        if rule.action == "content_range":
+            headers = [(k, v) for k, v in headers if k.lower() != "content-range"]
+            if rule.content_range is not None:
+                headers.append(("Content-Range", rule.content_range))
         if rule.content_type is not None:
             headers = [(k, rule.content_type if k.lower() == "content-type" else v) for k, v in headers]
         return headers
@@ -347,6 +354,11 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         self.end_headers()
+        if rule is not None and rule.action == "flip_byte":
+            data = source(total)
+            flipped = bytearray(data)
+            flipped[rule.flip_at] ^= 0xFF
+            source = _reader(bytes(flipped))
         cut = rule.cut_after if rule is not None and rule.action == "cut" else -1
         pause = rule.cut_after if rule is not None and rule.action == "pause" else -1
         sent = 0
