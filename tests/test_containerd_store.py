@@ -138,6 +138,92 @@ def test_unreachable_socket_is_unavailable(tmp_path: Path, containerd_api: api.A
     assert str(sock) in ei.value.hint_text()
 
 
+# ---------------------------------------------------------------- gRPC errors -> error tree
+
+
+def test_deadline_exceeded_is_unavailable(containerd: Containerd, containerd_api: api.Api) -> None:
+    """A real DEADLINE_EXCEEDED (a deadline already past when the call starts: gRPC's own
+    check; a tiny positive one is sometimes met) is UnavailableError (exit 7)."""
+    from cargohold.store.containerd.client import ContainerdClient
+
+    c = ContainerdClient(containerd.address, "x", timeout=-1.0)
+    try:
+        with pytest.raises(UnavailableError) as ei:
+            c.version()
+    finally:
+        c.close()
+    assert ei.value.exit_code == 7
+    assert "did not answer in time" in ei.value.hint_text()
+
+
+def test_unimplemented_is_unsupported(containerd: Containerd, containerd_api: api.Api) -> None:
+    """A real UNIMPLEMENTED (a service this containerd does not serve) is UnsupportedError."""
+    from cargohold.store.containerd.client import ContainerdClient
+
+    c = ContainerdClient(containerd.address, "x")
+    try:
+        empty = c.api.empty_pb2.Empty
+        nope = c.channel.unary_unary(
+            "/containerd.services.nosuch.v1.Nope/Get",
+            request_serializer=empty.SerializeToString, response_deserializer=empty.FromString)
+        with pytest.raises(UnsupportedError) as ei:
+            c.call(nope, empty(), what="nope")
+    finally:
+        c.close()
+    assert ei.value.exit_code == 3 and "nope" in str(ei.value)
+
+
+def test_cancelled_stream_is_interrupted(store: ContainerdStore, containerd_api: api.Api) -> None:
+    """A real CANCELLED (a read stream cancelled, as Ctrl-C does) is an interruption (130)."""
+    from cargohold.errors import InterruptedError_
+
+    dg = put(store, os.urandom(3 * CHUNK))
+    c = store.client
+    pb = c.api.content
+    responses = c.content_stub.Read(pb.ReadContentRequest(digest=str(dg)), metadata=c.metadata())
+    responses.cancel()
+    with pytest.raises(InterruptedError_) as ei:
+        list(c._iterate(responses, "read"))
+    assert ei.value.exit_code == 130
+
+
+class _StandIn(Exception):
+    """A grpc.RpcError's shape, for codes a real containerd cannot be made to return."""
+
+    def __init__(self, code: object, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> object:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(("code", "error", "exit_code"), [
+    ("DEADLINE_EXCEEDED", UnavailableError, 7),
+    ("UNIMPLEMENTED", UnsupportedError, 3),
+    ("PERMISSION_DENIED", UnavailableError, 7),
+    ("UNAUTHENTICATED", UnavailableError, 7),
+    ("CANCELLED", None, 130),
+])
+def test_grpc_codes_map_to_the_error_tree(code: str, error: type | None, exit_code: int) -> None:
+    """PERMISSION_DENIED used to be a bare CargoholdError: exit 1, the code for bugs."""
+    import grpc
+
+    from cargohold.store.containerd.client import map_rpc_error
+
+    e = map_rpc_error(_StandIn(getattr(grpc.StatusCode, code), "denied by policy"),
+                      what="images list", address="/run/x.sock")
+    if error is not None:
+        assert isinstance(e, error)
+    assert e.exit_code == exit_code
+    assert "images list" in e.message and "denied by policy" in e.message
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        assert "/run/x.sock" in e.hint_text() and "root" in e.hint_text()
+
+
 # ---------------------------------------------------------------- content
 
 

@@ -146,7 +146,8 @@ def map_rpc_error(err: Exception, *, what: str = "", address: str = "") -> Cargo
             msg, hint="this containerd lacks the API or plugin (cargohold needs containerd >= 1.6)"
         )
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return CargoholdError(msg, hint=f"no permission to use {sock}; run as root")
+        # Not a bug (exit 1): a daemon we may not use, as when its socket refuses us.
+        return UnavailableError(msg, hint=f"no permission to use {sock}; run as root")
     if code == grpc.StatusCode.CANCELLED:
         return InterruptedError_(msg)
     return CargoholdError(f"{msg} (containerd: {code.name})")
