@@ -613,3 +613,61 @@ def test_failed_cleanup_is_reported_and_gc_removes_the_leftover(
     gc = last_json(cli(root, "--json", "gc"))
     assert f"overlayfs/{left[0]}" in {r["id"] for r in gc["removed"] if r["kind"] == "snapshot"}
     assert _active_extracts(root) == []
+
+
+class _HoldAfterApply(EmbeddedApplier):
+    """Applies a layer, then holds it (before the unpacker commits it) until ``release``."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+        self.cond = threading.Condition()
+        self.applied = 0
+
+    def apply_with_stats(self, desc: Descriptor, mounts: list[Mount], *, reader: BinaryIO,
+                         diff_id: Digest | None = None) -> tuple[Descriptor, ApplyStats]:
+        out = super().apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)
+        with self.cond:
+            self.applied += 1
+            self.cond.notify_all()
+        assert self.release.wait(120), "never released"
+        return out
+
+
+@pytest.mark.parametrize(("backend", "jobs"), [("overlay", 2), ("flat", 1)])
+def test_another_process_commits_the_same_chains_first(
+    registry: Registry, tmp_path: Path, backend: str, jobs: int
+) -> None:
+    """Issue 14, 23: while this unpack holds its applied layers uncommitted, another process
+    (`cargohold unpack`) commits the same chains. The held unpack then succeeds and uses
+    theirs: its half-applied snapshots go, nothing is left but the committed chains."""
+    if backend == "overlay":
+        require_root("overlay")
+    pushed = push(registry.host, samples.small_images()["app-a"], tmp_path / "img")
+    chains = chains_of(pushed.built)
+    root = tmp_path / "store"
+    cli(root, "fetch", "--plain-http", pushed.text)
+    release = threading.Event()
+    applier = _HoldAfterApply(release)
+    with EmbeddedStore(root) as store, \
+            EmbeddedSnapshotter(root, backend=backend) as sn:  # type: ignore[arg-type]
+        target = store.images.get(pushed.text).target
+        with Unpacker(store.content, sn, applier, jobs=jobs) as unpacker, \
+                ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(unpacker.unpack, target)
+            try:
+                with applier.cond:  # the first layer (both on overlay) applied, uncommitted
+                    assert applier.cond.wait_for(lambda: applier.applied >= jobs or fut.done(),
+                                                 timeout=120)
+                assert not fut.done()
+                other = cli(root, "--json", "unpack", pushed.text)  # the other process
+                assert last_json(other)["chains_unpacked"] == 2
+            finally:
+                release.set()
+            result = fut.result(timeout=120)
+        assert result.chain_id == chains[-1]
+        assert result.layers[0].state == "shared"
+        assert {lo.state for lo in result.layers[1:]} <= {"shared", "exists"}
+        assert {i.name: i.kind for i in sn.walk()} == dict.fromkeys(chains, KIND_COMMITTED)
+        assert is_unpacked(store.content, sn, store.images.get(pushed.text))
+    assert images_ls(root)[pushed.text]["unpacked"] is True
