@@ -162,14 +162,19 @@ def listing(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
     return out
 
 
-@pytest.fixture
-def sentinel(tmp_path: Path) -> Iterator[Path]:
-    """A directory outside every target whose contents must never change."""
-    s = tmp_path / "sentinel"
+def make_sentinel(s: Path) -> Path:
+    """A directory (with a file and a subdirectory) that no layer may change."""
     s.mkdir()
     (s / "shadow").write_bytes(b"root:secret\n")
     (s / "sub").mkdir()
     (s / "sub" / "keep").write_bytes(b"keep")
+    return s
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[Path]:
+    """A directory outside every target whose contents must never change."""
+    s = make_sentinel(tmp_path / "sentinel")
     before = listing(s)
     yield s
     assert listing(s) == before, "something was written outside the target"
@@ -1029,11 +1034,7 @@ def test_generated_hostile_tars_never_write_outside_the_target(
         require_root("overlay")
     with tempfile.TemporaryDirectory() as d:
         base = Path(d)
-        sentinel = base / "sentinel"
-        sentinel.mkdir()
-        (sentinel / "shadow").write_bytes(b"root:secret\n")
-        (sentinel / "sub").mkdir()
-        (sentinel / "sub" / "keep").write_bytes(b"keep")
+        sentinel = make_sentinel(base / "sentinel")
         before = listing(sentinel)
         target = base / "work" / "target"
         data = _hostile_tar(entries, sentinel, os.path.relpath(sentinel, target))
