@@ -468,28 +468,40 @@ class _Reader:
         return getattr(self._raw, name)
 
 
+def _poll(done: Callable[[], bool]) -> None:
+    """Wait until ``done()``. Polled rather than a Condition wait: Ctrl-C / SIGTERM raise
+    KeyboardInterrupt in the main thread wherever it is, and one landing inside
+    ``Condition.wait`` (``Future.result(timeout)``, ``Event.wait``) can leave the
+    condition's lock released, so the interrupt surfaces as "RuntimeError: cannot release
+    un-acquired lock" (exit 1) instead."""
+    while not done():
+        time.sleep(0.01)
+
+
 class _Gate:
     """Counts the tasks running through it; once closed no task starts (Interrupted) and
     :meth:`close` returns when the running ones have finished."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._running = 0
         self._closed = False
 
     @contextmanager
     def enter(self) -> Iterator[None]:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise Interrupted("unpack interrupted")
             self._running += 1
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._running -= 1
-                if not self._running:
-                    self._cond.notify_all()
+
+    def _idle(self) -> bool:
+        with self._lock:
+            return not self._running
 
     def close(self, on_interrupt: Callable[[], None]) -> None:
         """Refuse new tasks and wait for the running ones. A KeyboardInterrupt (Ctrl-C,
@@ -498,10 +510,9 @@ class _Gate:
         interrupted: BaseException | None = None
         while True:
             try:
-                with self._cond:
+                with self._lock:
                     self._closed = True
-                    while self._running:
-                        self._cond.wait()
+                _poll(self._idle)
                 break
             except KeyboardInterrupt as e:
                 on_interrupt()
@@ -718,15 +729,13 @@ class Unpacker:
         return out
 
     def _wait(self, fut: Future[LayerOutcome], job: _Job) -> LayerOutcome:
-        while True:
-            try:
-                return fut.result(timeout=0.2)
-            except TimeoutError:
-                continue
-            except KeyboardInterrupt:
-                self.cancel.set()
-                job.cancel.set()
-                raise
+        try:
+            _poll(fut.done)
+        except KeyboardInterrupt:
+            self.cancel.set()
+            job.cancel.set()
+            raise
+        return fut.result()  # done: no wait
 
     def _ensure_chain(
         self, job: _Job, i: int, parent: Future[LayerOutcome] | None
