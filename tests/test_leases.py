@@ -38,6 +38,7 @@ from cargohold.store.interfaces import KIND_ACTIVE, KIND_COMMITTED, active_lease
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.containerd import Containerd
 from tests.rig.images import Pushed, push
+from tests.rig.needs import require_root
 from tests.rig.services import Registry
 
 # --------------------------------------------------------------------------- owners
@@ -283,8 +284,7 @@ def test_two_runs_of_the_same_image_at_once(big40: Pushed, tmp_path: Path,
 
 
 def test_out_of_space_leaves_no_ingest(registry: Registry, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
+    require_root("mounting a small tmpfs")
     big = push(registry.host, ImageSpec([LayerSpec([File(f"f{i}", size=6_000_000, seed=i)],
                                                    compression="none") for i in range(4)]),
                tmp_path / "b")

@@ -10,7 +10,6 @@ parents; gzip, zstd) applied by each backend's applier giving the same merged tr
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from cargohold.store.interfaces import (
     Applier,
     Snapshotter,
 )
-from tests.rig.services import IN_CI
+from tests.rig.needs import require_root
 from tests.test_apply import describe
 from tests.test_snapshots import EXPECTED, L1, L2, L3, _blob
 
@@ -57,11 +56,7 @@ class SnapshotsUnderTest:
 
 
 def _needs_root() -> None:
-    if os.geteuid() != 0:
-        msg = "snapshot conformance needs root (mounts, overlayfs, containerd)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_root("snapshot conformance: mounts, overlayfs, containerd")
 
 
 @pytest.fixture(params=BACKENDS)
