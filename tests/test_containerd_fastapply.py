@@ -28,6 +28,7 @@ from cargohold.store.interfaces import Mount, active_lease
 from cargohold.unpack import unpack_layer
 from cargohold.unpack.image import Unpacker
 from tests.rig.containerd import Containerd
+from tests.rig.needs import require_root
 from tests.test_apply import E, listing
 from tests.test_snapshots import _blob
 
@@ -36,8 +37,7 @@ SNAPSHOTTERS = ["overlayfs", "native"]
 
 @pytest.fixture(params=SNAPSHOTTERS)
 def store(request: pytest.FixtureRequest, containerd: Containerd) -> Iterator[ContainerdStore]:
-    if os.geteuid() != 0:
-        pytest.skip("the fast path writes into containerd's root: root only")
+    require_root("the fast path writes into containerd's root")
     with ContainerdStore(containerd.address, containerd.unique_namespace("fast"),
                          request.param) as s:
         # Under a lease, as cargohold's unpacks run: the collector the tests run spares
@@ -321,8 +321,7 @@ def test_staged_parallel_layers_commit_as_a_chain(containerd: Containerd) -> Non
     from cargohold.store.containerd.staged import StagedSnapshotter
     from cargohold.unpack.apply import OPAQUE_XATTR
 
-    if os.geteuid() != 0:
-        pytest.skip("root only")
+    require_root("containerd's root")
     layers = [
         [E("base", "dir", mode=0o750, uid=7, gid=8), E("base/sub", "dir", mode=0o705),
          E("base/f", data=b"0"), E(".wh.nothing-below"), E("o", "dir"),
@@ -389,8 +388,7 @@ def test_sigterm_mid_unpack_into_containerd_leaves_no_half_snapshot(
     import sys
     import time
 
-    if os.geteuid() != 0:
-        pytest.skip("root only")
+    require_root("containerd's root")
     ref = big60_ctrd.text
     for attempt in range(5):
         ns = containerd.unique_namespace(f"sigterm{attempt}")
