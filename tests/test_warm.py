@@ -21,6 +21,7 @@ from cargohold.store.embedded import EmbeddedStore
 from cargohold.warmorder import LABEL_CRITICAL, LABEL_PRIORITY
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.images import Pushed, push
+from tests.rig.needs import require_root
 from tests.rig.services import Registry
 
 
@@ -205,10 +206,7 @@ def test_sigterm_removes_the_half_applied_snapshot_and_rerun_finishes(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Any:
     """A 96 MiB ext4 on a loop device, mounted (root only)."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the loop-mounted file system needs root")
-        pytest.skip("the loop-mounted file system needs root")
+    require_root("a loop-mounted file system")
     image = tmp_path / "fs.img"
     mnt = tmp_path / "mnt"
     mnt.mkdir()
