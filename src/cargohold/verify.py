@@ -56,7 +56,7 @@ from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest_or_index
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.oci.reference import Reference, parse_reference
+from cargohold.oci.reference import Reference, lookup_by_name, parse_reference
 from cargohold.store.interfaces import (
     GC_REF_SNAPSHOT,
     KIND_COMMITTED,
@@ -112,12 +112,7 @@ def select_images(images: ImageStore, refs: Sequence[str] | None) -> list[Image]
     by_name = {i.name: i for i in records}
     out: list[Image] = []
     for r in refs:
-        img = by_name.get(r)
-        if img is None:
-            try:
-                img = by_name.get(str(parse_reference(r)))
-            except CargoholdError:
-                img = None
+        img = lookup_by_name(by_name, r)
         if img is None:
             raise NotFoundError(f"no image record {r!r}")
         if img not in out:

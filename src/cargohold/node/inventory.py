@@ -28,7 +28,7 @@ from cargohold.catalog import layer_chains
 from cargohold.errors import CargoholdError
 from cargohold.imagecontent import image_contents, present_configs
 from cargohold.node.labels import image_critical, image_pinned, image_priority
-from cargohold.oci.reference import parse_reference
+from cargohold.oci.reference import lookup_by_name
 from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo
 
 __all__ = ["TIERS", "ImageState", "Inventory", "take_inventory"]
@@ -289,13 +289,7 @@ def select(inv: Inventory, refs: Sequence[str]) -> list[ImageState]:
             by_name[n] = img
     out: list[ImageState] = []
     for r in refs:
-        found = by_name.get(r)
-        if found is None:
-            try:
-                found = by_name.get(str(parse_reference(r)))
-            except CargoholdError:
-                found = None
-        img = found or ImageState(names=[r], digest="", tier="absent")
+        img = lookup_by_name(by_name, r) or ImageState(names=[r], digest="", tier="absent")
         if img not in out:
             out.append(img)
     return out

@@ -19,10 +19,14 @@ reads such a component as a host name).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from cargohold.errors import InvalidInputError
 from cargohold.oci.digest import Digest
+
+T = TypeVar("T")
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -230,3 +234,16 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
     if tag is None and digest is None and default_tag:
         tag = DEFAULT_TAG
     return Reference(domain, path, tag, digest)
+
+
+def lookup_by_name(by_name: Mapping[str, T], text: str) -> T | None:
+    """What ``by_name`` (keyed by image names) holds for ``text``, as given or normalised
+    (``busybox`` finds ``docker.io/library/busybox:latest``); None if neither is there or
+    ``text`` is no reference."""
+    found = by_name.get(text)
+    if found is not None:
+        return found
+    try:
+        return by_name.get(str(parse_reference(text)))
+    except InvalidInputError:
+        return None
