@@ -225,3 +225,15 @@ def test_bake_refreshes_the_textfile(registry: Registry, tmp_path: Path) -> None
     assert cli(root, "bake", str(spec), "--metrics-textfile", str(textdir)).returncode != 0
     series = _series((textdir / "cargohold.prom").read_text())
     assert series['cargohold_last_run_success{command="bake"}'] == 0
+
+
+def test_metrics_json_and_unwritable_textfile(registry: Registry, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    img = push(registry.host, _one(9400), tmp_path / "i")
+    cli(root, "fetch", "--plain-http", img.text, check=True)
+    doc = json.loads(cli(root, "--json", "metrics", check=True).stdout)
+    assert doc["metrics"]['cargohold_images{tier="fetched"}'] == 1
+    assert not [k for k in doc["metrics"] if k.endswith("_created")]
+    # /proc passes a permission check as root but takes no file: an input error, not a bug.
+    p = cli(root, "metrics", "--textfile", "/proc")
+    assert p.returncode == 2 and "cannot write" in p.stderr and "Traceback" not in p.stderr

@@ -196,7 +196,7 @@ def _inv(images: list[ImageState], sizes: dict[str, int],
     for i in images:
         for c in i.chains:
             users.setdefault(c, []).append(i.digest)
-    return Inventory(images, 0, sum(sizes.values()), sizes, users, busy or set(), {})
+    return Inventory(images, 0, sum(sizes.values()), sizes, users, busy or set())
 
 
 def test_plan_orders_by_value_and_respects_shared_chains() -> None:
@@ -244,3 +244,58 @@ def test_plan_deletes_only_when_allowed_and_after_demotions() -> None:
     assert ("delete", "f") in [(x.action, x.image.name) for x in plan.actions]
     assert plan.reaches_target
     assert plan_evict(inv, 0).actions == []
+
+
+def test_plan_demotes_images_of_one_layer_stack_together() -> None:
+    """Two images with the same layers (a registry image and its import, a rebuilt tag)
+    share every chain: neither may go alone, both go together, the bytes count once."""
+    sizes = {"b": 100, "t": 50}
+    one = _state("one", ["b", "t"], size=150)
+    two = _state("two", ["b", "t"], size=150)
+    plan = plan_evict(_inv([one, two], sizes), 1, model=ONE_BYTE_PER_SECOND)
+    assert sorted(a.image.name for a in plan.actions) == ["one", "two"]
+    assert all(a.chains == ["t", "b"] for a in plan.actions)
+    assert plan.planned_bytes == 150
+
+
+def test_plan_prices_what_warm_would_unpack_again() -> None:
+    """A small layer of its own on a big shared base is cheap to warm again: the image with
+    the big layer of its own goes first (warm's order, reversed)."""
+    sizes = {"base": 10_000, "a": 10, "b": 5_000}
+    a = _state("a", ["base", "a"], size=10_010, snapshot_exclusive=10)
+    b = _state("b", ["base", "b"], size=15_000, snapshot_exclusive=5_000)
+    plan = plan_evict(_inv([a, b], sizes), 1, model=ONE_BYTE_PER_SECOND)
+    assert [x.image.name for x in plan.actions] == ["b"]
+
+
+def test_evict_keeps_the_chains_an_unpack_in_progress_commits_on(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Overlay layers are prepared without a parent; the `containerd.io/snapshot.ref` label
+    ties them to the chain they become, whose parents must stay (warm and the evict timer
+    run at the same time on a node)."""
+    from cargohold.oci.chainid import chain_ids
+    from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
+
+    big = push(registry.host, _image("big", 300_000, 7021), tmp_path / "big")
+    small = push(registry.host, _image("small", 100_000, 7022), tmp_path / "small")
+    root = tmp_path / "store"
+    cli(root, "pull", "--plain-http", big.text, small.text, check=True)
+    cli(root, "evict", "--free", "1", check=True)  # big goes: its own layer
+    assert tiers(root)[big.text] == "fetched"
+    base, top = (str(c) for c in chain_ids(list(big.built.diff_ids)))
+    sn = EmbeddedSnapshotter(root)
+    try:  # what an unpack of big's top layer holds while it runs
+        sn.prepare("extract-test-1", labels={"containerd.io/snapshot.ref": top})
+    finally:
+        sn.close()
+    doc = status(root)
+    assert {i["name"]: i for i in doc["images"]}[big.text]["users"] == ["extract-test-1"]
+    p = cli(root, "--json", "evict", "--free", "1TB")
+    assert p.returncode == 13, p.stderr
+    assert tiers(root)[small.text] == "fetched"  # its own layer went ...
+    sn = EmbeddedSnapshotter(root)
+    try:
+        assert sn.stat(base).kind == "committed"  # ... the base big's commit needs stayed
+    finally:
+        sn.close()

@@ -34,6 +34,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.leasing import leased
+from cargohold.node.labels import LABEL_CRI_PINNED
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.manifest import (
@@ -212,7 +213,6 @@ def child_labels(desc: Descriptor, children: Sequence[Descriptor]) -> dict[str, 
 
 
 LABEL_CRI_MANAGED = "io.cri-containerd.image"
-LABEL_CRI_PINNED = "io.cri-containerd.pinned"
 
 
 @dataclass(frozen=True)

@@ -139,12 +139,12 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
             return
         outcomes = (carry_out(store, sn, plan, on_done=lambda r: _report_outcome(app, r))
                     if plan.actions else [])
-    _collect(app, any(o.records_deleted for o in outcomes))
+    deletes = [o for o in outcomes if o.action.action == "delete"]
+    content_freed = _collect(app, [o.action.image.content_exclusive for o in deletes
+                                   if o.records_deleted])
     after = fs_space(where) if where is not None else None
     demoted = sum(o.removed_bytes for o in outcomes if o.action.action == "demote")
-    deleted = sum(o.removed_bytes + (o.action.image.content_exclusive if o.records_deleted
-                                     else 0)
-                  for o in outcomes if o.action.action == "delete")
+    deleted = sum(o.removed_bytes for o in deletes) + content_freed
     counters.demoted_bytes, counters.deleted_bytes = demoted, deleted
     if app.out.json_mode:
         app.out.json({"event": "summary", "command": "evict", "dry_run": False,
@@ -191,16 +191,18 @@ def _report_outcome(app: App, res: Any) -> None:
         app.out.warn(f"{a.action} {a.image.name} failed: {res.error}")
 
 
-def _collect(app: App, deleted_any: bool) -> None:
+def _collect(app: App, deleted_content: list[int]) -> int:
     """Let the garbage collector take what deleted records leave (containerd: always, so the
-    demoted snapshots' files are gone before measuring)."""
+    demoted snapshots' files are gone before measuring); the content bytes it freed: what the
+    embedded gc removed, the deleted images' exclusive content on containerd (its collector
+    runs synchronously), 0 when it could not run (the content stays until the next gc)."""
     s = app.settings
     if s.store == "containerd":
         with open_store(s) as store:
             store.collect_garbage()  # type: ignore[union-attr]
-        return
-    if not deleted_any:
-        return
+        return sum(deleted_content)
+    if not deleted_content:
+        return 0
     from cargohold.cli.resources import open_embedded
     from cargohold.store.embedded.containers import ContainerRoots
     from cargohold.store.embedded.gc import collect
@@ -214,8 +216,9 @@ def _collect(app: App, deleted_any: bool) -> None:
             res = collect(store, snapshot_hook=hook)
     except CargoholdError as e:
         app.out.warn(f"the deleted images' content stays until `cargohold gc`: {e.message}")
-        return
+        return 0
     app.out.info(f"gc removed {len(res.removed)} items, {human_bytes(res.bytes_freed)}")
+    return int(res.bytes_freed)
 
 
 def _check_reached(plan: Any, freed: int, allow_delete: bool) -> None:
@@ -375,5 +378,10 @@ def metrics_command(app: App, textfile_dir: Path | None) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = refresh_textfile(app, Path(tmp))
-        app.out.data(path.read_text(encoding="utf-8").rstrip("\n"))
+        text = refresh_textfile(app, Path(tmp)).read_text(encoding="utf-8")
+    if app.out.json_mode:
+        from cargohold.node.metrics import parse_exposition
+
+        app.out.json({"event": "metrics", "metrics": parse_exposition(text)})
+    else:
+        app.out.data(text.rstrip("\n"))

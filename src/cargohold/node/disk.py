@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cargohold.errors import CargoholdError, InvalidInputError
+from cargohold.errors import InvalidInputError
 
 __all__ = ["FsSpace", "free_target", "fs_space", "parse_keep_free", "store_path"]
-
-_SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
 
 
 @dataclass(frozen=True)
@@ -19,10 +17,6 @@ class FsSpace:
     path: str
     total: int
     free: int
-
-    @property
-    def used_percent(self) -> float:
-        return 100.0 * (self.total - self.free) / self.total if self.total else 0.0
 
 
 def fs_space(path: str | Path) -> FsSpace:
@@ -34,21 +28,15 @@ def fs_space(path: str | Path) -> FsSpace:
 
 def store_path(store: Any, root: Path) -> Path | None:
     """A directory on the store's file system: the embedded root, or the directory of
-    containerd's snapshotter (asked through containerd's introspection service), else None."""
+    containerd's snapshotter (asked through containerd's introspection service) when this
+    process can see it, else None."""
     client = getattr(store, "client", None)
     if client is None:
         return root
-    try:
-        req = client.api.introspection.PluginsRequest(
-            filters=[f"type=={_SNAPSHOTTER_PLUGIN},id=={store.snapshotter}"])
-        resp = client.call(client.introspection_stub.Plugins, req, what="introspection")
-    except CargoholdError:
-        return None
-    for p in resp.plugins:
-        where = dict(p.exports).get("root")
-        if where and os.path.isdir(where):
-            return Path(where)
-    return None
+    from cargohold.store.containerd.staged import SNAPSHOTTER_PLUGIN
+
+    where = client.plugin_exports(SNAPSHOTTER_PLUGIN, store.snapshotter).get("root")
+    return Path(where) if where and os.path.isdir(where) else None
 
 
 def parse_keep_free(text: str) -> tuple[int | None, float | None]:

@@ -32,10 +32,12 @@ from cargohold.warmorder import expected_seconds, wspt_order
 __all__ = ["EvictAction", "EvictPlan", "evict_order", "plan_evict", "value"]
 
 def unpack_size(img: ImageState) -> int:
-    """The bytes an unpack of ``img`` writes: its snapshots when unpacked, else its compressed
-    size at the planner's default ratio."""
+    """The bytes ``warm`` would write to unpack ``img`` again after a demotion: its own
+    snapshots when unpacked (a base it shares stays for the other images, as warm prices only
+    missing layers; all of them when every chain is shared, e.g. two names of one stack),
+    else its compressed size at the planner's default ratio."""
     if img.tier == "unpacked":
-        return img.snapshot_bytes
+        return img.snapshot_exclusive or img.snapshot_bytes
     return max(img.snapshot_bytes, int(img.content_bytes * DEFAULT_UNPACK_RATIO))
 
 
@@ -130,9 +132,12 @@ def _protected(img: ImageState) -> str:
     return ""
 
 
-def _removable_top(img: ImageState, inv: Inventory, live: set[str]) -> list[str]:
+def _removable_top(img: ImageState, inv: Inventory, live: set[str],
+                   together: set[str] | None = None) -> list[str]:
     """The chains of ``img`` to remove, top first: walk each stack down from its top while the
-    chain is committed, not busy and no live (staying unpacked) image has it."""
+    chain is committed, not busy and no live (staying unpacked) image has it, other than the
+    images demoted ``together`` with it."""
+    along = {img.digest} | (together or set())
     out: list[str] = []
     for stack in img.stacks:
         for c in reversed(stack):
@@ -140,10 +145,24 @@ def _removable_top(img: ImageState, inv: Inventory, live: set[str]) -> list[str]
                 break
             if c in inv.busy_chains:
                 break
-            if any(u != img.digest and u in live for u in inv.chain_users.get(c, ())):
+            if any(u not in along and u in live for u in inv.chain_users.get(c, ())):
                 break
             out.append(c)
     return out
+
+
+def _same_stack(img: ImageState, inv: Inventory, live: set[str],
+                candidates: set[str]) -> set[str]:
+    """The other live candidates whose top chains are exactly ``img``'s (one layer stack under
+    two images: a registry image and its import, a rebuilt tag): they can only go together."""
+    tops = {stack[-1] for stack in img.stacks if stack}
+    out: set[str] = set()
+    for top in tops:
+        for u in inv.chain_users.get(top, ()):
+            if u != img.digest and u in live and u in candidates:
+                out.add(u)
+    by_digest = {i.digest: i for i in inv.images}
+    return {u for u in out if {st[-1] for st in by_digest[u].stacks if st} <= tops}
 
 
 def plan_evict(
@@ -173,6 +192,8 @@ def plan_evict(
     live = {i.digest for i in inv.images if i.chains and i.tier in ("unpacked", "partial")}
     freed = 0
     progress = True
+    by_digest = {i.digest: i for i in inv.images}
+    candidate_ids = {i.digest for i in candidates}
     while progress and freed < plan.needed:
         progress = False
         for img in candidates:
@@ -180,20 +201,24 @@ def plan_evict(
                 break
             if img.digest not in live:
                 continue
-            chains = _removable_top(img, inv, live)
+            twins = _same_stack(img, inv, live, candidate_ids)
+            chains = _removable_top(img, inv, live, twins)
             if not chains:
                 kept.setdefault(img.digest, "its top layers are shared with an image kept unpacked")
                 continue
-            kept.pop(img.digest, None)
             n = sum(inv.chain_sizes[c] for c in chains)
-            live.discard(img.digest)
-            plan.actions.append(EvictAction("demote", img, chains, n,
-                                            f"value {value(img, model):.3g}"))
+            for member in [img, *(by_digest[t] for t in sorted(twins))]:
+                kept.pop(member.digest, None)
+                live.discard(member.digest)
+                why = (f"value {value(member, model):.3g}" if member is img
+                       else f"the same layers as {img.name}")
+                # Every member's config loses its snapshot label; the bytes count once.
+                plan.actions.append(EvictAction("demote", member, chains,
+                                                n if member is img else 0, why))
             freed += n
             progress = True
     if allow_delete and freed < plan.needed:
         freed += _plan_deletes(plan, inv, order, kept, needed=plan.needed - freed)
-    by_digest = {i.digest: i for i in inv.images}
     plan.kept = [(by_digest[d], why) for d, why in kept.items()]
     return plan
 

@@ -12,7 +12,9 @@ nothing, so status, evict and metrics reason about the group.
   for that no record has.
 * **users**: the active snapshots and views whose parent is one of its chains (a container's
   root file system: ``ctr run`` and CRI key it by the container ID; the embedded store by
-  ``containers/<name>``; an unpack in progress by ``extract-*``). An image with users is in
+  ``containers/<name>``; an unpack in progress by ``extract-*``), and the snapshots an unpack
+  in progress will commit as one of its chains (``containerd.io/snapshot.ref``: overlay
+  layers are prepared without a parent). An image with users is in
   use: evict never touches it.
 * **bytes**: content (blob files) and snapshots (the snapshotter's usage of each committed
   chain), exclusive to the image or shared with another; totals count everything once.
@@ -30,6 +32,7 @@ from cargohold.imagecontent import image_contents, present_configs
 from cargohold.node.labels import image_critical, image_pinned, image_priority
 from cargohold.oci.reference import lookup_by_name
 from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo
+from cargohold.unpack.image import EXTRACT_PREFIX, LABEL_SNAPSHOT_REF
 
 __all__ = ["TIERS", "ImageState", "Inventory", "take_inventory"]
 
@@ -84,7 +87,7 @@ class ImageState:
         """The users that are containers (not unpacks in progress)."""
         out = []
         for key in self.users:
-            if key.startswith("extract-"):
+            if key.startswith(EXTRACT_PREFIX):
                 continue
             out.append(key.removeprefix(_CONTAINER_PREFIX))
         return out
@@ -121,10 +124,9 @@ class Inventory:
     #: Usage of each committed chain, and which images have it.
     chain_sizes: dict[str, int]
     chain_users: dict[str, list[str]]
-    #: The parent chains of active snapshots and views (and their ancestors): in use.
+    #: Chains in use: the parents of active snapshots and views (and their ancestors), and
+    #: the chains below a layer an unpack in progress will commit.
     busy_chains: set[str]
-    #: Committed snapshots' parents (name -> parent), to walk a chain down.
-    parents: dict[str, str]
 
     def tiers(self) -> dict[str, int]:
         out = dict.fromkeys(TIERS, 0)
@@ -168,27 +170,37 @@ def _usage(snapshots: Any, key: str) -> int:
         return 0
 
 
-def _snapshot_facts(
-    snapshots: Any,
-) -> tuple[dict[str, int], dict[str, str], dict[str, list[str]], int]:
-    """(usage of each committed snapshot, committed parents, users: parent -> active keys,
-    usage of the active snapshots and views)."""
-    sizes: dict[str, int] = {}
-    parents: dict[str, str] = {}
-    users: dict[str, list[str]] = {}
-    active_bytes = 0
+@dataclass
+class _SnapshotFacts:
+    #: Usage of each committed snapshot, and its parent.
+    sizes: dict[str, int] = field(default_factory=dict)
+    parents: dict[str, str] = field(default_factory=dict)
+    #: parent chain -> keys of the active snapshots and views on it.
+    users: dict[str, list[str]] = field(default_factory=dict)
+    #: chain an unpack in progress will commit -> its active snapshot keys (the label
+    #: containerd's unpacker and cargohold's put on them; overlay layers are prepared with no
+    #: parent, so the label is the only tie to the image).
+    pending: dict[str, list[str]] = field(default_factory=dict)
+    active_bytes: int = 0
+
+
+def _snapshot_facts(snapshots: Any) -> _SnapshotFacts:
+    out = _SnapshotFacts()
     if snapshots is None:
-        return sizes, parents, users, active_bytes
+        return out
     infos: list[SnapshotInfo] = list(snapshots.walk())
     for info in infos:
         if info.kind == KIND_COMMITTED:
-            parents[info.name] = info.parent
-            sizes[info.name] = _usage(snapshots, info.name)
+            out.parents[info.name] = info.parent
+            out.sizes[info.name] = _usage(snapshots, info.name)
             continue
-        active_bytes += _usage(snapshots, info.name)
+        out.active_bytes += _usage(snapshots, info.name)
         if info.parent:
-            users.setdefault(info.parent, []).append(info.name)
-    return sizes, parents, users, active_bytes
+            out.users.setdefault(info.parent, []).append(info.name)
+        target = info.labels.get(LABEL_SNAPSHOT_REF)
+        if target:
+            out.pending.setdefault(target, []).append(info.name)
+    return out
 
 
 def _ancestors(chain: str, parents: dict[str, str]) -> list[str]:
@@ -206,10 +218,11 @@ def take_inventory(store: Any, snapshots: Any | None = None) -> Inventory:
     users; ``snapshots``: the snapshotter to look at (None: nothing is unpacked)."""
     content = store.content
     files = {str(info.digest): info.size for info in content.walk()}
-    sizes, parents, active, active_bytes = _snapshot_facts(snapshots)
+    facts = _snapshot_facts(snapshots)
+    sizes, active = facts.sizes, facts.users
     busy: set[str] = set()
     for parent in active:
-        busy.update(_ancestors(parent, parents))
+        busy.update(_ancestors(parent, facts.parents))
 
     images: list[ImageState] = []
     blob_users: dict[str, int] = {}
@@ -245,6 +258,11 @@ def take_inventory(store: Any, snapshots: Any | None = None) -> Inventory:
         for key_parent, keys in active.items():
             if key_parent in st.chains:
                 st.users.extend(k for k in keys if k not in st.users)
+        for stack in st.stacks:  # an unpack in progress needs every chain below its layer
+            for i, c in enumerate(stack):
+                if c in facts.pending:
+                    st.users.extend(k for k in facts.pending[c] if k not in st.users)
+                    busy.update(stack[:i + 1])
         for b in st.blobs:
             blob_users[b] = blob_users.get(b, 0) + 1
         for c in st.chains:
@@ -261,11 +279,10 @@ def take_inventory(store: Any, snapshots: Any | None = None) -> Inventory:
     return Inventory(
         images=sorted(images, key=lambda i: i.name),
         content_bytes=sum(files.values()),
-        snapshot_bytes=sum(sizes.values()) + active_bytes,
+        snapshot_bytes=sum(sizes.values()) + facts.active_bytes,
         chain_sizes=sizes,
         chain_users=chain_users,
         busy_chains=busy,
-        parents=parents,
     )
 
 

@@ -11,16 +11,18 @@ Low cardinality: no per-image series; labels are ``tier``, ``kind``, ``action``,
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cargohold.errors import CargoholdError, InvalidInputError
+from cargohold.errors import CargoholdError, InvalidInputError, OutOfSpaceError
 from cargohold.node.inventory import TIERS, Inventory
 
 __all__ = ["TEXTFILE_NAME", "NodeState", "check_textfile_dir", "record_run", "write_textfile"]
@@ -89,23 +91,53 @@ def record_run(root: Path, command: str, *, started: float, success: bool,
             os.replace(tmp, path)
             return state
     except OSError as e:
-        raise CargoholdError(f"cannot write the run history under {root}: {e}") from e
+        raise _write_error(root / STATE_FILE, e) from None
 
 
 def check_textfile_dir(directory: Path) -> None:
-    """InvalidInputError unless ``directory`` exists and is writable."""
+    """InvalidInputError unless ``directory`` exists and a file can be made in it (tried:
+    permission bits do not show a read-only mount, /proc or /sys)."""
     if not directory.is_dir():
         raise InvalidInputError(f"textfile directory {directory} does not exist (or is not a "
                                 "directory)", hint="create it, or point --textfile at the "
                                 "directory node_exporter's --collector.textfile.directory names")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"textfile directory {directory} is not writable",
-                                hint="run as a user that may write there (root on a node)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cargohold-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise _write_error(directory, e) from None
+
+
+def _write_error(path: Path, e: OSError) -> CargoholdError:
+    if e.errno == errno.ENOSPC:
+        return OutOfSpaceError(f"cannot write {path}: no space left on the device")
+    return InvalidInputError(f"cannot write {path}: {e.strerror or e}",
+                             hint="point it at a writable directory (root on a node)")
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """``{'name{labels}': value}`` of a text exposition (comments left out): the metrics
+    for ``--json``."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def write_textfile(directory: Path, inv: Inventory | None, state: NodeState) -> Path:
     """Render the metrics into ``directory/cargohold.prom`` atomically; returns the path."""
-    from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        disable_created_metrics,
+        write_to_textfile,
+    )
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
 
     check_textfile_dir(directory)
     reg = CollectorRegistry()
@@ -143,5 +175,5 @@ def write_textfile(directory: Path, inv: Inventory | None, state: NodeState) -> 
     try:
         write_to_textfile(str(path), reg)
     except OSError as e:
-        raise CargoholdError(f"cannot write {path}: {e}") from e
+        raise _write_error(path, e) from None
     return path
