@@ -365,6 +365,11 @@ class StreamFiles:
 # --------------------------------------------------------------------------- opening
 
 
+#: the hint of a path that names no archive (not the registry's "check the reference")
+PATH_HINT = ("check the path: an OCI layout directory, a .tar, .tar.gz or .tar.zst archive, "
+             "or a directory of them")
+
+
 def sniff(path: Path) -> str:
     """'dir', 'tar', 'gzip' or 'zstd'; InvalidInputError for anything else."""
     if path.is_dir():
@@ -373,7 +378,7 @@ def sniff(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(512)
     except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file or directory") from None
+        raise NotFoundError(f"{path}: no such file or directory", hint=PATH_HINT) from None
     except OSError as e:
         raise InvalidInputError(f"{path}: cannot read: {e.strerror}") from None
     if head.startswith(GZIP_MAGIC):

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cargohold.archive.files import PATH_HINT
 from cargohold.archive.formats import Archive
 from cargohold.archive.source import ArchiveSource, SpaceCheck, open_source
 from cargohold.errors import CargoholdError, InvalidInputError, NotFoundError
 from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
-from cargohold.oci.descriptor import Platform
+from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.reference import Reference
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
@@ -57,6 +58,8 @@ class ArchiveOutcome:
     refs: list[Reference] = field(default_factory=list)
     skipped: bool = False
     error: CargoholdError | None = None
+    #: of a skipped archive: its images, still recorded (name, target)
+    recorded: list[tuple[str, Descriptor]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": str(self.path), "images": [str(r) for r in self.refs],
@@ -69,10 +72,15 @@ class ArchiveOutcome:
 
 
 class ImportCache:
-    """size + mtime of each imported file and the digests its images were recorded at."""
+    """size + mtime of each imported file and the digests its images were recorded at, per
+    set of options that change an import's outcome (``options``: records, pin, unpack,
+    platforms, base name; the store is the cache file's own key). An archive is remembered
+    only once everything asked of it is done (:meth:`ImportRun.remember`), so an interrupted
+    import is read (and finished) again, and a new option is never skipped."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, options: str = "") -> None:
         self.path = path
+        self.options = options
         self._lock = threading.Lock()
         try:
             doc = json.loads(path.read_text())
@@ -85,23 +93,31 @@ class ImportCache:
         st = p.stat()
         return [st.st_size, st.st_mtime_ns]
 
-    def unchanged(self, p: Path, images: Any) -> bool:
-        e = self.entries.get(str(p.resolve()))
+    def _key(self, p: Path) -> str:
+        return f"{p.resolve()}\n{self.options}" if self.options else str(p.resolve())
+
+    def unchanged(self, p: Path, images: Any) -> list[tuple[str, Descriptor]] | None:
+        """The images (name, recorded target) of an archive imported before with these
+        options, unchanged since and all still recorded at its digests; else None."""
+        e = self.entries.get(self._key(p))
         try:
             if not isinstance(e, dict) or p.is_dir() or e.get("stamp") != self._stamp(p):
-                return False
+                return None
         except OSError:
-            return False
+            return None
         names = e.get("images")
         if not isinstance(names, dict) or not names:
-            return False
+            return None
+        found: list[tuple[str, Descriptor]] = []
         for name, digest in names.items():
             try:
-                if str(images.get(name).target.digest) != digest:
-                    return False
+                target = images.get(name).target
             except NotFoundError:
-                return False
-        return True
+                return None
+            if str(target.digest) != digest:
+                return None
+            found.append((name, target))
+        return found
 
     def remember(self, p: Path, results: Sequence[FetchResult]) -> None:
         try:
@@ -110,8 +126,12 @@ class ImportCache:
             stamp = self._stamp(p)
         except OSError:
             return
+        prefix = f"{p.resolve()}\n"
         with self._lock:
-            self.entries[str(p.resolve())] = {
+            for k in [k for k, e in self.entries.items() if k.startswith(prefix)
+                      and not (isinstance(e, dict) and e.get("stamp") == stamp)]:
+                del self.entries[k]  # the file changed: its other options' entries are stale
+            self.entries[self._key(p)] = {
                 "stamp": stamp,
                 "images": {r.name: str(r.target.digest) for r in results},
             }
@@ -128,10 +148,28 @@ class ImportCache:
         return True
 
 
+def cache_options(**options: Any) -> str:
+    """The cache key of the options that change an import's outcome."""
+    return json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+
+
 @dataclass
 class ImportRun:
     outcomes: list[ArchiveOutcome]
     results: list[FetchResult | FetchFailure]
+
+    def remember(self, cache: ImportCache) -> None:
+        """Record in ``cache`` (and save it) each archive read and imported without error:
+        call once everything asked of the import (records, pins, unpack) is done."""
+        by_ref = {str(r.ref): r for r in self.results}
+        for o in self.outcomes:
+            if o.skipped or o.error is not None:
+                continue
+            mine = [by_ref.get(str(r)) for r in o.refs]
+            ok = [r for r in mine if isinstance(r, FetchResult)]
+            if len(ok) == len(o.refs):
+                cache.remember(o.path, ok)
+        cache.save()
 
 
 def import_archives(
@@ -150,16 +188,20 @@ def import_archives(
 ) -> ImportRun:
     """Import each archive of ``paths``; a failing archive does not stop the others.
 
-    Raises only for what concerns them all (two archives naming one image differently)."""
+    Raises only for what concerns them all (two archives naming one image differently).
+    ``cache`` skips archives imported before; nothing is written to it here (see
+    :meth:`ImportRun.remember`)."""
     outcomes = [ArchiveOutcome(p) for p in expand(paths)]
     if not outcomes:
-        raise NotFoundError(f"no archives in {', '.join(str(p) for p in paths)}")
+        raise NotFoundError(f"no archives in {', '.join(str(p) for p in paths)}",
+                            hint=PATH_HINT)
     kw: dict[str, Any] = {"check": check} if check is not None else {}
     sources: list[tuple[ArchiveOutcome, ArchiveSource]] = []
     try:
         for o in outcomes:
-            if cache is not None and cache.unchanged(o.path, store.images):
-                o.skipped = True
+            recorded = cache.unchanged(o.path, store.images) if cache is not None else None
+            if recorded is not None:
+                o.skipped, o.recorded = True, recorded
                 continue
             try:
                 src = open_source([o.path], store=store, base_name=base_name, **kw)
@@ -187,10 +229,6 @@ def import_archives(
         failed = [r for r in mine if isinstance(r, FetchFailure)]
         if failed:
             o.error = failed[0].error
-        elif cache is not None and not o.skipped and o.error is None:
-            cache.remember(o.path, [r for r in mine if isinstance(r, FetchResult)])
-    if cache is not None:
-        cache.save()
     return ImportRun(outcomes, results)
 
 

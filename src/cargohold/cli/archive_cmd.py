@@ -1,19 +1,17 @@
 """`cargohold import` and `cargohold export`: image archives for air-gapped nodes.
 
-Also :func:`content_source`, the ``--from`` / ``--allow-network`` options of ``bake`` and
-``plan`` (archives in place of the registry client).
+(``bake`` / ``plan --from`` take their archives through :mod:`cargohold.cli.sources`.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from cargohold.cli.fetch_cmd import (
+from cargohold.cli.fetching import (
     apply_registry_options,
     print_failures,
     raise_failures,
@@ -23,53 +21,16 @@ from cargohold.cli.fetch_cmd import (
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, open_store, registry_client, reserve_bytes
+from cargohold.cli.resources import open_store, registry_client
+from cargohold.cli.sources import space_check
+from cargohold.cli.unpacking import make_unpacker, report_unpack
 from cargohold.errors import InvalidInputError, NotFoundError
 from cargohold.fetch import FetchFailure, FetchResult
-from cargohold.oci.descriptor import Platform
+from cargohold.leasing import leased
+from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.settings import Settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def from_options(f: F) -> F:
-    """``--from PATH`` (repeatable) and ``--allow-network`` for bake and plan."""
-    f = click.option("--allow-network", is_flag=True,
-                     help="With --from: fetch images the archives lack from their registry.")(f)
-    return click.option(
-        "--from", "from_paths", multiple=True, type=click.Path(path_type=Path),
-        help="Take the spec's images from this OCI layout or archive instead of a registry "
-             "(repeatable).")(f)
-
-
-def content_source(s: Settings, from_paths: Sequence[Path], allow_network: bool,
-                   store: Any | None = None) -> Any:
-    """The registry client, or with ``--from`` the archives (falling back to the registry
-    only with ``--allow-network``). Either way: ``resolve``, ``fetch_manifest``,
-    ``download_blob``, ``close``."""
-    if not from_paths:
-        if allow_network:
-            raise InvalidInputError("--allow-network needs --from")
-        return registry_client(s)
-    from cargohold.archive.source import open_source
-
-    return open_source(
-        list(from_paths),
-        store=store,
-        check=_space_check(s, store),
-        fallback=registry_client(s) if allow_network else None,
-        strict_names=False,
-    )
-
-
-def _space_check(s: Settings, store: Any | None) -> Any:
-    from cargohold.archive.source import space_check
-
-    if isinstance(store, LocalStore):
-        return space_check(store.root, reserve_bytes(s))
-    return lambda n: None
 
 
 def _platforms(s: Settings, given: tuple[str, ...]) -> tuple[list[Platform], list[Platform]]:
@@ -107,22 +68,43 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
                    do_unpack: bool, force: bool, jobs: int | None) -> None:
     """Import image archives: OCI layouts (directory, tar, tar.gz, tar.zst), docker-archives
     (`docker save`, Docker 25+), or a directory of them (k3s style)."""
-    from cargohold.archive.importer import ImportCache, cache_path, import_archives
+    from cargohold.archive.importer import (
+        ImportCache,
+        cache_options,
+        cache_path,
+        import_archives,
+    )
 
     s = app.settings
     out = app.out
     plats, given = _platforms(s, platforms)
     base = parse_reference(base_name, default_tag=False) if base_name else None
+    records = record_policy(app, cri, pin)
     start = time.monotonic()
     with open_store(s) as store, FetchProgress(out) as progress:
-        cache = None if force else ImportCache(cache_path(Path(s.root), _store_key(s)))
+        cache = None if force else ImportCache(
+            cache_path(Path(s.root), _store_key(s)),
+            cache_options(cri=records.cri, pin=records.pin, unpack=do_unpack,
+                          platforms=sorted(str(p) for p in plats), all_platforms=all_platforms,
+                          base_name=str(base) if base else None))
         run = import_archives(
             store, list(paths), platforms=plats, all_platforms=all_platforms, base_name=base,
-            records=record_policy(app, cri, pin), jobs=jobs or s.jobs, events=progress,
-            check=_space_check(s, store), cache=cache,
+            records=records, jobs=jobs or s.jobs, events=progress,
+            check=space_check(s, store), cache=cache,
         )
         ok = [r for r in run.results if isinstance(r, FetchResult)]
-        unpacked = _unpack(app, store, ok, given, jobs) if do_unpack and ok else {}
+        unpacked: dict[str, Any] = {}
+        earlier: dict[str, Any] = {}
+        if do_unpack:
+            # The images of skipped archives too: an earlier import may have recorded them
+            # and not unpacked them (interrupted), or their snapshots went since (evict).
+            skipped = [t for o in run.outcomes if o.skipped for t in o.recorded]
+            done = _unpack(app, store, [(r.name, r.target) for r in ok] + skipped, given, jobs)
+            unpacked = {r.name: done[r.name] for r in ok if r.name in done}
+            earlier = {n: u for n, u in done.items() if n not in unpacked
+                       and not all(x.already_unpacked for x in u)}
+        if cache is not None:
+            run.remember(cache)  # only now: records, pins and unpack are all done
     elapsed = time.monotonic() - start
     failures: list[FetchFailure] = [r for r in run.results if isinstance(r, FetchFailure)]
     failures += [FetchFailure(str(o.path), o.error) for o in run.outcomes
@@ -133,12 +115,12 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
             "archives": [o.to_json() for o in run.outcomes],
             "images": [{**r.to_json(), **({"unpack": [u.to_json() for u in unpacked[r.name]]}
                                            if r.name in unpacked else {})} for r in ok],
+            "unpacked_skipped": [{"name": n, "unpack": [x.to_json() for x in u]}
+                                 for n, u in earlier.items()],
             "failed": [f.to_json() for f in failures],
             "seconds": round(elapsed, 3),
         })
     else:
-        from cargohold.cli.unpack_cmd import report_unpack
-
         for o in run.outcomes:
             if o.skipped:
                 out.info(f"{o.path}: unchanged since its last import, skipped")
@@ -147,25 +129,30 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
                      f"{human_bytes(r.bytes_total)}  (record {r.record})")
             for u in unpacked.get(r.name, []):
                 report_unpack(out, r.name, u)
+        for name, us in earlier.items():
+            for u in us:
+                report_unpack(out, name, u)
         print_failures(out, failures, total=len(failures) + len(ok),
                        shown=progress.failures_shown)
         out.info(f"elapsed: {elapsed:.1f} s")
     raise_failures(failures, total=max(1, len(failures) + len(ok)))
 
 
-def _unpack(app: App, store: Any, ok: list[FetchResult], given: list[Platform],
+def _unpack(app: App, store: Any, images: list[tuple[str, Descriptor]], given: list[Platform],
             jobs: int | None) -> dict[str, Any]:
-    from cargohold.cli.unpack_cmd import make_unpacker, unpack_lease
-
+    """Unpack each (name, target) for each platform asked for (else the host's), under a
+    lease as containerd's unpacker does; an image already unpacked costs a lookup."""
     plats: list[Platform | None] = list(given) or [None]
     done: dict[str, Any] = {}
     by_digest: dict[str, Any] = {}
-    with make_unpacker(app, store, jobs=jobs) as unpacker, unpack_lease(store):
-        for r in ok:
-            key = str(r.target.digest)
+    if not images:
+        return done
+    with make_unpacker(app, store, jobs=jobs) as unpacker, leased(store, "unpack"):
+        for name, target in images:
+            key = str(target.digest)
             if key not in by_digest:
-                by_digest[key] = [unpacker.unpack(r.target, p) for p in plats]
-            done[r.name] = by_digest[key]
+                by_digest[key] = [unpacker.unpack(target, p) for p in plats]
+            done[name] = by_digest[key]
     return done
 
 
@@ -207,7 +194,8 @@ def export_command(app: App, refs: tuple[str, ...], spec_file: Path | None, outp
         [parse_platform(p) for p in s.platforms]
     plats = list(dict.fromkeys(given)) or [host_platform()]
     start = time.monotonic()
-    with open_store(s) as store:
+    # Without --fetch export only reads: a mistyped --root is not a new, empty store.
+    with open_store(s, must_exist=not do_fetch) as store:
         if do_fetch:
             _fetch_missing(app, store, wanted, plats, all_platforms)
         images = []

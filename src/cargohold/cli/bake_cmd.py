@@ -12,8 +12,7 @@ import click
 
 from cargohold import __version__
 from cargohold.bake import BakeEvents, BakeImage, BakeOptions, Baker, BakeReport, write_json_atomic
-from cargohold.cli.archive_cmd import content_source, from_options
-from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
+from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
@@ -21,7 +20,9 @@ from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resolve_progress import ResolveProgress
 from cargohold.cli.resources import open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
-from cargohold.cli.unpack_cmd import UnpackProgress, summary_line, unpack_lease
+from cargohold.cli.sources import content_source, from_options
+from cargohold.cli.unpack_cmd import unpack_lease
+from cargohold.cli.unpacking import UnpackProgress, summary_line
 from cargohold.errors import (
     BudgetError,
     CargoholdError,

@@ -41,13 +41,13 @@ from typing import Any
 import click
 
 from cargohold.calibration import Calibration, calibration_path, now_iso, save_calibration
-from cargohold.cli.fetch_cmd import apply_registry_options, record_policy, registry_options
+from cargohold.cli.fetching import apply_registry_options, record_policy, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, registry_client
 from cargohold.cli.scratch import Scratch, open_scratch, unpacked_bytes
-from cargohold.cli.unpack_cmd import UnpackProgress, make_unpacker
+from cargohold.cli.unpacking import UnpackProgress, make_unpacker
 from cargohold.du import disk_usage
 from cargohold.errors import CargoholdError
 from cargohold.fetch import Fetcher, FetchEvents, FetchResult

@@ -44,7 +44,7 @@ from cargohold.cli.scratch import (
     remove_all_snapshots,
     unpacked_bytes,
 )
-from cargohold.cli.unpack_cmd import make_unpacker
+from cargohold.cli.unpacking import make_unpacker
 from cargohold.errors import InvalidInputError, OutOfSpaceError
 from cargohold.gcmark import LABEL_GC_ROOT
 from cargohold.imagebuild.entries import Dir, Entry, File, Hardlink, Symlink

@@ -33,12 +33,8 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, open_embedded
-from cargohold.cli.unpack_cmd import (
-    UnpackProgress,
-    make_unpacker,
-    parse_platform_option,
-    unpack_lease,
-)
+from cargohold.cli.unpack_cmd import parse_platform_option, unpack_lease
+from cargohold.cli.unpacking import UnpackProgress, make_unpacker
 from cargohold.errors import (
     AlreadyExistsError,
     CargoholdError,

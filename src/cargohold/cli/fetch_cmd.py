@@ -3,44 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from collections.abc import Collection
 
 import click
 
+from cargohold.cli.fetching import (
+    apply_registry_options,
+    print_failures,
+    raise_failures,
+    record_policy,
+    registry_options,
+)
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import TINY, FetchProgress
 from cargohold.cli.resources import open_store, registry_client
-from cargohold.errors import batch_error
-from cargohold.fetch import Fetcher, FetchFailure, FetchResult, RecordPolicy
+from cargohold.fetch import Fetcher, FetchFailure, FetchResult
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def registry_options(f: F) -> F:
-    """Options shared by every command that talks to a registry."""
-    for opt in reversed([
-        click.option("--plain-http", is_flag=True, default=None,
-                     help="Use HTTP instead of HTTPS for the registry."),
-        click.option("--insecure-skip-verify", is_flag=True, default=None,
-                     help="Do not verify the registry's TLS certificate."),
-        click.option("--hosts-dir", default=None,
-                     help="containerd hosts.toml directory [default: /etc/containerd/certs.d]."),
-        click.option("--authfile", default=None,
-                     help="Docker config.json with credentials [default: $REGISTRY_AUTH_FILE, ~/.docker/config.json]."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def apply_registry_options(app: App, **kw: object) -> None:
-    for k, v in kw.items():
-        if v is not None:
-            setattr(app.settings, k, v)
-            app.settings.sources[k] = "flag"
 
 
 @cli.command()
@@ -79,13 +59,6 @@ def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platf
                  shown=progress.failures_shown)
 
 
-def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
-    """CRI records default on for containerd (kubelet's view), off for the embedded store."""
-    if cri is None:
-        cri = app.settings.store == "containerd"
-    return RecordPolicy(cri=cri or pin, pin=pin)
-
-
 def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: float, *,
                  download_seconds: float = 0.0, shown: Collection[str] = ()) -> None:
     """The results; the rate is the download's own (first blob start to last blob end),
@@ -113,25 +86,8 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
     raise_failures(failed, total=len(results))
 
 
-def print_failures(out: Output, failures: list[FetchFailure], *, total: int,
-                   shown: Collection[str]) -> None:
-    """Each failed image of a batch once: those the progress lines did not show (e.g. with
-    -q, or an unpack's failure); a lone failure is the command's error, printed by main."""
-    if total > 1:
-        for f in failures:
-            if str(f.ref) not in shown:
-                out.error(f"{f.ref}: {f.error.message}", f.error.hint_text())
-
-
 def fetched_line(r: FetchResult) -> str:
     """``NAME  DIGEST  N blobs  SIZE  (what was transferred)``: a fetched image, as text."""
     what = ("already present, nothing transferred" if r.transferred_nothing
             else f"{human_bytes(r.bytes_transferred)} transferred")
     return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {human_bytes(r.bytes_total)}  ({what})"
-
-
-def raise_failures(failures: list[FetchFailure], *, total: int) -> None:
-    """The exit status of a batch of ``total`` images (see :func:`errors.batch_error`)."""
-    err = batch_error([(str(f.ref), f.error) for f in failures], total)
-    if err is not None:
-        raise err

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from cargohold.cli.archive_cmd import content_source, from_options
-from cargohold.cli.fetch_cmd import apply_registry_options, registry_options
+from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.resources import embedded_store_exists, open_store, registry_client
+from cargohold.cli.sources import content_source, from_options
 from cargohold.errors import (
     BudgetError,
     CargoholdError,

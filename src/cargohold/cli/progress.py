@@ -98,7 +98,7 @@ def row_line(r: _Row, now: float) -> str:
 
 
 class FetchProgress(FetchEvents):
-    """Per-blob (and, fed by :class:`~cargohold.cli.unpack_cmd.UnpackProgress`, per-layer)
+    """Per-blob (and, fed by :class:`~cargohold.cli.unpacking.UnpackProgress`, per-layer)
     state, rendered according to the output mode. Use it as a context manager around the
     work it shows; it may be entered again for a later phase (bake)."""
 

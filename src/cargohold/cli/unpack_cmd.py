@@ -12,14 +12,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import click
 
 from cargohold.blobwait import FetchBoard, WaitingContent, current_ref
-from cargohold.cli.fetch_cmd import (
+from cargohold.cli.fetch_cmd import fetched_line
+from cargohold.cli.fetching import (
     apply_registry_options,
-    fetched_line,
     print_failures,
     raise_failures,
     record_policy,
@@ -27,86 +27,19 @@ from cargohold.cli.fetch_cmd import (
 )
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client, reserve_bytes
+from cargohold.cli.unpacking import UnpackProgress, make_unpacker, report_unpack
 from cargohold.errors import CargoholdError
 from cargohold.fetch import Fetcher, FetchFailure, FetchResult
 from cargohold.leasing import leased
-from cargohold.oci.descriptor import Descriptor, Platform
+from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
-from cargohold.store.interfaces import Applier, ContentStore, Snapshotter
 from cargohold.unpack.image import (
-    STATE_EXISTS,
-    STATE_FAILED,
-    LayerOutcome,
     Unpacker,
-    UnpackEvents,
     UnpackResult,
 )
-
-
-class UnpackProgress(UnpackEvents):
-    """One line per layer on stderr, NDJSON events with --json; on a TTY, with a
-    ``display``, the layers show live there instead (bytes read of the layer's blob, rate)
-    and leave a summary line."""
-
-    def __init__(self, out: Output, *, events: bool = True,
-                 display: FetchProgress | None = None) -> None:
-        self.out = out
-        self.emit_events = events
-        self.display = display if display is not None and out.live else None
-
-    def layer_started(self, chain_id: str, layer: Descriptor) -> None:
-        if self.display is not None:
-            self.display.layer_started(layer)
-
-    def layer_progress(self, layer: Descriptor, nbytes: int) -> None:
-        if self.display is not None:
-            self.display.layer_progress(layer, nbytes)
-
-    def layer_done(self, outcome: LayerOutcome) -> None:
-        if self.display is not None:
-            self.display.layer_done(outcome)
-            return
-        if self.out.json_mode:
-            if self.emit_events:
-                self.out.event("layer_done", **outcome.to_json())
-            return
-        o = outcome
-        size = human_bytes(o.uncompressed or o.layer.size)
-        extra = f"  {o.seconds:.2f} s" if o.seconds else ""
-        line = f"layer    {str(o.layer.digest)[:19]}  {o.state:<8} {size}{extra}"
-        log = self.out.debug if o.state == STATE_EXISTS else self.out.info
-        log(line)
-        if o.state == STATE_FAILED:
-            self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed")
-
-
-class UnpackStore(Protocol):
-    """What an unpack needs of a store (LocalStore and ContainerdStore both have it)."""
-
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def snapshots(self) -> Snapshotter: ...
-
-    @property
-    def applier(self) -> Applier: ...
-
-
-def make_unpacker(app: App, store: UnpackStore, *, jobs: int | None = None,
-                  events: UnpackEvents | None = None) -> Unpacker:
-    return Unpacker(
-        store.content,
-        store.snapshots,
-        store.applier,
-        jobs=jobs or app.settings.jobs,
-        reserve_bytes=reserve_bytes(app.settings),
-        events=events or UnpackProgress(app.out),
-    )
 
 
 @contextmanager
@@ -121,30 +54,6 @@ def unpack_lease(store: Any) -> Iterator[None]:
 
 def parse_platform_option(text: str | None) -> Platform | None:
     return parse_platform(text) if text else None
-
-
-def summary_line(name: str, r: UnpackResult) -> str:
-    """``NAME  PLATFORM  unpacked 2 of 3 layers in 0.41 s (12.3 MiB)`` or ``... already
-    unpacked (3 layers)``."""
-    if r.already_unpacked:
-        what = f"already unpacked ({r.chains_total} layers)"
-    else:
-        n = r.chains_unpacked + r.chains_shared
-        what = f"unpacked {n} of {r.chains_total} layers in {r.seconds:.2f} s"
-        if r.bytes_uncompressed:
-            what += f" ({human_bytes(r.bytes_uncompressed)})"
-        if r.chains_shared:
-            what += f", {r.chains_shared} by a concurrent unpack"
-    return f"{name}  {r.platform}  {what}"
-
-
-def report_unpack(out: Output, name: str, r: UnpackResult) -> None:
-    """Text output of one image's unpack: the summary line, then the skipped chains."""
-    out.data(summary_line(name, r))
-    if not r.already_unpacked:
-        for lo in r.layers:
-            if lo.state == STATE_EXISTS:
-                out.data(f"  skipped layer {lo.index}: chain {lo.chain_id} already unpacked")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cargohold.cli.fetch_cmd import raise_failures
+from cargohold.cli.fetching import raise_failures
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
