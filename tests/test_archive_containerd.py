@@ -51,8 +51,8 @@ def test_cargohold_export_is_imported_and_run_by_ctr(containerd: Containerd, bus
     containerd.ctr("images", "import", str(out), namespace=ns, timeout=120)
     listed = containerd.ctr("images", "ls", "-q", namespace=ns).stdout.split()
     assert busybox.text in listed, listed
-    run = containerd.ctr("run", "--rm", busybox.text, "chexp-run", "/bin/sh", "-c",
-                         "echo imported by ctr", namespace=ns, timeout=120)
+    run = containerd.run(busybox.text, "chexp-run", "/bin/sh", "-c", "echo imported by ctr",
+                         namespace=ns)
     assert run.stdout.strip() == "imported by ctr", run.stdout + run.stderr
 
 

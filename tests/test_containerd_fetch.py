@@ -48,8 +48,7 @@ def test_fetch_into_containerd_cri_records_and_lazy_unpack(
 
     # containerd unpacks on demand when the first container is created, and it runs.
     containerd.ctr("containers", "create", pushed.text, "c1", namespace=ns)
-    run = containerd.ctr("run", "--rm", pushed.text, "r1", "/bin/echo", "hello from cargohold",
-                         namespace=ns, timeout=120)
+    run = containerd.run(pushed.text, "r1", "/bin/echo", "hello from cargohold", namespace=ns)
     assert run.stdout.strip() == "hello from cargohold"
     containerd.ctr("containers", "rm", "c1", namespace=ns)
 
@@ -82,7 +81,6 @@ def test_pull_into_containerd_is_unpacked_for_ctr(
     assert str(config.digest) in info
     # The snapshot exists: creating a container needs no unpack, and the image runs.
     containerd.ctr("containers", "create", pushed.text, "p1", namespace=ns)
-    run = containerd.ctr("run", "--rm", pushed.text, "p2", "/bin/echo", "pulled", namespace=ns,
-                         timeout=120)
+    run = containerd.run(pushed.text, "p2", "/bin/echo", "pulled", namespace=ns)
     assert run.stdout.strip() == "pulled"
     containerd.ctr("containers", "rm", "p1", namespace=ns)

@@ -102,10 +102,10 @@ def test_ctr_fetched_busybox_unpacked_by_cargohold_runs(
     assert "already unpacked (1 layers)" in again.stdout, again.stdout
     assert_unpacked_as_containerd_does(containerd, ns, pushed)
 
-    run = containerd.ctr(
-        "run", "--rm", pushed.text, "ctrfetch-run", "/bin/sh", "-c",
+    run = containerd.run(
+        pushed.text, "ctrfetch-run", "/bin/sh", "-c",
         "echo unpacked by cargohold; ls /bin/busybox; cat /etc/passwd | head -1",
-        namespace=ns, timeout=120,
+        namespace=ns,
     )
     assert run.stdout.splitlines() == [
         "unpacked by cargohold", "/bin/busybox", "root:x:0:0:root:/root:/bin/sh"

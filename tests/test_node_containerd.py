@@ -102,8 +102,7 @@ def test_status_and_evict_on_containerd(
     assert not unpacked(containerd, ns, big) and unpacked(containerd, ns, small)
     # CRI still lists it (the records stay) and it still runs: ctr unpacks it again.
     assert big.text in containerd.ctr("images", "ls", "-q", namespace=ns).stdout.split()
-    run = containerd.ctr("run", "--rm", big.text, "r-big", "/bin/sh", "-c", "echo ran",
-                         namespace=ns, timeout=120)
+    run = containerd.run(big.text, "r-big", "/bin/sh", "-c", "echo ran", namespace=ns)
     assert run.stdout.strip() == "ran"
     assert unpacked(containerd, ns, big)
 

@@ -87,8 +87,7 @@ def test_warm_into_containerd_then_ctr_run_unpacks_nothing(
 
     again = ch(containerd, ns, root, "warm")
     assert again.stdout.strip() == "nothing to do: 2 images already unpacked"
-    run = containerd.ctr("run", "--rm", busy.text, "warm-run", "/bin/sh", "-c", "echo warm",
-                         namespace=ns, timeout=120)
+    run = containerd.run(busy.text, "warm-run", "/bin/sh", "-c", "echo warm", namespace=ns)
     assert run.stdout.strip() == "warm"
     assert snapshots(containerd, ns) == dict.fromkeys(want, "Committed")
 
