@@ -70,6 +70,7 @@ from cargohold.fetch import (
     FetchResult,
     RecordPolicy,
 )
+from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci.descriptor import Platform
 from cargohold.plan import DEFAULT_MODEL, CostModel, Decision
 from cargohold.spec import CacheSpec, ImageEntry, format_size
@@ -742,14 +743,18 @@ class Baker:
             pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), opts.jobs)),
                                       thread_name_prefix="bake-unpack")
             try:
-                futs = [pool.submit(contextvars.copy_context().run, one, i) for i in todo]
+                futs = []
+                for i in todo:
+                    with held():  # submit waits for the thread it starts: not interruptible
+                        futs.append(pool.submit(contextvars.copy_context().run, one, i))
                 for fut in futs:
+                    wait_until(fut.done)  # Ctrl-C / SIGTERM: see cargohold.interrupts
                     fut.result()
             except BaseException:
                 unpacker.cancel.set()  # running unpacks stop and clean up
-                pool.shutdown(wait=True, cancel_futures=True)
                 raise
-            pool.shutdown(wait=True)
+            finally:
+                shutdown(pool, unpacker.cancel.set)
 
     def _verify(self, report: BakeReport) -> None:
         names = [i.name for i in report.images if i.status == "pending"]

@@ -43,6 +43,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.imagecontent import image_contents, present_configs
+from cargohold.interrupts import held, wait_until
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
@@ -509,10 +510,12 @@ def resolve_spec(
     pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(entries))),
                               thread_name_prefix="resolve")
     try:
-        futs: list[Future[CatalogImage]] = [
-            pool.submit(contextvars.copy_context().run, one, entry) for entry in entries
-        ]
+        futs: list[Future[CatalogImage]] = []
+        for entry in entries:
+            with held():  # Ctrl-C / SIGTERM: see cargohold.interrupts
+                futs.append(pool.submit(contextvars.copy_context().run, one, entry))
         for entry, fut in zip(entries, futs, strict=True):
+            wait_until(fut.done)
             try:
                 out.append(fut.result())
             except CargoholdError as e:

@@ -33,6 +33,7 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnsupportedError,
 )
+from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import leased
 from cargohold.node.labels import LABEL_CRI_PINNED
 from cargohold.oci import mediatypes
@@ -274,7 +275,7 @@ class Fetcher:
         self._transferred_lock = threading.Lock()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        shutdown(self._pool, self.abort)
 
     def abort(self) -> None:
         """Stop now (from any thread): no new blob starts, downloads in flight end at once
@@ -296,20 +297,7 @@ class Fetcher:
         """Fetch several images concurrently; failures are reported, successes kept."""
         with leased(self.store, "fetch") as lease_id:
             try:
-                with ThreadPoolExecutor(
-                    max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
-                ) as images_pool:
-                    futs = [
-                        images_pool.submit(
-                            contextvars.copy_context().run,
-                            self._fetch_one_safe,
-                            ref,
-                            platforms,
-                            all_platforms,
-                        )
-                        for ref in refs
-                    ]
-                    results = [self._wait(f) for f in futs]
+                results = self._fetch_images(refs, platforms, all_platforms)
             except OutOfSpaceError:
                 self._drop_ingests(lease_id)
                 raise
@@ -317,6 +305,27 @@ class Fetcher:
                    for r in results):
                 self._drop_ingests(lease_id)
             return results
+
+    def _fetch_images(
+        self, refs: Sequence[Reference], platforms: Sequence[Platform], all_platforms: bool
+    ) -> list[FetchResult | FetchFailure]:
+        images_pool = ThreadPoolExecutor(
+            max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
+        )
+        try:
+            futs: list[Future[FetchResult | FetchFailure]] = []
+            for ref in refs:
+                with held():  # submit waits for the thread it starts: not interruptible
+                    futs.append(images_pool.submit(
+                        contextvars.copy_context().run, self._fetch_one_safe, ref, platforms,
+                        all_platforms,
+                    ))
+            return [self._wait(f) for f in futs]
+        except BaseException:
+            self.abort()  # the running images stop now
+            raise
+        finally:
+            shutdown(images_pool, self.abort)
 
     def fetch(
         self, ref: Reference, *, platforms: Sequence[Platform], all_platforms: bool = False
@@ -360,14 +369,12 @@ class Fetcher:
                 pause = min(pause * 2, LOCKED_RETRY_MAX)
 
     def _wait(self, fut: Future[FetchResult | FetchFailure]) -> FetchResult | FetchFailure:
-        while True:
-            try:
-                return fut.result(timeout=0.2)
-            except TimeoutError:
-                continue
-            except KeyboardInterrupt:
-                self.abort()
-                raise
+        try:
+            wait_until(fut.done)
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+        return fut.result()  # done: no wait
 
     def _fetch_one_safe(
         self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool

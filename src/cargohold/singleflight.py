@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar, cast
 
+from cargohold.interrupts import wait_until
+
 T = TypeVar("T")
 
 
@@ -50,7 +52,10 @@ class SingleFlight:
                 self._calls[key] = call
                 leader = True
         if not leader:
-            call.done.wait()
+            if threading.current_thread() is threading.main_thread():
+                wait_until(call.done.is_set)  # Ctrl-C / SIGTERM: see cargohold.interrupts
+            else:
+                call.done.wait()
             if call.error is not None:
                 raise call.error
             return cast(T, call.value), True

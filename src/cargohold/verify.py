@@ -50,6 +50,7 @@ from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.imagecontent import image_contents
+from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -201,9 +202,17 @@ class _Checker:
                     .values())
         if len(todo) < 2 or self.jobs < 2:
             return
-        with ThreadPoolExecutor(min(self.jobs, len(todo)), thread_name_prefix="verify") as pool:
-            for d, res in zip(todo, pool.map(self._check, todo), strict=True):
-                self.cache[str(d.digest)] = res
+        pool = ThreadPoolExecutor(min(self.jobs, len(todo)), thread_name_prefix="verify")
+        try:  # Ctrl-C / SIGTERM: waits polled, submits held (cargohold.interrupts)
+            futs = []
+            for d in todo:
+                with held():
+                    futs.append(pool.submit(self._check, d))
+            for d, fut in zip(todo, futs, strict=True):
+                wait_until(fut.done)
+                self.cache[str(d.digest)] = fut.result()
+        finally:
+            shutdown(pool, lambda: None)  # no check outlives the store
 
     def image(self, img: Image) -> tuple[list[Problem], list[str]]:
         """Problems of one image and the platforms it holds."""

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from cargohold import __version__, settings
+from cargohold import __version__, interrupts, settings
 from cargohold.cli.output import Output
 from cargohold.errors import (
     EXIT_INTERNAL,
@@ -269,8 +269,9 @@ def _register_commands() -> None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM (systemd stop, a build system's timeout, kill) is handled like Ctrl-C: the
-    command stops its workers, removes what it had half-written and exits 130."""
-    raise KeyboardInterrupt
+    command stops its workers, removes what it had half-written and exits 130. Ctrl-C too:
+    both are held during the few calls that cannot take them (cargohold.interrupts)."""
+    interrupts.handle(signum, frame)
 
 
 def _report(e: CargoholdError, json_mode: bool) -> NoReturn:
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _terminate)
     _invocation.clear()
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
     out = Output(json_mode=json_mode)

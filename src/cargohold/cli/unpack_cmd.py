@@ -32,6 +32,7 @@ from cargohold.cli.resources import open_store, registry_client, reserve_bytes
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker, report_unpack
 from cargohold.errors import CargoholdError
 from cargohold.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import leased
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
@@ -130,11 +131,19 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
 
         fetch_thread = threading.Thread(target=contextvars.copy_context().run,
                                         args=(run_fetch,), name="pull-fetch", daemon=True)
-        fetch_thread.start()
-        content = WaitingContent(store.content, board, cancel)
+
+        def fetch_ended() -> bool:
+            return not fetch_thread.is_alive()
+
         # On a TTY the layers show in the live display with the downloads.
         unpack_progress = UnpackProgress(out, display=progress)
+        # Ctrl-C / SIGTERM raise KeyboardInterrupt in this thread: every wait here polls
+        # and every thread start is held (cargohold.interrupts), so it is never a
+        # RuntimeError, and no thread outlives the store.
         try:
+            with held():  # Thread.start waits for the thread: not interruptible
+                fetch_thread.start()
+            content = WaitingContent(store.content, board, cancel)
             with (
                 Unpacker(content, store.snapshots, store.applier, jobs=jobs or s.jobs,
                          reserve_bytes=reserve_bytes(s), events=unpack_progress,
@@ -147,23 +156,29 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
                     target = board.wait_resolved(ref, cancel)
                     return [unpacker.unpack(target, p) for p in unpack_plats]
 
-                with ThreadPoolExecutor(max_workers=max(1, min(len(parsed), jobs or s.jobs)),
-                                        thread_name_prefix="pull") as pool:
-                    futs = [(ref, pool.submit(contextvars.copy_context().run, one, ref))
-                            for ref in parsed]
-                    try:
-                        for ref, fut in futs:
-                            try:
-                                unpacked[str(ref)] = fut.result()
-                            except CargoholdError as e:
-                                unpack_errors[str(ref)] = e
-                    except BaseException:
-                        fetcher.abort()  # now, before the pool waits for its workers
-                        raise
-                fetch_thread.join()
+                pool = ThreadPoolExecutor(max_workers=max(1, min(len(parsed), jobs or s.jobs)),
+                                          thread_name_prefix="pull")
+                try:
+                    futs = []
+                    for ref in parsed:
+                        with held():
+                            futs.append((ref, pool.submit(contextvars.copy_context().run,
+                                                          one, ref)))
+                    for ref, fut in futs:
+                        wait_until(fut.done)
+                        try:
+                            unpacked[str(ref)] = fut.result()
+                        except CargoholdError as e:
+                            unpack_errors[str(ref)] = e
+                except BaseException:
+                    fetcher.abort()  # now, before the pool waits for its workers
+                    raise
+                finally:
+                    shutdown(pool, fetcher.abort)
+                wait_until(fetch_ended, fetcher.abort)
         except BaseException:
             fetcher.abort()  # the fetch and the unpacks stop and clean up
-            fetch_thread.join()
+            wait_until(fetch_ended, fetcher.abort)
             raise
         finally:
             fetcher.close()

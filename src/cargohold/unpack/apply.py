@@ -117,6 +117,7 @@ from cargohold.errors import (
     UnsafeContentError,
     UnsupportedError,
 )
+from cargohold.interrupts import held, wait_until
 from cargohold.oci.digest import Digest
 from cargohold.unpack.decompress import CHUNK, Reader
 
@@ -234,7 +235,14 @@ class _Prefetcher:
         self._q: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="layer-read", daemon=True)
-        self._thread.start()
+        #: The consumer is the main thread: its waits poll (cargohold.interrupts).
+        self._polled = threading.current_thread() is threading.main_thread()
+        try:
+            with held():  # Thread.start waits for the thread: not interruptible
+                self._thread.start()
+        except BaseException:  # a signal held above: the thread stops at its next chunk
+            self._stop.set()
+            raise
 
     def _run(self) -> None:
         try:
@@ -261,7 +269,11 @@ class _Prefetcher:
                 continue
 
     def read(self) -> bytes:
-        item = self._q.get()
+        if self._polled:
+            wait_until(lambda: not self._q.empty())  # only this thread takes from the queue
+            item = self._q.get_nowait()
+        else:
+            item = self._q.get()
         if isinstance(item, BaseException):
             raise item
         if not item:
@@ -270,7 +282,10 @@ class _Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._polled:
+            wait_until(lambda: not self._thread.is_alive(), self._stop.set)
+        else:
+            self._thread.join()
 
 
 class _Source:

@@ -55,6 +55,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.imagecontent import read_blob
+from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -468,16 +469,6 @@ class _Reader:
         return getattr(self._raw, name)
 
 
-def _poll(done: Callable[[], bool]) -> None:
-    """Wait until ``done()``. Polled rather than a Condition wait: Ctrl-C / SIGTERM raise
-    KeyboardInterrupt in the main thread wherever it is, and one landing inside
-    ``Condition.wait`` (``Future.result(timeout)``, ``Event.wait``) can leave the
-    condition's lock released, so the interrupt surfaces as "RuntimeError: cannot release
-    un-acquired lock" (exit 1) instead."""
-    while not done():
-        time.sleep(0.01)
-
-
 class _Gate:
     """Counts the tasks running through it; once closed no task starts (Interrupted) and
     :meth:`close` returns when the running ones have finished."""
@@ -507,18 +498,9 @@ class _Gate:
         """Refuse new tasks and wait for the running ones. A KeyboardInterrupt (Ctrl-C,
         SIGTERM) while waiting calls ``on_interrupt`` (to make them stop), keeps waiting,
         and is raised once they have finished."""
-        interrupted: BaseException | None = None
-        while True:
-            try:
-                with self._lock:
-                    self._closed = True
-                _poll(self._idle)
-                break
-            except KeyboardInterrupt as e:
-                on_interrupt()
-                interrupted = e
-        if interrupted is not None:
-            raise interrupted
+        with held(), self._lock:
+            self._closed = True
+        wait_until(self._idle, on_interrupt)
 
 
 @dataclass
@@ -579,7 +561,7 @@ class Unpacker:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            shutdown(pool, self.cancel.set)
 
     def __enter__(self) -> Unpacker:
         return self
@@ -709,7 +691,8 @@ class Unpacker:
         # ever waits for tasks that are already running (its parent, or the same chain's
         # leader in another image), never for a queued one.
         for i in missing:
-            fut = pool.submit(contextvars.copy_context().run, self._layer_task, job, i, prev)
+            with held():  # submit waits for the thread it starts: not interruptible
+                fut = pool.submit(contextvars.copy_context().run, self._layer_task, job, i, prev)
             futs.append(fut)
             prev = fut
         out: list[LayerOutcome] = []
@@ -730,7 +713,7 @@ class Unpacker:
 
     def _wait(self, fut: Future[LayerOutcome], job: _Job) -> LayerOutcome:
         try:
-            _poll(fut.done)
+            wait_until(fut.done)
         except KeyboardInterrupt:
             self.cancel.set()
             job.cancel.set()

@@ -1,0 +1,94 @@
+"""Ctrl-C and SIGTERM as KeyboardInterrupt in the main thread, never as a RuntimeError.
+
+The CLI turns both signals into KeyboardInterrupt (:func:`handle`), raised in the main
+thread wherever it is. One raised inside ``Condition.wait`` (``Future.result``,
+``Event.wait``, ``Queue.get``, ``Thread.start``) can leave the condition's lock released,
+and the interrupt then surfaces as "RuntimeError: cannot release un-acquired lock" (exit 1,
+workers left running) instead of exit 130. So the main thread never waits on a condition:
+
+- :func:`wait_until` polls (a sleep takes an interrupt cleanly);
+- :func:`held` defers a signal arriving during a call that waits inside the standard
+  library (``ThreadPoolExecutor.submit`` starts a thread and waits for it to run): it is
+  raised when the block ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI installs handle() at start-up: keep this module light
+    from concurrent.futures import ThreadPoolExecutor
+
+#: Polling interval of :func:`wait_until`: from POLL_FIRST doubling up to POLL_SECONDS, so
+#: a short wait (a chunk being read ahead) stays short and a long one costs little CPU.
+POLL_FIRST = 0.0001
+POLL_SECONDS = 0.01
+
+_held = 0  # depth of held() blocks (main thread only: Python runs signal handlers there)
+_pending = False  # a signal arrived while held
+
+
+def handle(signum: int, frame: object) -> None:
+    """Signal handler (SIGINT, SIGTERM): KeyboardInterrupt now, or when :func:`held` ends."""
+    global _pending
+    if _held:
+        _pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Defer Ctrl-C / SIGTERM (with :func:`handle` installed) until the block ends, then
+    raise KeyboardInterrupt. For short calls only: the block is not interruptible. Outside
+    the main thread (which signals never interrupt) it does nothing."""
+    global _held, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _pending:
+            _pending = False
+            raise KeyboardInterrupt
+
+
+def wait_until(done: Callable[[], bool],
+               on_interrupt: Callable[[], None] | None = None) -> None:
+    """Return once ``done()``, polling. Without ``on_interrupt`` a KeyboardInterrupt ends
+    the wait; with it, an interrupt calls ``on_interrupt`` (to make what is waited for
+    stop), the wait goes on, and the interrupt is raised once ``done()``: for waits that
+    must not leave a worker running under a store about to be closed."""
+    interrupted: BaseException | None = None
+    pause = POLL_FIRST
+    while True:
+        try:
+            while not done():
+                time.sleep(pause)
+                pause = min(pause * 2, POLL_SECONDS)
+            break
+        except KeyboardInterrupt as e:
+            if on_interrupt is None:
+                raise
+            interrupted = e
+            with held():  # a second signal does not cut the cancelling short
+                on_interrupt()
+    if interrupted is not None:
+        raise interrupted
+
+
+def shutdown(pool: ThreadPoolExecutor, on_interrupt: Callable[[], None] | None = None) -> None:
+    """``pool.shutdown(wait=True, cancel_futures=True)``, its wait for the workers polled
+    (see :func:`wait_until` for ``on_interrupt``): queued tasks are dropped, running ones
+    finish."""
+    with held():
+        pool.shutdown(wait=False, cancel_futures=True)
+    threads = list(pool._threads)  # the workers it started (none start after shutdown)
+    wait_until(lambda: not any(t.is_alive() for t in threads), on_interrupt)
