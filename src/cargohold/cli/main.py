@@ -290,9 +290,27 @@ def _report(e: CargoholdError, json_mode: bool) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
-        signal.signal(signal.SIGINT, _terminate)
+    if threading.current_thread() is not threading.main_thread():
+        _main(argv)
+        return
+    signals = (signal.SIGTERM, signal.SIGINT)
+    old = {s: signal.signal(s, _terminate) for s in signals}
+    try:
+        _main(argv)
+    finally:
+        # CPython exits by SIGINT (-2, not our code) when a KeyboardInterrupt ever ended a
+        # string exec/eval (dataclass or namedtuple creation in a lazy import), even one
+        # caught since; a string eval that ends normally clears that flag.
+        eval("None")
+        # The command is over: a signal while the interpreter shuts down ends it the
+        # default way (as one during start-up does), not with a traceback from a finalizer.
+        for s in signals:
+            prev = old[s]
+            dfl = prev is None or (argv is None and prev is signal.default_int_handler)
+            signal.signal(s, signal.SIG_DFL if dfl else prev)
+
+
+def _main(argv: list[str] | None) -> None:
     _invocation.clear()
     json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
     out = Output(json_mode=json_mode)
