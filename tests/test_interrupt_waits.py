@@ -231,3 +231,47 @@ def _extracting(root: Path) -> bool:
         return bool(active_extracts(root))
     except sqlite3.OperationalError:  # being created by the command: not yet
         return False
+
+
+# ----------------------------------------------------------------- cargohold.interrupts
+
+_FINALIZER = """
+import gc, signal, sys, time
+from cargohold import interrupts
+signal.signal(signal.SIGTERM, interrupts.handle)
+interrupts.keep_interrupts_from_finalizers()
+
+class Closing:
+    def __del__(self):  # the signal lands while a finalizer runs (socket.close, ...)
+        interrupts.handle(signal.SIGTERM, None)
+
+try:
+    Closing()
+    end = time.monotonic() + 60
+    interrupts.wait_until(lambda: time.monotonic() > end)  # the interrupt comes back here
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(1)  # lost
+"""
+
+_HELD = """
+import os, signal, sys
+from cargohold import interrupts
+signal.signal(signal.SIGTERM, interrupts.handle)
+done = []
+try:
+    with interrupts.held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # plenty of instructions where the handler runs
+            done.append(1)
+except KeyboardInterrupt:
+    sys.exit(130 if len(done) == 1000 else 1)
+"""
+
+
+@pytest.mark.parametrize("script", [_FINALIZER, _HELD], ids=["finalizer", "held"])
+def test_interrupt_neither_lost_nor_raised_where_it_cannot_be_taken(script: str) -> None:
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=WAIT)
+    assert p.returncode == 130, p.stderr
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr

@@ -9,16 +9,21 @@ workers left running) instead of exit 130. So the main thread never waits on a c
 - :func:`wait_until` polls (a sleep takes an interrupt cleanly);
 - :func:`held` defers a signal arriving during a call that waits inside the standard
   library (``ThreadPoolExecutor.submit`` starts a thread and waits for it to run): it is
-  raised when the block ends.
+  raised when the block ends;
+- :func:`keep_interrupts_from_finalizers`: an interrupt raised inside a ``__del__`` is
+  delivered again rather than lost.
 """
 
 from __future__ import annotations
 
+import _thread
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI installs handle() at start-up: keep this module light
     from concurrent.futures import ThreadPoolExecutor
@@ -92,3 +97,26 @@ def shutdown(pool: ThreadPoolExecutor, on_interrupt: Callable[[], None] | None =
         pool.shutdown(wait=False, cancel_futures=True)
     threads = list(pool._threads)  # the workers it started (none start after shutdown)
     wait_until(lambda: not any(t.is_alive() for t in threads), on_interrupt)
+
+
+def _redeliver(signum: signal.Signals) -> None:
+    time.sleep(POLL_FIRST)  # let the finalizer return first
+    _thread.interrupt_main(signum)  # nothing once the handler is the default again
+
+
+def keep_interrupts_from_finalizers() -> None:
+    """Install a ``sys.unraisablehook`` for the CLI: a KeyboardInterrupt raised inside a
+    finalizer (a ``__del__`` the garbage collector runs in the main thread, e.g. closing a
+    socket) cannot propagate; instead of being lost with a traceback printed (the command
+    then ignoring the signal), the signal is delivered again, from another thread, to land
+    outside it."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type,
+                                                          KeyboardInterrupt):
+            _thread.start_new_thread(_redeliver, (signal.SIGTERM,))  # no Condition wait
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

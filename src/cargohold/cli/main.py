@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     signals = (signal.SIGTERM, signal.SIGINT)
     old = {s: signal.signal(s, _terminate) for s in signals}
+    if argv is None:  # the process's entry point
+        interrupts.keep_interrupts_from_finalizers()
     try:
         _main(argv)
     finally:
