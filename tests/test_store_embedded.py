@@ -715,3 +715,28 @@ def test_gc_from_a_thread_copies_the_lease_context(store: EmbeddedStore) -> None
         active_lease.reset(token)
     assert LeaseResource("content", str(d)) in store.leases.list_resources(lease.id)
     assert collect(store).removed == []
+
+
+def test_ingest_opens_when_another_writer_removes_its_directory_at_mkdir(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pulls of one image: the other writer's cleanup can remove the ingest directory
+    between mkdir's EEXIST and pathlib's is_dir() check, and mkdir(exist_ok=True) then
+    raises FileExistsError (seen under load: 'opening ingest ...: [Errno 17] File exists').
+    The race is forced here; the writer must start over, not fail."""
+    real_mkdir = Path.mkdir
+    raced: list[Path] = []
+
+    def racing_mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if "ingest" in self.parts and not raced:
+            raced.append(self)
+            raise FileExistsError(17, "File exists", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    data = b"raced ingest"
+    d = Digest.from_bytes(data)
+    with store.content.writer("raced", total=len(data), expected=d) as w:
+        w.write(data)
+        w.commit(len(data), d)
+    assert raced and store.content.info(d).size == len(data)

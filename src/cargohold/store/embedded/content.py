@@ -143,7 +143,12 @@ def _lock_ingest(path: Path, *, create: bool) -> int | None:
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     for _ in range(20):
         if create:
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                # mkdir met the directory, and another writer's cleanup removed it before
+                # pathlib's is_dir() check: start over (two pulls of one image at once).
+                continue
         try:
             fd = os.open(lock_path, flags, 0o644)
         except FileNotFoundError:
