@@ -134,7 +134,9 @@ CASES = [
       for cmd in (["images", "ls"], ["du"], ["verify"], ["content", "ls"],
                   ["containers", "ls"], ["images", "inspect", "x"], ["images", "rm", "x"],
                   ["images", "tag", "x", "y"], ["content", "rm", "sha256:" + "0" * 64],
-                  ["gc"], ["gc", "--dry-run"])),
+                  ["gc"], ["gc", "--dry-run"], ["warm"], ["warm", "{tmp}/spec.txt"],
+                  ["warm", "--keep-free", "10%", "--metrics-textfile", "{tmp}"],
+                  ["evict", "--free", "1", "--metrics-textfile", "{tmp}"])),
     *(Case(f"missing store: {' '.join(cmd)}", ["--root", "{tmp}/typo", *cmd],
            errors.NotFoundError.exit_code, says="{tmp}/typo", untouched=True)
       for cmd in (["containers", "rm", "c0"], ["mount", "c0", "{tmp}/mnt"],

@@ -277,3 +277,27 @@ def test_wait_for_containerd_before_warming(
     assert warm.returncode == 0, out + err
     assert "warmed 1 images" in out
     assert is_unpacked(ctrd, ns, img)
+
+
+def test_keep_free_without_the_snapshots_file_system_is_evicts_error(
+    containerd: Containerd, tmp_path: Path
+) -> None:
+    """A snapshotter containerd does not name (here: one it lacks) leaves --keep-free no file
+    system to measure: warm fails as evict does (invalid input, exit 2), nothing warmed."""
+    ns = containerd.unique_namespace("warmnofs")
+    root = tmp_path / "root"
+    env = {**os.environ, **TEST_ENV, "CARGOHOLD_SNAPSHOTTER": "nosuch"}
+    runs = {}
+    for cmd in (["warm", "--keep-free", "10%"], ["warm", "--keep-free", "1GiB"],
+                ["evict", "--keep-free", "10%"]):
+        p = subprocess.run(
+            [*CLI, "--root", str(root), "--store", "containerd", "--address",
+             containerd.address, "--namespace", ns, *cmd],
+            capture_output=True, text=True, timeout=300, env=env)
+        assert "Traceback" not in p.stderr, p.stderr
+        runs[" ".join(cmd)] = p
+    errs = {k: p.stderr.splitlines()[0] for k, p in runs.items()}
+    assert {p.returncode for p in runs.values()} == {2}, errs
+    assert len(set(errs.values())) == 1, errs
+    assert "--keep-free needs the store's file system" in errs["warm --keep-free 10%"]
+    assert "hint: run warm on the machine containerd runs on" in runs["warm --keep-free 1GiB"].stderr

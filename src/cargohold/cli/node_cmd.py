@@ -70,7 +70,7 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
 
 
 def _needed_bytes(keep_free: str | None, free: str | None, space: Any) -> int:
-    from cargohold.node.disk import free_target, parse_keep_free
+    from cargohold.node.disk import free_target, parse_keep_free, store_fs_not_found
     from cargohold.spec import parse_size
 
     if (keep_free is None) == (free is None):
@@ -82,8 +82,7 @@ def _needed_bytes(keep_free: str | None, free: str | None, space: Any) -> int:
         return n
     assert keep_free is not None
     if space is None:
-        raise InvalidInputError("--keep-free needs the store's file system, which containerd "
-                                "did not name", hint="use --free SIZE")
+        raise store_fs_not_found(hint="use --free SIZE")
     return max(0, free_target(space, parse_keep_free(keep_free)) - int(space.free))
 
 

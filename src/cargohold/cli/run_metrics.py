@@ -62,8 +62,10 @@ def recorded_run(app: App, command: str, metrics_dir: Path | None, *,
         try:
             root = Path(app.settings.root)
             # A run that failed before it touched anything (a bad spec, a mistyped --root)
-            # does not create a root just to record itself.
-            if record and (ok or metrics_dir is not None or root.is_dir()):
+            # does not create a root just to record itself; but for containerd, whose root
+            # holds only cargohold's own state, a failure is recorded for the textfile.
+            if record and (ok or root.is_dir() or (
+                    metrics_dir is not None and app.settings.store != "embedded")):
                 record_run(root, command, started=started, success=ok,
                            demoted=counters.demoted_bytes, deleted=counters.deleted_bytes)
             if metrics_dir is not None:

@@ -18,10 +18,16 @@ from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.cli.unpack_cmd import unpack_lease
-from cargohold.errors import InvalidInputError, UnavailableError, UnsupportedError
+from cargohold.errors import InvalidInputError, UnavailableError
 from cargohold.fetch import FetchFailure
 from cargohold.niceness import idle_io_class, lower_cpu_priority
-from cargohold.node.disk import free_target, fs_space, parse_keep_free, store_path
+from cargohold.node.disk import (
+    free_target,
+    fs_space,
+    parse_keep_free,
+    store_fs_not_found,
+    store_path,
+)
 from cargohold.oci.platform import parse_platform
 from cargohold.spec import load_spec
 from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
@@ -238,7 +244,9 @@ def _warm_command(app: App, spec_file: Path | None, jobs: int, nice: int, io_cla
 
         with ContainerdStore.from_settings(s) as probe:
             _wait_for(probe, wait, out)
-    with open_store(s) as store, warm_lock(_lock_path(app, store)):
+    # An existing store only: warm has nothing to warm in a new one (a mistyped --root
+    # must not leave an empty store behind).
+    with open_store(s, must_exist=True) as store, warm_lock(_lock_path(app, store)):
         report = _warm(app, store, spec, plats, jobs, target)
     _summary(out, report, niceness)
     failed = report.having(FAILED)
@@ -263,10 +271,8 @@ def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
     if keep_free is not None:
         floor_path = store_path(store, Path(app.settings.root))
         if floor_path is None:
-            raise UnsupportedError(
-                "--keep-free: cannot see the file system of the store's snapshots",
-                hint="run warm on the node containerd runs on (its snapshotter root must be "
-                     "a local path), or drop --keep-free")
+            raise store_fs_not_found(
+                hint="run warm on the machine containerd runs on, or drop --keep-free")
         floor = free_target(fs_space(floor_path), keep_free)
     from cargohold.calibration import cost_model
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from cargohold.errors import InvalidInputError
 
-__all__ = ["FsSpace", "free_target", "fs_space", "parse_keep_free", "store_path"]
+__all__ = ["FsSpace", "free_target", "fs_space", "parse_keep_free", "store_fs_not_found",
+           "store_path"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,16 @@ def store_path(store: Any, root: Path) -> Path | None:
 
     where = client.plugin_exports(SNAPSHOTTER_PLUGIN, store.snapshotter).get("root")
     return Path(where) if where and os.path.isdir(where) else None
+
+
+def store_fs_not_found(hint: str) -> InvalidInputError:
+    """The error of ``--keep-free`` (evict, warm) when :func:`store_path` finds no file system
+    for the store: containerd did not name its snapshotter's root, or that is no directory on
+    this machine. Invalid input (exit 2) for every command; ``hint`` is the command's way out."""
+    return InvalidInputError(
+        "--keep-free needs the store's file system, which cannot be found here (containerd "
+        "did not name its snapshotter's root, or it is not a directory on this machine)",
+        hint=hint)
 
 
 def parse_keep_free(text: str) -> tuple[int | None, float | None]:
