@@ -130,6 +130,9 @@ class CommittedBlobs(FetchEvents):
     def blob_progress(self, desc: Descriptor, nbytes: int) -> None:
         self.inner.blob_progress(desc, nbytes)
 
+    def blob_waiting(self, desc: Descriptor) -> None:
+        self.inner.blob_waiting(desc)
+
     def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
         if state == "done":
             self.digests.add(str(desc.digest))
