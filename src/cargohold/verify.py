@@ -60,12 +60,12 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, lookup_by_name, parse_reference
 from cargohold.store.interfaces import (
     GC_REF_SNAPSHOT,
-    KIND_COMMITTED,
     ContentStore,
     Image,
     ImageStore,
     LeaseResource,
 )
+from cargohold.unpack.image import is_committed
 
 __all__ = [
     "BLOB_KINDS",
@@ -294,7 +294,7 @@ class _Checker:
         key = _snapshot_label(self.snapshots)
         name = key.removeprefix(GC_REF_SNAPSHOT + ".")
         chain = labels.get(key)
-        if top and _committed(self.snapshots, top) and chain != top:
+        if top and is_committed(self.snapshots, top) and chain != top:
             what = f"names {chain}" if chain else "is missing"
             problems.append(Problem(
                 img.name, SNAPSHOT_UNREFERENCED,
@@ -302,7 +302,7 @@ class _Checker:
                 f"unpacked snapshot {top} ({name})",
                 str(config.digest),
             ))
-        elif chain and not _committed(self.snapshots, chain):
+        elif chain and not is_committed(self.snapshots, chain):
             problems.append(Problem(
                 img.name, "snapshot_missing",
                 f"snapshot {chain} ({name}) of config {config.digest} is missing",
@@ -313,13 +313,6 @@ class _Checker:
 def _snapshot_label(snapshots: Any) -> str:
     """The config label that keeps an image's snapshots in ``snapshots``."""
     return f"{GC_REF_SNAPSHOT}.{snapshots.name}"
-
-
-def _committed(snapshots: Any, key: str) -> bool:
-    try:
-        return bool(snapshots.stat(key).kind == KIND_COMMITTED)
-    except NotFoundError:
-        return False
 
 
 def _top_chain(content: ContentStore, config: Digest) -> str:

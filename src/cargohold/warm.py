@@ -58,10 +58,8 @@ from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estim
 from cargohold.spec import CacheSpec, format_size
 from cargohold.store.interfaces import (
     KIND_ACTIVE,
-    KIND_COMMITTED,
     ImageStore,
     SnapshotInfo,
-    Snapshotter,
 )
 from cargohold.unpack.image import (
     EXTRACT_PREFIX,
@@ -69,6 +67,7 @@ from cargohold.unpack.image import (
     Unpacker,
     UnpackEvents,
     UnpackResult,
+    highest_committed,
     resolve_image,
 )
 from cargohold.warmorder import expected_seconds, parse_record_labels, wspt_order
@@ -232,13 +231,6 @@ def items_from_records(images: ImageStore,
     return list(by_target.values()), unlabelled
 
 
-def _committed(sn: Snapshotter, name: str) -> bool:
-    try:
-        return sn.stat(name).kind == KIND_COMMITTED
-    except NotFoundError:
-        return False
-
-
 @contextmanager
 def warm_lock(path: Path) -> Iterator[None]:
     """One warm per store at a time (ConflictError if another holds ``path``)."""
@@ -313,11 +305,7 @@ class Warmer:
         try:
             for p in item.platforms:
                 img = resolve_image(content, item.target, p)
-                base = -1
-                for i in range(len(img.chain_ids) - 1, -1, -1):
-                    if _committed(sn, img.chain_ids[i]):
-                        base = i
-                        break
+                base = highest_committed(sn, img.chain_ids)
                 for layer in img.layers[base + 1:]:
                     size = local_tar_size(content, layer)
                     nbytes += size if size is not None else estimate_unpacked(

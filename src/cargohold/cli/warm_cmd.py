@@ -17,9 +17,9 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
-from cargohold.cli.unpack_cmd import unpack_lease
 from cargohold.errors import InvalidInputError, UnavailableError
 from cargohold.fetch import FetchFailure
+from cargohold.leasing import leased
 from cargohold.niceness import idle_io_class, lower_cpu_priority
 from cargohold.node.disk import (
     free_target,
@@ -283,7 +283,7 @@ def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
         WarmOptions(jobs=jobs, reserve=reserve_bytes(app.settings), floor=floor,
                     floor_path=floor_path, model=model),
         events=progress, layer_events=progress,
-        unpack_scope=lambda: unpack_lease(store),
+        unpack_scope=lambda: leased(store, "unpack"),
     )
     with progress:
         return warmer.run()

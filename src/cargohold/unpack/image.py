@@ -244,11 +244,21 @@ def _target(image: Image | Descriptor) -> Descriptor:
     return image.target if isinstance(image, Image) else image
 
 
-def _committed(snapshotter: Snapshotter, name: str) -> bool:
+def is_committed(snapshotter: Snapshotter, name: str) -> bool:
+    """Whether ``name`` (a chain ID) is a committed snapshot."""
     try:
         return snapshotter.stat(name).kind == KIND_COMMITTED
     except NotFoundError:
         return False
+
+
+def highest_committed(snapshotter: Snapshotter, chain_ids: Sequence[str]) -> int:
+    """The index of the highest committed chain (-1: none): everything below it is committed
+    too (a parent cannot be removed while it has children)."""
+    for i in range(len(chain_ids) - 1, -1, -1):
+        if is_committed(snapshotter, chain_ids[i]):
+            return i
+    return -1
 
 
 def is_unpacked(
@@ -265,9 +275,9 @@ def is_unpacked(
             img = resolve_image(content, target, platform)
         except CargoholdError:
             return False
-        return bool(img.chain_ids) and _committed(snapshotter, img.top_chain)
+        return bool(img.chain_ids) and is_committed(snapshotter, img.top_chain)
     return any(
-        img.chain_ids and _committed(snapshotter, img.top_chain)
+        img.chain_ids and is_committed(snapshotter, img.top_chain)
         for img in resolve_present(content, target)
     )
 
@@ -290,7 +300,7 @@ def unpacked_size(
         imgs = resolve_present(content, target)
     chains: set[str] = set()
     for img in imgs:
-        if img.chain_ids and _committed(snapshotter, img.top_chain):
+        if img.chain_ids and is_committed(snapshotter, img.top_chain):
             chains.update(img.chain_ids)
     total = 0
     for c in chains:
@@ -602,13 +612,7 @@ class Unpacker:
             chain_id=img.top_chain,
         )
         n = len(img.chain_ids)
-        # The highest committed chain: everything below it is committed too (a parent
-        # cannot be removed while it has children).
-        base = -1
-        for i in range(n - 1, -1, -1):
-            if _committed(sn, img.chain_ids[i]):
-                base = i
-                break
+        base = highest_committed(sn, img.chain_ids)
         outcomes: list[LayerOutcome] = [
             LayerOutcome(i, img.chain_ids[i], img.layers[i], img.diff_ids[i], STATE_EXISTS)
             for i in range(base + 1)
@@ -623,7 +627,7 @@ class Unpacker:
                 outcomes += self._unpack_concurrently(job, missing)
             else:
                 outcomes += [self._ensure_chain(job, i, None) for i in missing]
-        if n and not _committed(sn, img.top_chain):  # pragma: no cover - defensive
+        if n and not is_committed(sn, img.top_chain):  # pragma: no cover - defensive
             raise CargoholdError(f"unpack of {image_target.digest} did not commit {img.top_chain}")
         self._set_labels(img)
         result.layers = outcomes
@@ -756,7 +760,7 @@ class Unpacker:
         chain = img.chain_ids[i]
         layer = img.layers[i]
         diff_id = img.diff_ids[i]
-        if _committed(sn, chain):
+        if is_committed(sn, chain):
             out = LayerOutcome(i, chain, layer, diff_id, STATE_EXISTS)
             self.events.layer_done(out)
             return out
