@@ -256,6 +256,8 @@ def test_one_warm_per_store(tmp_path: Path) -> None:
     from cargohold.warm import warm_lock
 
     root = tmp_path / "root"
+    with EmbeddedStore(root):  # an empty store (warm creates none)
+        pass
     with warm_lock(root / "warm.lock"):
         p = run_cli(root, "warm", check=False)
     assert p.returncode == 8 and "another cargohold warm is running" in p.stderr, p.stderr
