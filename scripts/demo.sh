@@ -94,6 +94,10 @@ if grep -q "/samples/busybox:" "$WORK/refs.tsv"; then
   $CH run --rm "$(ref_of busybox)" -- echo "hello from a cargohold container"
 fi
 
+step "on the node: each image's tier, and what evict would demote first under disk pressure"
+$CH status
+$CH evict --free 1MB --dry-run
+
 step "remove the containers; what gc would remove"
 $CH containers rm demo-big-1 demo-big-2
 $CH gc --dry-run
