@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from typing import Any, BinaryIO
 
 from cargohold.errors import CargoholdError, Interrupted, NotFoundError
-from cargohold.fetch import FetchEvents, FetchResult
+from cargohold.fetch import FetchEvents, ForwardingEvents
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
@@ -33,12 +33,12 @@ from cargohold.store.interfaces import ContentInfo, ContentStore, ContentWriter,
 current_ref: ContextVar[str | None] = ContextVar("cargohold_current_ref", default=None)
 
 
-class FetchBoard(FetchEvents):
+class FetchBoard(ForwardingEvents):
     """Fetch events forwarded to ``inner``; also what has been resolved and finished, for
     the threads waiting on it."""
 
     def __init__(self, inner: FetchEvents | None = None) -> None:
-        self.inner = inner or FetchEvents()
+        super().__init__(inner)
         self._cond = threading.Condition()
         self._resolved: dict[str, Descriptor] = {}
         self._finished = False
@@ -53,24 +53,12 @@ class FetchBoard(FetchEvents):
             self._resolved[str(ref)] = desc
             self._cond.notify_all()
 
-    def blob_started(self, ref: Reference, desc: Descriptor, offset: int) -> None:
-        self.inner.blob_started(ref, desc, offset)
-
-    def blob_progress(self, desc: Descriptor, nbytes: int) -> None:
-        self.inner.blob_progress(desc, nbytes)
-
-    def blob_waiting(self, desc: Descriptor) -> None:
-        self.inner.blob_waiting(desc)
-
     def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
         self.inner.blob_done(desc, state, transferred)
         if state in ("done", "exists"):  # reported once the commit is complete
             with self._cond:
                 self._present.add(str(desc.digest))
                 self._cond.notify_all()
-
-    def image_done(self, result: FetchResult) -> None:
-        self.inner.image_done(result)
 
     def image_failed(self, ref: Reference, error: CargoholdError) -> None:
         self.inner.image_failed(ref, error)

@@ -112,14 +112,13 @@ class FetchEvents:
 
 
 
-class CommittedBlobs(FetchEvents):
-    """Passes every event on to ``inner`` and notes the digests of the blobs this fetch
-    downloaded and committed (``blob_done`` state ``done``): the store verified their bytes
-    against their digest on commit, so a verify right after need not read them again."""
+class ForwardingEvents(FetchEvents):
+    """Passes every event on to ``inner``: subclasses override only what they add, so a new
+    event is never dropped on the way (bake once lost ``blob_waiting`` in a hand-written
+    forwarder)."""
 
-    def __init__(self, inner: FetchEvents) -> None:
-        self.inner = inner
-        self.digests: set[str] = set()
+    def __init__(self, inner: FetchEvents | None = None) -> None:
+        self.inner = inner or FetchEvents()
 
     def resolved(self, ref: Reference, desc: Descriptor) -> None:
         self.inner.resolved(ref, desc)
@@ -134,8 +133,6 @@ class CommittedBlobs(FetchEvents):
         self.inner.blob_waiting(desc)
 
     def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
-        if state == "done":
-            self.digests.add(str(desc.digest))
         self.inner.blob_done(desc, state, transferred)
 
     def image_done(self, result: FetchResult) -> None:
@@ -143,6 +140,21 @@ class CommittedBlobs(FetchEvents):
 
     def image_failed(self, ref: Reference, error: CargoholdError) -> None:
         self.inner.image_failed(ref, error)
+
+
+class CommittedBlobs(ForwardingEvents):
+    """Passes every event on to ``inner`` and notes the digests of the blobs this fetch
+    downloaded and committed (``blob_done`` state ``done``): the store verified their bytes
+    against their digest on commit, so a verify right after need not read them again."""
+
+    def __init__(self, inner: FetchEvents) -> None:
+        super().__init__(inner)
+        self.digests: set[str] = set()
+
+    def blob_done(self, desc: Descriptor, state: str, transferred: int) -> None:
+        if state == "done":
+            self.digests.add(str(desc.digest))
+        super().blob_done(desc, state, transferred)
 
 
 @dataclass
