@@ -633,3 +633,20 @@ def test_many_layers_long_mount_options(tmp_path: Path) -> None:
     merged = _merged(sn, names[-1], tmp_path)
     assert merged == {f"layer{i:03d}": ("file", str(i).encode()) for i in range(90)}
     sn.close()
+
+
+def test_prepare_after_a_kill_between_rename_and_commit(sn: EmbeddedSnapshotter) -> None:
+    """kill -9 after a prepare renamed its directory to <id> but before the row committed:
+    the row is rolled back and SQLite hands out that id again. The next prepare must not
+    fail on the leftover directory (the crash campaign's rerun did, exit 1) nor see its
+    files."""
+    sn.prepare("first")
+    first_id = int(sn.fs_path("first").parent.name)
+    stale = sn.dir / str(first_id + 1)
+    (stale / "fs" / "etc").mkdir(parents=True)
+    (stale / "fs" / "etc" / "left-over").write_text("from the killed run")
+    mounts = sn.prepare("second")
+    fs = sn.fs_path("second")
+    assert fs.parent.name == str(first_id + 1)
+    assert list(fs.iterdir()) == [] and mounts
+    assert not [p for p in sn.dir.iterdir() if p.name.startswith("rm-")]

@@ -440,6 +440,7 @@ class EmbeddedSnapshotter:
         prow = self._check_parent(c, parent) if parent else None
         self._lease(key)
         tmp = self.dir / f"new-{secrets.token_hex(8)}"
+        stale: Path | None = None
         try:
             tmp.mkdir()
             (tmp / "fs").mkdir(mode=0o755)
@@ -460,12 +461,21 @@ class EmbeddedSnapshotter:
                     (key, kind, parent, labels_text, t, t),
                 )
                 sid = int(cur.lastrowid or 0)
-                os.rename(tmp, self._path(sid))
+                target = self._path(sid)
+                if os.path.lexists(target):
+                    # Left by a process killed after this rename and before its commit: the
+                    # row was rolled back and SQLite hands out the same id again. No row
+                    # names it (this transaction just allocated the id): move it aside.
+                    stale = self.dir / f"rm-{sid}-{secrets.token_hex(4)}"
+                    os.rename(target, stale)
+                os.rename(tmp, target)
                 row = self._must(c, key)
                 mounts = self._mounts(c, row)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)  # else `gc` removes rm-* later
         return mounts
 
     def _copy_tree(self, src: Path, dst: Path, prow: _Row) -> None:
