@@ -288,6 +288,17 @@ def _report(e: CargoholdError, json_mode: bool) -> NoReturn:
     sys.exit(e.exit_code)
 
 
+def _dump_threads_on_crash() -> None:
+    """On a fatal signal (SIGSEGV, SIGABRT, ...) print every thread's Python stack on stderr
+    before dying: a crash of a C extension is then a report with a place, not a bare -11."""
+    import contextlib
+    import faulthandler
+
+    # (stderr without a file descriptor: no dump)
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to documented exit codes."""
     if threading.current_thread() is not threading.main_thread():
@@ -297,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     old = {s: signal.signal(s, _terminate) for s in signals}
     if argv is None:  # the process's entry point
         interrupts.keep_interrupts_from_finalizers()
+        _dump_threads_on_crash()
     try:
         _main(argv)
     finally:
