@@ -48,7 +48,7 @@ LABEL_BOOT = "cargohold.owner/boot"
 LABEL_HOST = "cargohold.owner/host"
 LABEL_PIDNS = "cargohold.owner/pidns"
 LABEL_PURPOSE = "cargohold.purpose"
-#: Keys of the snapshots an unpack applies layers into (unpack.image.EXTRACT_PREFIX).
+#: Keys of the snapshots an unpack applies layers into (the reaper releases them).
 EXTRACT_PREFIX = "extract-"
 
 Owner = Literal["alive", "dead", "unknown"]

@@ -56,6 +56,7 @@ from cargohold.errors import (
 )
 from cargohold.imagecontent import read_blob
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -83,8 +84,6 @@ from cargohold.store.interfaces import (
 from cargohold.unpack.apply import ApplyStats
 from cargohold.unpack.damaged import stored_blob_check
 
-#: Prefix of the keys of snapshots being unpacked (active until committed as the chain ID).
-EXTRACT_PREFIX = "extract-"
 #: Label on an active extract snapshot: the chain ID it will be committed as.
 LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
 
