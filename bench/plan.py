@@ -14,7 +14,7 @@ to the list order, which is grouped by component as in a VHD's component list.
 
 For three budgets -- the compressed total plus 10 % (tight), 40 % (medium) and 80 %
 (loose) of the unpacked total -- it prints the expected total first-start penalty
-(``sum(priority x seconds)``, :mod:`cargohold.plan`'s objective) of the planner, of the
+(``sum(priority x seconds)``, :mod:`cargohold.bake.plan`'s objective) of the planner, of the
 planner with ``allow_skip=False`` (every image at least fetched), and of
 
 * fetch all: every non-critical image fetched, nothing unpacked ahead;
@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cargohold.plan import (
+from cargohold.bake.plan import (
     DEFAULT_MODEL,
     Plan,
     PlanImage,
@@ -42,7 +42,7 @@ from cargohold.plan import (
     baseline_size_rule,
     plan,
 )
-from cargohold.spec import format_size
+from cargohold.bake.spec import format_size
 
 SEED = 20251219
 MB = 10**6

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from cargohold import errors
+from cargohold.bake.spec import SPEC_MAX_BYTES
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from cargohold.spec import SPEC_MAX_BYTES
 from tests.rig.cli import TEST_ENV
 from tests.rig.images import Pushed, push
 from tests.rig.services import Registry

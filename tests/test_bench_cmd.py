@@ -9,11 +9,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from cargohold.calibration import load_calibration
 from cargohold.cli.bench_cmd import DROP_CACHES
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.measure.calibration import load_calibration
 from tests.rig.cli import last_json, run_cli
 from tests.rig.containerd import Containerd
 from tests.rig.images import push

@@ -14,20 +14,20 @@ from typing import Any
 
 import pytest
 
-from cargohold import calibration as calmod
-from cargohold.calibration import (
+from cargohold.measure import calibration as calmod
+from cargohold.bake.plan import DEFAULT_MODEL
+from cargohold.cli.calibrate_cmd import synthetic_image
+from cargohold.cli.main import main
+from cargohold.errors import InvalidInputError
+from cargohold.imagebuild import samples
+from cargohold.measure.calibration import (
     Calibration,
     calibration_path,
     cost_model,
     load_calibration,
     save_calibration,
 )
-from cargohold.cli.calibrate_cmd import synthetic_image
-from cargohold.cli.main import main
-from cargohold.errors import InvalidInputError
-from cargohold.imagebuild import samples
 from cargohold.oci.digest import Digest
-from cargohold.plan import DEFAULT_MODEL
 from cargohold.store.containerd import ContainerdStore
 from cargohold.store.embedded import EmbeddedStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.catalog import resolve_spec
-from cargohold.du import disk_usage
+from cargohold.bake.catalog import resolve_spec
+from cargohold.bake.spec import parse_spec
 from cargohold.imagebuild import samples
+from cargohold.maintain.du import disk_usage
 from cargohold.registry.client import RegistryClient
-from cargohold.spec import parse_spec
 from cargohold.store.embedded import EmbeddedStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
 from cargohold.unpack.applier import EmbeddedApplier

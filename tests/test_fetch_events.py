@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from cargohold.blobwait import FetchBoard
 from cargohold.errors import NotFoundError
-from cargohold.fetch import CommittedBlobs, FetchEvents, FetchResult
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import parse_reference
+from cargohold.pull.blobwait import FetchBoard
+from cargohold.pull.fetch import CommittedBlobs, FetchEvents, FetchResult
 
 DESC = Descriptor(mediatypes.OCI_LAYER_GZIP, Digest.from_bytes(b"layer"), 10)
 REF = parse_reference("registry.example/app:1")

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cargohold.gcmark import Node, is_gc_root, mark, references_from_labels
+from cargohold.store.gcmark import Node, is_gc_root, mark, references_from_labels
 
 C = Node.content
 

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cargohold.errors import BudgetError, InvalidInputError
-from cargohold.plan import (
+from cargohold.bake.plan import (
     DEFAULT_MODEL,
     SIZE_RULE_LIMIT,
     CostModel,
@@ -22,6 +21,7 @@ from cargohold.plan import (
     estimate_unpacked,
     plan,
 )
+from cargohold.errors import BudgetError, InvalidInputError
 
 MB = 10**6
 MIB = 2**20
@@ -518,7 +518,7 @@ def test_branch_and_bound_alone_reaches_the_optimum(
 ) -> None:
     """The public tests above seed the search with the (often optimal) approximation;
     here it starts from the poor "fetch all" plan, so its bounds must do the work."""
-    from cargohold import plan as planner
+    from cargohold.bake import plan as planner
 
     compressed, unpacked = totals(images)
     budget = int((compressed + unpacked) * fraction)
@@ -556,7 +556,7 @@ def test_search_bound_never_exceeds_the_best_completion(
 ) -> None:
     """At any node of the search (some auto images decided, the rest open) the lower
     bound is at most the objective of every feasible completion."""
-    from cargohold import plan as planner
+    from cargohold.bake import plan as planner
 
     compressed, unpacked = totals(images)
     budget = int((compressed + unpacked) * fraction)
@@ -586,7 +586,7 @@ def test_search_bound_never_exceeds_the_best_completion(
 def test_search_bound_is_the_knapsack_relaxation(allow_skip: bool) -> None:
     """Two images, each pullable alone but not both: the bound pulls the better one
     (penalty per byte) whole and the other by the fraction of its bytes that fits."""
-    from cargohold import plan as planner
+    from cargohold.bake import plan as planner
 
     a = image("a", [("a", 100 * MB, GB)], priority=2.0)
     b = image("b", [("b", 100 * MB, GB)], priority=1.0)

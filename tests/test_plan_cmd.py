@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cargohold.catalog import RATIO_RANGE, ratio_of
+from cargohold.bake.catalog import RATIO_RANGE, ratio_of
+from cargohold.bake.plan import DEFAULT_UNPACK_RATIO, estimate_unpacked
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from cargohold.plan import DEFAULT_UNPACK_RATIO, estimate_unpacked
 from cargohold.units import format_size
 from tests.rig.images import Pushed, push
 from tests.rig.services import Registry

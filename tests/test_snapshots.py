@@ -25,12 +25,12 @@ from cargohold.errors import (
     UnsafeContentError,
     UnsupportedError,
 )
-from cargohold.gcmark import Node
 from cargohold.mount import mounted
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
+from cargohold.store.gcmark import Node
 from cargohold.store.interfaces import (
     Applier,
     LeaseResource,

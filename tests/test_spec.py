@@ -7,9 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cargohold.cli.output import human_bytes
-from cargohold.errors import InvalidInputError
-from cargohold.spec import (
+from cargohold.bake.spec import (
     GIB,
     KIB,
     MB,
@@ -20,6 +18,8 @@ from cargohold.spec import (
     parse_size,
     parse_spec,
 )
+from cargohold.cli.output import human_bytes
+from cargohold.errors import InvalidInputError
 from cargohold.units import format_rate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -179,7 +179,7 @@ def test_verify_trusted_blobs_are_size_checked_only(registry: Registry, tmp_path
     """``trusted`` (blobs the store verified on commit moments before, as bake passes them)
     skips the re-hash, not the size check."""
     from cargohold.cli.resources import LocalStore
-    from cargohold.verify import verify
+    from cargohold.maintain.verify import verify
 
     img = push(registry.host, one_layer(300), tmp_path / "i")
     root = tmp_path / "store"

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from cargohold.calibration import Calibration, save_calibration
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.measure.calibration import Calibration, save_calibration
+from cargohold.node.warmorder import LABEL_CRITICAL, LABEL_PRIORITY
 from cargohold.store.embedded import EmbeddedStore
-from cargohold.warmorder import LABEL_CRITICAL, LABEL_PRIORITY
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.images import Pushed, push
 from tests.rig.needs import require_root
@@ -253,7 +253,7 @@ def test_keep_free_stops_at_the_floor_nothing_corrupted(
 
 
 def test_one_warm_per_store(tmp_path: Path) -> None:
-    from cargohold.warm import warm_lock
+    from cargohold.node.warm import warm_lock
 
     root = tmp_path / "root"
     with EmbeddedStore(root):  # an empty store (warm creates none)

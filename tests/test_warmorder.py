@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cargohold.calibration import Calibration
+from cargohold.bake.plan import DEFAULT_MODEL
 from cargohold.errors import InvalidInputError
-from cargohold.plan import DEFAULT_MODEL
-from cargohold.warmorder import (
+from cargohold.measure.calibration import Calibration
+from cargohold.node.warmorder import (
     LABEL_CRITICAL,
     LABEL_PRIORITY,
     expected_seconds,

@@ -37,7 +37,7 @@ from functools import cache
 from typing import Any, Literal
 
 from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.gcmark import LABEL_GC_EXPIRE
+from cargohold.store.gcmark import LABEL_GC_EXPIRE
 from cargohold.store.interfaces import KIND_ACTIVE, LeaseResource, active_lease
 
 #: How long a lease protects after its owner vanished where nobody can tell (containerd: 24 h).

@@ -4,7 +4,7 @@ Decimal SI units, powers of 1000 (``kB``, ``MB``, ``GB``, ``TB``, ``PB``), one d
 as a whole number: ``format_size(200_000_000) == "200.0 MB"``, what ``budget = "200MB"`` in a
 spec means. Every command (tables, totals, reasons, errors, ``bench``) uses it, so a size the
 user wrote in SI units reads back unchanged; sizes given in IEC units (``GiB``) are accepted
-everywhere (:func:`cargohold.spec.parse_size`) and shown in SI (``30GiB`` is ``32.2 GB``).
+everywhere (:func:`cargohold.bake.spec.parse_size`) and shown in SI (``30GiB`` is ``32.2 GB``).
 Rates are sizes per second (``12.3 MB/s``).
 """
 

@@ -21,9 +21,9 @@ from cargohold.archive.files import PATH_HINT
 from cargohold.archive.formats import Archive
 from cargohold.archive.source import ArchiveSource, SpaceCheck, open_source
 from cargohold.errors import CargoholdError, InvalidInputError, NotFoundError
-from cargohold.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.reference import Reference
+from cargohold.pull.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 
@@ -138,7 +138,7 @@ class ImportCache:
 
     def save(self) -> bool:
         """Write the cache; False when it cannot be written (the next import reads all)."""
-        from cargohold.bake import write_json_atomic
+        from cargohold.bake.baker import write_json_atomic
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def _copy(f: IO[bytes], size: int, write: Callable[[bytes], object]) -> None:
 def store_sink(content: ContentStore, check: SpaceCheck) -> Callable[[str, IO[bytes], int], Digest]:
     """Stage a streamed member into the content store: verified against the digest its name
     states (legacy docker files: committed under the digest of their bytes)."""
-    from cargohold.fetch import ingest_ref
+    from cargohold.pull.fetch import ingest_ref
 
     def sink(name: str, f: IO[bytes], size: int) -> Digest:
         expected = blob_digest(name)

@@ -25,11 +25,11 @@ from cargohold.cli.resources import open_store, registry_client
 from cargohold.cli.sources import space_check
 from cargohold.cli.unpacking import make_unpacker, report_unpack
 from cargohold.errors import InvalidInputError, NotFoundError
-from cargohold.fetch import FetchFailure, FetchResult
 from cargohold.leasing import leased
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
+from cargohold.pull.fetch import FetchFailure, FetchResult
 from cargohold.settings import Settings
 
 
@@ -183,7 +183,7 @@ def export_command(app: App, refs: tuple[str, ...], spec_file: Path | None, outp
     wanted: list[Reference] = [parse_reference(r) for r in refs]
     spec_plats: list[Platform] = []
     if spec_file is not None:
-        from cargohold.spec import load_spec
+        from cargohold.bake.spec import load_spec
 
         spec = load_spec(spec_file)
         wanted += [e.ref for e in spec.images]
@@ -221,7 +221,7 @@ def export_command(app: App, refs: tuple[str, ...], spec_file: Path | None, outp
 
 def _fetch_missing(app: App, store: Any, wanted: list[Reference], plats: list[Platform],
                    all_platforms: bool) -> None:
-    from cargohold.fetch import Fetcher
+    from cargohold.pull.fetch import Fetcher
 
     missing = []
     for ref in wanted:

@@ -1,4 +1,4 @@
-"""`cargohold bake SPEC`: plan, fetch, unpack, record, verify and report (see cargohold.bake)."""
+"""`cargohold bake SPEC`: plan, fetch, unpack, record, verify and report (see cargohold.bake.baker)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from typing import Any
 import click
 
 from cargohold import __version__
-from cargohold.bake import BakeEvents, BakeImage, BakeOptions, Baker, BakeReport, write_json_atomic
+from cargohold.bake.baker import (
+    BakeEvents,
+    BakeImage,
+    BakeOptions,
+    Baker,
+    BakeReport,
+    write_json_atomic,
+)
+from cargohold.bake.spec import format_size, load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
@@ -31,7 +39,6 @@ from cargohold.errors import (
     batch_error,
 )
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.spec import format_size, load_spec, parse_size
 from cargohold.unpack.image import UnpackResult
 
 

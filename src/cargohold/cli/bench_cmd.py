@@ -40,7 +40,6 @@ from typing import Any
 
 import click
 
-from cargohold.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.cli.fetching import apply_registry_options, record_policy, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
@@ -48,13 +47,14 @@ from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, registry_client
 from cargohold.cli.scratch import Scratch, open_scratch, unpacked_bytes
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker
-from cargohold.du import disk_usage
 from cargohold.errors import CargoholdError
-from cargohold.fetch import Fetcher, FetchEvents, FetchResult
-from cargohold.gcmark import LABEL_GC_ROOT
+from cargohold.maintain.du import disk_usage
+from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
+from cargohold.pull.fetch import Fetcher, FetchEvents, FetchResult
+from cargohold.store.gcmark import LABEL_GC_ROOT
 from cargohold.units import format_rate
 from cargohold.unpack.image import UnpackResult
 

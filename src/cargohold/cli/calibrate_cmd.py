@@ -18,7 +18,7 @@ unpack`` does; ``--runs`` times (snapshots removed in between), the median is ta
   That fixed part is capped at half the sample's time (a sample too small to tell the two
   apart; a warning says so).
 
-The result is saved as a :class:`~cargohold.calibration.Calibration` (``source =
+The result is saved as a :class:`~cargohold.measure.calibration.Calibration` (``source =
 "calibrate"``) in ``<root>/calibration.json``, which the planner reads. The user's images,
 content and snapshots are never touched; the reserve applies as for every unpack.
 """
@@ -32,7 +32,7 @@ from typing import Any
 
 import click
 
-from cargohold.calibration import Calibration, calibration_path, now_iso, save_calibration
+from cargohold.bake.spec import parse_size
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output
 from cargohold.cli.resources import reserve_bytes
@@ -46,10 +46,10 @@ from cargohold.cli.scratch import (
 )
 from cargohold.cli.unpacking import make_unpacker
 from cargohold.errors import InvalidInputError, OutOfSpaceError
-from cargohold.gcmark import LABEL_GC_ROOT
 from cargohold.imagebuild.entries import Dir, Entry, File, Hardlink, Symlink
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from cargohold.spec import parse_size
+from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
+from cargohold.store.gcmark import LABEL_GC_ROOT
 from cargohold.unpack.image import UnpackEvents
 
 __all__ = ["CalibrateResult", "measure_unpack", "synthetic_image", "tiny_image"]

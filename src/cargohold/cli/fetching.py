@@ -12,7 +12,7 @@ import click
 from cargohold.cli.main import App
 from cargohold.cli.output import Output
 from cargohold.errors import batch_error
-from cargohold.fetch import FetchFailure, RecordPolicy
+from cargohold.pull.fetch import FetchFailure, RecordPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 

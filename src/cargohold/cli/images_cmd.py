@@ -10,9 +10,9 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.resources import LocalStore, open_store
 from cargohold.errors import NotFoundError
-from cargohold.fetch import image_name
-from cargohold.imagecontent import image_contents
+from cargohold.images.content import image_contents
 from cargohold.oci.reference import parse_reference
+from cargohold.pull.fetch import image_name
 from cargohold.store.interfaces import Image
 
 

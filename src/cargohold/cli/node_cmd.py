@@ -34,7 +34,7 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
 
     names = list(refs)
     if spec_file is not None:
-        from cargohold.spec import load_spec
+        from cargohold.bake.spec import load_spec
 
         names += [str(e.ref) for e in load_spec(spec_file).images]
     with open_store_and_snapshots(app.settings) as (store, sn):
@@ -70,8 +70,8 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
 
 
 def _needed_bytes(keep_free: str | None, free: str | None, space: Any) -> int:
+    from cargohold.bake.spec import parse_size
     from cargohold.node.disk import free_target, parse_keep_free, store_fs_not_found
-    from cargohold.spec import parse_size
 
     if (keep_free is None) == (free is None):
         raise InvalidInputError("give exactly one of --keep-free SIZE|PCT and --free SIZE")
@@ -113,7 +113,7 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
            dry_run: bool, counters: RunCounters) -> None:
     """Plan, carry out, collect garbage, measure and report; the bytes demoted and deleted go
     into ``counters``. TargetNotReachedError / PartialFailureError at the end."""
-    from cargohold.calibration import cost_model
+    from cargohold.measure.calibration import cost_model
     from cargohold.node.disk import fs_space, store_path
     from cargohold.node.evict import carry_out
     from cargohold.node.evict_plan import plan_evict
@@ -343,7 +343,7 @@ def _store_checks(app: App, store: Any, sn: Any, no_verify: bool) -> list[Any]:
             out.append(d.Check("critical-pinned", d.OK, "every critical image is pinned"))
     if no_verify:
         return out
-    from cargohold.verify import verify
+    from cargohold.maintain.verify import verify
 
     problems = verify(store, None, snapshots=sn)
     if problems:

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from cargohold.bake.plan import CostModel
+from cargohold.bake.spec import CacheSpec, load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
@@ -22,9 +24,7 @@ from cargohold.errors import (
     NotFoundError,
 )
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.plan import CostModel
 from cargohold.settings import Settings
-from cargohold.spec import CacheSpec, load_spec, parse_size
 
 _json_option = click.option("--json", "json_local", is_flag=True, default=False,
                             help="Machine-readable output on stdout (same as the global --json).")
@@ -99,8 +99,8 @@ def apply_spec_settings(s: Settings, spec: CacheSpec) -> None:
 
 def cost_model_for(root: Path) -> tuple[CostModel, str]:
     """The planner's cost model: the last `calibrate` / `bench` on this root, else defaults."""
-    from cargohold.calibration import cost_model
-    from cargohold.plan import DEFAULT_MODEL
+    from cargohold.bake.plan import DEFAULT_MODEL
+    from cargohold.measure.calibration import cost_model
 
     try:
         model, cal = cost_model(root)
@@ -127,7 +127,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                  hosts_dir: str | None, authfile: str | None, from_paths: tuple[Path, ...],
                  allow_network: bool) -> None:
     """Plan which images of SPEC to pull, fetch or skip under the disk budget."""
-    from cargohold.catalog import budget_hint, plan_catalog, resolve_spec, unpack_ratio
+    from cargohold.bake.catalog import budget_hint, plan_catalog, resolve_spec, unpack_ratio
     from cargohold.cli.resolve_progress import ResolveProgress
 
     json_mode = _json(app, json_local)
@@ -188,7 +188,7 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
 @pass_app
 def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
     """Disk use per image: compressed content and snapshots, exclusive and shared."""
-    from cargohold.du import disk_usage
+    from cargohold.maintain.du import disk_usage
 
     json_mode = _json(app, json_local)
     with (open_store(app.settings, must_exist=True) as store,
@@ -248,8 +248,8 @@ def verify_command(app: App, refs: tuple[str, ...], repair: bool, jobs: int | No
                    json_local: bool, plain_http: bool | None, insecure_skip_verify: bool | None,
                    hosts_dir: str | None, authfile: str | None) -> None:
     """Re-hash every blob of the images (all, or REFs); exit 6 if any is damaged."""
-    from cargohold.fetch import Fetcher
-    from cargohold.verify import REPAIRABLE_KINDS, count_problems, select_images, verify
+    from cargohold.maintain.verify import REPAIRABLE_KINDS, count_problems, select_images, verify
+    from cargohold.pull.fetch import Fetcher
 
     json_mode = _json(app, json_local)
     apply_registry_options(app, plain_http=plain_http, insecure_skip_verify=insecure_skip_verify,

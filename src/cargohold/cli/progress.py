@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from cargohold.cli.output import Output, human_bytes
 from cargohold.errors import CargoholdError
-from cargohold.fetch import FetchEvents, FetchResult
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.reference import Reference
+from cargohold.pull.fetch import FetchEvents, FetchResult
 
 if TYPE_CHECKING:  # the fetch command does not load the unpacker
     from cargohold.unpack.image import LayerOutcome

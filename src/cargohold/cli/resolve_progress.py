@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from cargohold.catalog import CatalogImage, ResolveEvents
+from cargohold.bake.catalog import CatalogImage, ResolveEvents
 from cargohold.cli.output import Output
 from cargohold.cli.progress import failure_text, render_lines, start_live, stop_live
 from cargohold.errors import CargoholdError

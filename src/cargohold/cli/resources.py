@@ -11,6 +11,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cargohold.bake.spec import parse_size
 from cargohold.errors import (
     CargoholdError,
     InvalidInputError,
@@ -19,7 +20,6 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.settings import Settings
-from cargohold.spec import parse_size
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.embedded.metadata import DB_FILE
 from cargohold.store.embedded.store import EmbeddedStore

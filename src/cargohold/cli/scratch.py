@@ -37,12 +37,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cargohold.catalog import chain_layer_sizes
+from cargohold.bake.catalog import chain_layer_sizes
 from cargohold.cli.resources import LocalStore, reserve_bytes
 from cargohold.errors import AlreadyExistsError, CargoholdError, ConflictError, NotFoundError
-from cargohold.gcmark import LABEL_GC_EXPIRE
 from cargohold.settings import Settings
 from cargohold.store.embedded.lock import RootLock
+from cargohold.store.gcmark import LABEL_GC_EXPIRE
 from cargohold.store.interfaces import ContentStore, Snapshotter, active_lease
 
 if TYPE_CHECKING:
@@ -383,7 +383,7 @@ def import_blobs(content: ContentStore, built: BuiltImage, *, chunk: int = 1 << 
 
 def unpacked_bytes(snapshots: Snapshotter, result: UnpackResult) -> int:
     """The unpacked size of an unpacked image as the planner counts it: the snapshotter's
-    usage of each layer (:func:`~cargohold.catalog.chain_layer_sizes`); the tar bytes applied when a layer's usage is
+    usage of each layer (:func:`~cargohold.bake.catalog.chain_layer_sizes`); the tar bytes applied when a layer's usage is
     unknown."""
     sizes = chain_layer_sizes(snapshots, [lo.chain_id for lo in result.layers])
     if not sizes or any(s is None for s in sizes):

@@ -16,7 +16,6 @@ from typing import Any
 
 import click
 
-from cargohold.blobwait import FetchBoard, WaitingContent, current_ref
 from cargohold.cli.fetch_cmd import fetched_line
 from cargohold.cli.fetching import (
     apply_registry_options,
@@ -31,12 +30,13 @@ from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client, reserve_bytes
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker, report_unpack
 from cargohold.errors import CargoholdError
-from cargohold.fetch import Fetcher, FetchFailure, FetchResult
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import leased
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
+from cargohold.pull.blobwait import FetchBoard, WaitingContent, current_ref
+from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
 from cargohold.unpack.image import (
     Unpacker,
     UnpackResult,
@@ -114,7 +114,7 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
     cancel = threading.Event()
     with open_store(s) as store, FetchProgress(out) as progress:
         # Fetch in one thread; unpack each image as soon as it is resolved, each layer as
-        # soon as its blob is in (cargohold.blobwait), as containerd's pull does.
+        # soon as its blob is in (cargohold.pull.blobwait), as containerd's pull does.
         board = FetchBoard(progress)
         fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=board,
                           records=record_policy(app, None, False), cancel=cancel)

@@ -1,5 +1,5 @@
 """`cargohold warm [SPEC]`: unpack fetched-only images in the background, most valuable first
-(see :mod:`cargohold.warm`)."""
+(see :mod:`cargohold.node.warm`)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from typing import Any
 
 import click
 
+from cargohold.bake.spec import load_spec
 from cargohold.cli.fetching import raise_failures
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.errors import InvalidInputError, UnavailableError
-from cargohold.fetch import FetchFailure
 from cargohold.leasing import leased
-from cargohold.niceness import idle_io_class, lower_cpu_priority
 from cargohold.node.disk import (
     free_target,
     fs_space,
@@ -28,10 +27,8 @@ from cargohold.node.disk import (
     store_fs_not_found,
     store_path,
 )
-from cargohold.oci.platform import parse_platform
-from cargohold.spec import load_spec
-from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
-from cargohold.warm import (
+from cargohold.node.niceness import idle_io_class, lower_cpu_priority
+from cargohold.node.warm import (
     FAILED,
     SKIPPED,
     WARMED,
@@ -44,6 +41,9 @@ from cargohold.warm import (
     items_from_spec,
     warm_lock,
 )
+from cargohold.oci.platform import parse_platform
+from cargohold.pull.fetch import FetchFailure
+from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
 
 #: ``--wait`` without a value: how long to wait for containerd's socket.
 DEFAULT_WAIT = 300.0
@@ -274,7 +274,7 @@ def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
             raise store_fs_not_found(
                 hint="run warm on the machine containerd runs on, or drop --keep-free")
         floor = free_target(fs_space(floor_path), keep_free)
-    from cargohold.calibration import cost_model
+    from cargohold.measure.calibration import cost_model
 
     model, _ = cost_model(Path(app.settings.root))
     progress = _Progress(out)

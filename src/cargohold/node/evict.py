@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.imagecontent import image_contents
+from cargohold.images.content import image_contents
 from cargohold.node.evict_plan import EvictAction, EvictPlan
 from cargohold.store.interfaces import GC_REF_SNAPSHOT
 

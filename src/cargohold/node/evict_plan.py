@@ -1,7 +1,7 @@
 """Which images to demote (drop unpacked snapshots) and delete to free disk: pure logic.
 
 Value of an image = priority / expected unpack seconds; ``warm`` unpacks the most valuable
-first (:func:`cargohold.warmorder.wspt_order`), evict goes the exact other way
+first (:func:`cargohold.node.warmorder.wspt_order`), evict goes the exact other way
 (:func:`evict_order`), least valuable first: large, unimportant images go before small,
 important ones.
 
@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.bake.plan import DEFAULT_UNPACK_RATIO, CostModel
 from cargohold.node.inventory import ImageState, Inventory
-from cargohold.plan import DEFAULT_UNPACK_RATIO, CostModel
-from cargohold.warmorder import expected_seconds, wspt_order
+from cargohold.node.warmorder import expected_seconds, wspt_order
 
 __all__ = ["EvictAction", "EvictPlan", "evict_order", "plan_evict", "value"]
 
@@ -43,7 +43,7 @@ def unpack_size(img: ImageState) -> int:
 
 @dataclass(frozen=True)
 class _Weighted:
-    """An image as warm's order sees it (:class:`cargohold.warmorder.Weighted`)."""
+    """An image as warm's order sees it (:class:`cargohold.node.warmorder.Weighted`)."""
 
     image: ImageState
     seconds: float
@@ -68,7 +68,7 @@ def value(img: ImageState, model: CostModel) -> float:
 
 
 def evict_order(images: Iterable[ImageState], model: CostModel) -> list[ImageState]:
-    """Least valuable first: warm's order (:func:`cargohold.warmorder.wspt_order`) reversed."""
+    """Least valuable first: warm's order (:func:`cargohold.node.warmorder.wspt_order`) reversed."""
     items = [_Weighted(i, expected_seconds(unpack_size(i), model)) for i in images]
     return [w.image for w in wspt_order(items, reverse=True)]
 

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.catalog import layer_chains
+from cargohold.bake.catalog import layer_chains
 from cargohold.errors import CargoholdError
-from cargohold.imagecontent import image_contents, present_configs
+from cargohold.images.content import image_contents, present_configs
 from cargohold.node.labels import image_critical, image_pinned, image_priority
 from cargohold.oci.reference import lookup_by_name
 from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo

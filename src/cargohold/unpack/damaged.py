@@ -29,7 +29,7 @@ def stored_blob_check(content: ContentStore, desc: Descriptor) -> Iterator[None]
     try:
         yield
     except CorruptLayerError as e:
-        from cargohold.verify import check_blob
+        from cargohold.maintain.verify import check_blob
 
         bad = check_blob(content, desc)
         if bad is not None:

@@ -11,7 +11,7 @@ makes sure a committed snapshot named by each chain ID exists, bottom first:
 * otherwise (flat copies, containerd) each layer is prepared on its committed parent and
   applied in order;
 * a chain wanted by two images unpacked at the same time by one Unpacker is unpacked once
-  (:class:`~cargohold.singleflight.SingleFlight` keyed by chain ID); another process
+  (:class:`~cargohold.pull.singleflight.SingleFlight` keyed by chain ID); another process
   committing the same chain first is fine too (its snapshot is used, ours removed).
 
 Only when the top chain is committed is the image unpacked; then the labels containerd's
@@ -54,7 +54,7 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnsupportedError,
 )
-from cargohold.imagecontent import read_blob
+from cargohold.images.content import read_blob
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.oci import mediatypes
@@ -71,7 +71,7 @@ from cargohold.oci.manifest import (
     parse_manifest_or_index,
 )
 from cargohold.oci.platform import host_platform, matches, normalize, rank
-from cargohold.singleflight import SingleFlight
+from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     GC_REF_SNAPSHOT,
     KIND_COMMITTED,
@@ -549,7 +549,7 @@ class Unpacker:
     ) -> None:
         self.content = content
         #: Check every missing layer's blob is there before starting (False when the
-        #: content store waits for a running fetch: :mod:`cargohold.blobwait`).
+        #: content store waits for a running fetch: :mod:`cargohold.pull.blobwait`).
         self.check_blobs = check_blobs
         self.snapshotter = snapshotter
         self.applier = applier

@@ -72,7 +72,7 @@ class ContainerdStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ContainerdStore:
-        from cargohold.spec import parse_size
+        from cargohold.bake.spec import parse_size
 
         return cls(settings.address, settings.namespace, settings.snapshotter,
                    reserve_bytes=parse_size(settings.reserve) if settings.reserve else 0)

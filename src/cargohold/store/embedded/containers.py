@@ -32,8 +32,8 @@ from cargohold.store.embedded.metadata import (
 )
 
 if TYPE_CHECKING:
-    from cargohold.gcmark import Node
     from cargohold.store.embedded.gc import Removed, SnapshotSweeper
+    from cargohold.store.gcmark import Node
 
 SNAPSHOT_PREFIX = "containers/"
 LABEL_CONTAINER = "io.cargohold.container"
@@ -175,7 +175,7 @@ class ContainerRoots:
         self.snapshotter_name = snapshotter_name
 
     def roots(self) -> Iterable[Node]:
-        from cargohold.gcmark import Node
+        from cargohold.store.gcmark import Node
 
         yield from self.inner.roots()
         for c in self.containers.list():

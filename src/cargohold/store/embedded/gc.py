@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from cargohold.gcmark import Node, is_gc_root, mark, references_from_labels
 from cargohold.leasing import owner_dead
 from cargohold.store.embedded.leases import lease_expired
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.embedded.metadata import now as _now
 from cargohold.store.embedded.store import EmbeddedStore
+from cargohold.store.gcmark import Node, is_gc_root, mark, references_from_labels
 from cargohold.store.interfaces import Image, LeaseResource
 
 

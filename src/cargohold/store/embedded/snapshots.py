@@ -96,8 +96,8 @@ from cargohold.store.interfaces import (
 from cargohold.unpack.apply import copy_lower_dir_metadata
 
 if TYPE_CHECKING:
-    from cargohold.gcmark import Node
     from cargohold.store.embedded.gc import Removed
+    from cargohold.store.gcmark import Node
 
 Backend = Literal["overlay", "flat"]
 
@@ -623,14 +623,14 @@ class EmbeddedSnapshotter:
     # ------------------------------------------------------------ garbage collection
 
     def roots(self) -> Iterable[Node]:
-        from cargohold.gcmark import Node
+        from cargohold.store.gcmark import Node
 
         for info in self.walk():
             if LABEL_GC_ROOT in info.labels:
                 yield Node.snapshot(self.name, info.name)
 
     def references(self, node: Node) -> Iterable[Node]:
-        from cargohold.gcmark import Node, references_from_labels
+        from cargohold.store.gcmark import Node, references_from_labels
 
         if node.kind != "snapshot" or node.snapshotter != self.name:
             return []
@@ -644,8 +644,8 @@ class EmbeddedSnapshotter:
 
     def sweep(self, marked: Set[Node], *, dry_run: bool) -> builtins.list[Removed]:
         """Remove every snapshot not in ``marked``, children before parents."""
-        from cargohold.gcmark import Node
         from cargohold.store.embedded.gc import Removed
+        from cargohold.store.gcmark import Node
 
         rows = [
             _Row.of(r) for r in self._conn().execute(f"SELECT {_COLS} FROM snapshots").fetchall()

@@ -47,7 +47,7 @@ from cargohold.oci.manifest import (
     select_manifests,
 )
 from cargohold.oci.reference import Reference
-from cargohold.singleflight import SingleFlight
+from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     GC_REF_CONTENT,
     LABEL_DISTRIBUTION_SOURCE,

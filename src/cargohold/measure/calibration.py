@@ -3,8 +3,8 @@
 ``cargohold calibrate`` (a synthetic image, no network) and ``cargohold bench REF`` (a real
 image) measure how fast this store unpacks and save a :class:`Calibration`; the latest
 measurement wins. :func:`cost_model` turns it into the planner's
-:class:`~cargohold.plan.CostModel` (its other parameters keep their defaults), or gives
-:data:`~cargohold.plan.DEFAULT_MODEL` when nothing was measured.
+:class:`~cargohold.bake.plan.CostModel` (its other parameters keep their defaults), or gives
+:data:`~cargohold.bake.plan.DEFAULT_MODEL` when nothing was measured.
 
 The file is one JSON object with the fields of :class:`Calibration`; unknown keys are
 ignored (later versions may add some). It is replaced atomically (temp file in the same
@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cargohold.bake.plan import DEFAULT_MODEL, CostModel
 from cargohold.errors import InvalidInputError
-from cargohold.plan import DEFAULT_MODEL, CostModel
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -194,7 +194,7 @@ def save_calibration(root: Path, cal: Calibration) -> None:
 def cost_model(root: Path) -> tuple[CostModel, Calibration | None]:
     """The planner's cost model for the store at ``root``: the measured unpack throughput and
     per-image overhead of its calibration (other parameters: defaults), else
-    :data:`~cargohold.plan.DEFAULT_MODEL`; and the calibration used (None if none).
+    :data:`~cargohold.bake.plan.DEFAULT_MODEL`; and the calibration used (None if none).
     InvalidInputError if the calibration file is corrupt."""
     cal = load_calibration(root)
     if cal is None:

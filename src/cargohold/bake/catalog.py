@@ -1,4 +1,4 @@
-"""Turn a cache spec into the planner's input: one :class:`~cargohold.plan.PlanImage` per entry.
+"""Turn a cache spec into the planner's input: one :class:`~cargohold.bake.plan.PlanImage` per entry.
 
 Only manifests and configs are read (from the store when it holds them, verified, else from
 the registry); no layer is downloaded. For every entry of the spec:
@@ -21,7 +21,7 @@ the registry); no layer is downloaded. For every entry of the spec:
     ``ratio`` = unpacked / compressed bytes over the layers of this store's images that are
     unpacked, each of at least :data:`RATIO_MIN_LAYER` (1 MB) compressed, clamped to
     :data:`RATIO_RANGE` (1-8x) (:func:`unpack_ratio`), or, when no such layer is unpacked
-    (or no snapshotter is available), :data:`~cargohold.plan.DEFAULT_UNPACK_RATIO` (2.5).
+    (or no snapshotter is available), :data:`~cargohold.bake.plan.DEFAULT_UNPACK_RATIO` (2.5).
 
 Entries are resolved concurrently (``jobs`` at a time; the registry client's per-host limit
 still applies), each reported to :class:`ResolveEvents` as it resolves or fails.
@@ -35,6 +35,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cargohold.bake.plan import (
+    DEFAULT_MODEL,
+    DEFAULT_UNPACK_RATIO,
+    CostModel,
+    Plan,
+    PlanImage,
+    estimate_unpacked,
+    plan,
+)
+from cargohold.bake.spec import CacheSpec, ImageEntry
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -42,7 +52,7 @@ from cargohold.errors import (
     NotFoundError,
     UnsupportedError,
 )
-from cargohold.imagecontent import image_contents, present_configs
+from cargohold.images.content import image_contents, present_configs
 from cargohold.interrupts import held, wait_until
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -57,16 +67,6 @@ from cargohold.oci.manifest import (
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
-from cargohold.plan import (
-    DEFAULT_MODEL,
-    DEFAULT_UNPACK_RATIO,
-    CostModel,
-    Plan,
-    PlanImage,
-    estimate_unpacked,
-    plan,
-)
-from cargohold.spec import CacheSpec, ImageEntry
 from cargohold.store.interfaces import ContentStore, ImageStore
 from cargohold.units import format_size
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
@@ -220,7 +220,7 @@ class UnpackRatio:
     it was measured on: the layers of the store's images that are unpacked, each at least
     :data:`RATIO_MIN_LAYER` compressed, each counted once, weighted by their bytes (total
     unpacked / total compressed), clamped to :data:`RATIO_RANGE`; the default
-    (:data:`~cargohold.plan.DEFAULT_UNPACK_RATIO`) when no such layer is unpacked."""
+    (:data:`~cargohold.bake.plan.DEFAULT_UNPACK_RATIO`) when no such layer is unpacked."""
 
     value: float = DEFAULT_UNPACK_RATIO
     #: The ratio measured before clamping (None: nothing to measure on).
@@ -444,7 +444,7 @@ def _has_blob(content: ContentStore | None, digest: str, size: int) -> bool:
 
 def present_footprint(catalog: Sequence[CatalogImage]) -> list[PlanImage]:
     """What the store already holds of the catalog's images, one present pseudo-image
-    (:attr:`PlanImage.present <cargohold.plan.PlanImage>`) per image holding something,
+    (:attr:`PlanImage.present <cargohold.bake.plan.PlanImage>`) per image holding something,
     named as the image: its blobs and chains are disk in use whatever the plan decides
     (nothing is deleted), so an image sharing them pays nothing more for them, pulling an
     image whose chains are all committed is free, and an infeasible plan names the images

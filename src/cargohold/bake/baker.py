@@ -4,7 +4,7 @@
 crash, a Ctrl-C or a failed image picks up where the last run stopped:
 
 1. **plan**: resolve every entry (manifests and configs only) and decide pull / fetch /
-   skip under the budget (:mod:`cargohold.plan`). The plan is saved under the root
+   skip under the budget (:mod:`cargohold.bake.plan`). The plan is saved under the root
    (``bakes/<key>.json``, keyed by the spec's bytes, the store and the namespace) and a
    later bake of the same spec **reuses its decisions** as long as every image still
    resolves to the digest it was planned with: measurements taken while baking (unpacked
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold import __version__
-from cargohold.catalog import (
+from cargohold.bake.catalog import (
     CatalogImage,
     ResolveEvents,
     UnpackRatio,
@@ -54,7 +54,8 @@ from cargohold.catalog import (
     resolve_spec,
     unpack_ratio,
 )
-from cargohold.du import disk_usage
+from cargohold.bake.plan import DEFAULT_MODEL, CostModel, Decision
+from cargohold.bake.spec import CacheSpec, ImageEntry, format_size
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -62,7 +63,12 @@ from cargohold.errors import (
     DigestMismatchError,
     OutOfSpaceError,
 )
-from cargohold.fetch import (
+from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.maintain.du import disk_usage
+from cargohold.maintain.verify import Problem, verify
+from cargohold.node.warmorder import label_record
+from cargohold.oci.descriptor import Platform
+from cargohold.pull.fetch import (
     CommittedBlobs,
     Fetcher,
     FetchEvents,
@@ -70,13 +76,7 @@ from cargohold.fetch import (
     FetchResult,
     RecordPolicy,
 )
-from cargohold.interrupts import held, shutdown, wait_until
-from cargohold.oci.descriptor import Platform
-from cargohold.plan import DEFAULT_MODEL, CostModel, Decision
-from cargohold.spec import CacheSpec, ImageEntry, format_size
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
-from cargohold.verify import Problem, verify
-from cargohold.warmorder import label_record
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
 
@@ -89,7 +89,7 @@ def _now() -> str:
 
 
 def spec_digest(spec: CacheSpec) -> str:
-    """sha256 of the spec file's bytes as :func:`~cargohold.spec.load_spec` read them (what
+    """sha256 of the spec file's bytes as :func:`~cargohold.bake.spec.load_spec` read them (what
     a reused plan is keyed by); of the spec's path for a spec parsed from text."""
     return spec.digest or "sha256:" + hashlib.sha256(spec.path.encode()).hexdigest()
 

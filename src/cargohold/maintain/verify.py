@@ -10,7 +10,7 @@ several images share it. Problems (:class:`Problem`, ``kind``):
 * ``truncated`` - the blob file is shorter than its descriptor says;
 * ``corrupt``   - the blob is longer than its descriptor, or its bytes hash to another digest;
 * ``incomplete`` - one per image that has any of the above (or that
-  :func:`~cargohold.imagecontent.image_contents` finds incomplete), naming its platforms;
+  :func:`~cargohold.images.content.image_contents` finds incomplete), naming its platforms;
 * ``snapshot_missing`` - the config blob carries ``containerd.io/gc.ref.snapshot.<name>``
   (the image was unpacked) but the snapshotter has no committed snapshot of that chain ID;
 * ``snapshot_unreferenced`` - the image is unpacked (the top chain ID of its config's
@@ -26,7 +26,7 @@ they are not read again. Every other blob is re-hashed, ``jobs`` at a time (hash
 outside the GIL; on containerd the blob files are read directly when its root is on this
 machine, see ``ContainerdContentStore.reader``).
 
-Repair (``repair_with`` a :class:`~cargohold.fetch.Fetcher`): corrupt and truncated blobs are
+Repair (``repair_with`` a :class:`~cargohold.pull.fetch.Fetcher`): corrupt and truncated blobs are
 deleted, then every damaged image is fetched again by its record name (the record's
 reference; records whose name is not a reference, e.g. CRI's ``sha256:<config>`` records,
 are mended through another record of the same target) for the platforms it had (this
@@ -49,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.imagecontent import image_contents
+from cargohold.images.content import image_contents
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids

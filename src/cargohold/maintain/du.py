@@ -4,7 +4,7 @@ For every image record:
 
 * **content**: the blobs reachable from the record that the store holds (target, the
   index's manifests present, their configs and layers; see
-  :func:`~cargohold.imagecontent.image_contents`), sized by their files on disk;
+  :func:`~cargohold.images.content.image_contents`), sized by their files on disk;
 * **snapshots**: the chain IDs of its layers (from the configs' ``diff_ids``) that the
   snapshotter has, sized by the snapshotter's usage (only when the store has a snapshotter,
   ``store.snapshots``, or one is passed).
@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.catalog import layer_chains
+from cargohold.bake.catalog import layer_chains
 from cargohold.errors import CargoholdError
-from cargohold.imagecontent import image_contents, present_configs
-from cargohold.verify import select_images
+from cargohold.images.content import image_contents, present_configs
+from cargohold.maintain.verify import select_images
 
 __all__ = ["DiskUsage", "ImageUsage", "disk_usage"]
 

@@ -22,10 +22,10 @@ from contextvars import ContextVar
 from typing import Any, BinaryIO
 
 from cargohold.errors import CargoholdError, Interrupted, NotFoundError
-from cargohold.fetch import FetchEvents, ForwardingEvents
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
+from cargohold.pull.fetch import FetchEvents, ForwardingEvents
 from cargohold.store.interfaces import ContentInfo, ContentStore, ContentWriter, IngestStatus
 
 #: The reference whose image the current thread unpacks (set by the caller; unpack worker

@@ -3,7 +3,7 @@
 On a running node (the other half of ``bake``'s trade) :class:`Warmer`:
 
 1. **gathers** the images: those a spec names, or (no spec) every image record ``bake``
-   labelled with its priority (:mod:`cargohold.warmorder`); one item per image target;
+   labelled with its priority (:mod:`cargohold.node.warmorder`); one item per image target;
 2. **sizes** each: the layers whose chains are not committed yet and their unpacked bytes
    (read off the blobs: gzip trailer, zstd frame header; else estimated at the store's
    measured ratio), hence the expected seconds at the calibrated throughput. Images whose
@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cargohold.catalog import local_tar_size, unpack_ratio
+from cargohold.bake.catalog import local_tar_size, unpack_ratio
+from cargohold.bake.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estimate_unpacked
+from cargohold.bake.spec import CacheSpec, format_size
 from cargohold.errors import (
     CargoholdError,
     ConflictError,
@@ -51,11 +53,10 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnavailableError,
 )
-from cargohold.fetch import image_name
 from cargohold.node.disk import fs_space
+from cargohold.node.warmorder import expected_seconds, parse_record_labels, wspt_order
 from cargohold.oci.descriptor import Descriptor, Platform
-from cargohold.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estimate_unpacked
-from cargohold.spec import CacheSpec, format_size
+from cargohold.pull.fetch import image_name
 from cargohold.store.interfaces import (
     KIND_ACTIVE,
     ImageStore,
@@ -70,7 +71,6 @@ from cargohold.unpack.image import (
     highest_committed,
     resolve_image,
 )
-from cargohold.warmorder import expected_seconds, parse_record_labels, wspt_order
 
 __all__ = [
     "WarmEvents",

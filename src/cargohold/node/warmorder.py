@@ -11,7 +11,7 @@ of unpack they would cost again -- what an evicting command drops first.
 
 The expected seconds come from the image's unpacked bytes and the store's calibrated
 throughput: :func:`expected_seconds` is the planner's fetched-image penalty
-(:meth:`~cargohold.plan.CostModel.fetch_penalty`), so plan, bake and warm agree.
+(:meth:`~cargohold.bake.plan.CostModel.fetch_penalty`), so plan, bake and warm agree.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
+from cargohold.bake.plan import CostModel
 from cargohold.errors import InvalidInputError
 from cargohold.node.labels import LABEL_CRITICAL, LABEL_PRIORITY, image_critical, image_priority
-from cargohold.plan import CostModel
 from cargohold.store.interfaces import ImageStore
 
 __all__ = [
