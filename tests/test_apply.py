@@ -1043,3 +1043,42 @@ def test_generated_hostile_tars_never_write_outside_the_target(
         assert listing(sentinel) == before
         assert sorted(os.listdir(base)) == ["sentinel", "work"]
         assert os.listdir(base / "work") == ["target"]
+
+
+class _SlowReader:
+    """A layer stream whose reads take a while (a decompressor working on a chunk); records
+    whether a read is in progress, as a decompressor closed under one would crash."""
+
+    def __init__(self) -> None:
+        self.reading = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        self.reading = True
+        time.sleep(0.3)  # the work of one read, not a synchronisation
+        self.reading = False
+        return b""
+
+
+def test_interrupt_while_starting_the_read_ahead_thread_stops_it_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal held while the read-ahead thread starts is raised once it has started
+    (cargohold.interrupts.held). apply_layer must not return (raise) before that thread has
+    stopped: its caller then closes the stream the thread reads, and a decompressor closed
+    under a read in progress crashed the interpreter (SIGSEGV of an interrupted bake)."""
+    import threading
+
+    start = threading.Thread.start
+
+    def start_then_interrupt(self: threading.Thread) -> None:
+        start(self)
+        if self.name == "layer-read":
+            raise KeyboardInterrupt  # what held() raises for a signal that came meanwhile
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    raw = _SlowReader()
+    with pytest.raises(KeyboardInterrupt):
+        apply_layer(raw, tmp_path / "t", mode="flat", diff_id=None, is_root=False,
+                    prefetch=True)
+    assert not raw.reading
+    assert not [t for t in threading.enumerate() if t.name == "layer-read"]

@@ -53,7 +53,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.images.content import image_contents, present_configs
-from cargohold.interrupts import held, wait_until
+from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
@@ -524,11 +524,14 @@ def resolve_spec(
                 failures.append((entry, e))
     except BaseException as e:
         pool.shutdown(wait=False, cancel_futures=True)  # the error (or Ctrl-C) first
-        if isinstance(e, KeyboardInterrupt | Interrupted):
+        abort = getattr(registry, "abort", None)
+        if isinstance(e, KeyboardInterrupt | Interrupted) and callable(abort):
             # requests in flight end now (their sockets shut down), not at the read timeout
-            abort = getattr(registry, "abort", None)
-            if callable(abort):
-                abort()
+            abort()
+        # No resolve outlives this call: the store and the registry client it uses are
+        # closed by the caller next (a worker left running under them can crash the
+        # interpreter at exit).
+        shutdown(pool, abort if callable(abort) else None)
         raise
     finally:
         report.finished()

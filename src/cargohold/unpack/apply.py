@@ -240,8 +240,10 @@ class _Prefetcher:
         try:
             with held():  # Thread.start waits for the thread: not interruptible
                 self._thread.start()
-        except BaseException:  # a signal held above: the thread stops at its next chunk
-            self._stop.set()
+        except BaseException:  # a signal held above: the thread has started already
+            # Wait for it to stop (at its next chunk) before the caller closes the stream
+            # it reads: a decompressor closed under a read in progress crashes (SIGSEGV).
+            self.close()
             raise
 
     def _run(self) -> None:
@@ -282,6 +284,8 @@ class _Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread.ident is None:  # never started
+            return
         if self._polled:
             wait_until(lambda: not self._thread.is_alive(), self._stop.set)
         else:
@@ -1391,8 +1395,10 @@ def apply_layer(
         where = f" at entry {_show(applier.current)}" if applier.current else ""
         raise CargoholdError(f"applying the layer onto {target} failed{where}: {e}") from e
     finally:
-        applier.tree.close()
-        src.close()
+        try:
+            applier.tree.close()
+        finally:
+            src.close()  # the read-ahead thread ends before the caller closes the stream
     stats.tar_bytes = src.total
     stats.diff_id = Digest("sha256", src.hasher.hexdigest())
     stats.seconds = time.perf_counter() - t0
