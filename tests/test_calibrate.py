@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from cargohold.measure import calibration as calmod
 from cargohold.bake.plan import DEFAULT_MODEL
 from cargohold.cli.calibrate_cmd import synthetic_image
 from cargohold.cli.main import main
 from cargohold.errors import InvalidInputError
 from cargohold.imagebuild import samples
+from cargohold.measure import calibration as calmod
 from cargohold.measure.calibration import (
     Calibration,
     calibration_path,
