@@ -53,6 +53,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.images.content import image_contents, present_configs
+from cargohold.images.walk import read_verified_blob
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -194,16 +195,7 @@ def local_tar_size(content: ContentStore | None, layer: Descriptor) -> int | Non
 
 def _local_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
     """The blob from the store if it is there with the right size and digest."""
-    try:
-        if content.info(desc.digest).size != desc.size:
-            return None
-        with content.reader(desc.digest) as r:
-            data = r.read(desc.size + 1)
-    except (CargoholdError, OSError):
-        return None
-    if len(data) != desc.size or Digest.from_bytes(data, desc.digest.algorithm) != desc.digest:
-        return None
-    return data
+    return read_verified_blob(content, desc)
 
 
 #: Layers smaller than this (compressed) are left out of the measured ratio: a tar pads to

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cargohold.errors import CargoholdError, NotFoundError
+from cargohold.images.walk import read_blob
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.manifest import (
@@ -16,6 +17,8 @@ from cargohold.oci.manifest import (
     parse_manifest_or_index,
 )
 from cargohold.store.interfaces import ContentStore
+
+__all__ = ["ImageContents", "image_contents", "present_configs", "read_blob"]
 
 
 @dataclass
@@ -35,17 +38,6 @@ class ImageContents:
     @property
     def present_bytes(self) -> int:
         return sum(d.size for d, present in self.blobs if present)
-
-
-def read_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
-    try:
-        info = content.info(desc.digest)
-    except NotFoundError:
-        return None
-    if info.size != desc.size:
-        return None
-    with content.reader(desc.digest) as r:
-        return r.read(desc.size + 1)
 
 
 def image_contents(content: ContentStore, target: Descriptor) -> ImageContents:

@@ -33,6 +33,7 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnsupportedError,
 )
+from cargohold.images.walk import read_blob
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import leased
 from cargohold.node.labels import LABEL_CRI_PINNED
@@ -531,14 +532,7 @@ class Fetcher:
         return parsed
 
     def _read_local(self, desc: Descriptor) -> bytes | None:
-        try:
-            info = self.store.content.info(desc.digest)
-        except NotFoundError:
-            return None
-        if info.size != desc.size:
-            return None
-        with self.store.content.reader(desc.digest) as r:
-            return r.read(desc.size + 1)
+        return read_blob(self.store.content, desc)
 
     def _commit_bytes(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
         w = self._writer(desc)
