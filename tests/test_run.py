@@ -15,18 +15,13 @@ from typing import Any
 
 import pytest
 
-from cargohold.cli.containers_cmd import (
-    DEFAULT_CAPABILITIES,
-    User,
-    read_in_root,
-    resolve_user,
-    runtime_spec,
-)
 from cargohold.errors import InvalidInputError, UnsupportedError
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.oci.manifest import ImageConfig
+from cargohold.runtime.spec import DEFAULT_CAPABILITIES, runtime_spec
+from cargohold.runtime.users import User, read_in_root, resolve_user
 from tests.rig.images import Pushed, push
 from tests.rig.needs import needs_root
 from tests.rig.services import Registry, require_binary
@@ -254,3 +249,29 @@ def test_read_in_root_never_leaves_the_root(tmp_path: Path) -> None:
     assert resolve_user(r, "good") == User(5, 5, (), "/")
     os.symlink("loop", r / "loop")
     assert read_in_root(r, "/loop") is None
+
+
+def test_user_files_behind_hostile_directory_links_stay_in_the_rootfs(tmp_path: Path) -> None:
+    """/etc itself a link out of the rootfs (absolute, or ../ past the root): the confined
+    walk re-roots it, so resolve_user sees the rootfs's files or none, never the host's."""
+    host = tmp_path / "host"
+    (host / "etc").mkdir(parents=True)
+    (host / "etc/passwd").write_text("evil:x:0:0::/:/bin/sh\n")
+    (host / "etc/shadow").write_text("evil:secret\n")
+    r = tmp_path / "rootfs"
+    r.mkdir()
+    os.symlink(str(host / "etc"), r / "etc")  # absolute link to the host's directory
+    assert read_in_root(r, "/etc/passwd") is None
+    with pytest.raises(InvalidInputError):
+        resolve_user(r, "evil")
+    os.unlink(r / "etc")
+    os.symlink("../../host/etc", r / "etc")  # relative, climbing past the root
+    assert read_in_root(r, "/etc/passwd") is None
+    (r / "x").mkdir()
+    os.symlink("../../host/etc/shadow", r / "x/passwd")
+    os.unlink(r / "etc")
+    os.symlink("x", r / "etc")
+    assert read_in_root(r, "/etc/passwd") is None  # /etc/passwd -> ../../host/etc/shadow
+    (r / "host/etc").mkdir(parents=True)
+    (r / "host/etc/shadow").write_text("inside:x:7:7::/:/bin/sh\n")
+    assert resolve_user(r, "inside") == User(7, 7, (), "/")  # clamped at the rootfs's /

@@ -14,17 +14,14 @@ import os
 import secrets
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import click
 
@@ -39,13 +36,13 @@ from cargohold.errors import (
     AlreadyExistsError,
     CargoholdError,
     ConflictError,
-    InvalidInputError,
     NotFoundError,
     UnsupportedError,
 )
 from cargohold.mount import is_mountpoint, mount_all, unmount_all
 from cargohold.oci.descriptor import Platform
-from cargohold.oci.manifest import ImageConfig
+from cargohold.runtime.spec import runtime_spec
+from cargohold.runtime.users import resolve_user
 from cargohold.store.embedded.containers import (
     LABEL_CONTAINER,
     LABEL_GC_ROOT,
@@ -59,7 +56,6 @@ from cargohold.unpack.image import ResolvedImage, UnpackResult
 #: runc's state directory for cargohold's containers (runc's default is /run/runc).
 RUNC_ROOT = "/run/cargohold/runc"
 RUNC_PACKAGE = "runc"
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # ---------------------------------------------------------------- create
 
@@ -289,187 +285,6 @@ def containers_rm(app: App, names: tuple[str, ...]) -> None:
         for name in names:
             remove_container(store, name)
             app.out.data(name)
-
-
-# ---------------------------------------------------------------- the OCI runtime bundle
-
-DEFAULT_CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]  # fmt: skip
-MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-    "/proc/scsi",
-]  # fmt: skip
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-NAMESPACES = ["pid", "ipc", "uts", "mount", "network"]
-
-
-def default_mounts() -> list[dict[str, Any]]:
-    """proc, /dev (tmpfs), devpts, shm, mqueue, sysfs (read-only) and /run."""
-
-    def m(dest: str, typ: str, src: str, opts: list[str]) -> dict[str, Any]:
-        return {"destination": dest, "type": typ, "source": src, "options": opts}
-
-    return [
-        m("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
-        m("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        m("/dev/pts", "devpts", "devpts",
-          ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-        m("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        m("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
-        m("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
-        m("/run", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
-    ]
-
-
-def read_in_root(root: Path, path: str, limit: int = 4 << 20) -> bytes | None:
-    """The bytes of the regular file ``path`` inside ``root``, resolving symlinks as if
-    ``root`` were ``/`` (never leaving it); None if it does not exist or is not a file."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    cur: list[str] = []
-    hops = 0
-    while parts:
-        p = parts.pop(0)
-        if p == "..":
-            if cur:
-                cur.pop()
-            continue
-        full = root.joinpath(*cur, p)
-        try:
-            st = os.lstat(full)
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(full)
-            if target.startswith("/"):
-                cur = []
-            parts = [x for x in target.split("/") if x not in ("", ".")] + parts
-            continue
-        cur.append(p)
-    try:
-        fd = os.open(root.joinpath(*cur), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(limit)
-    finally:
-        os.close(fd)
-
-
-def _table(data: bytes | None) -> list[list[str]]:
-    if not data:
-        return []
-    out = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        if line and not line.startswith("#"):
-            out.append(line.split(":"))
-    return out
-
-
-@dataclass(frozen=True)
-class User:
-    uid: int
-    gid: int
-    additional_gids: tuple[int, ...] = ()
-    home: str = "/"
-
-
-def resolve_user(rootfs: Path, text: str) -> User:
-    """The image config's ``User`` (``""``, ``uid``, ``name``, ``uid:gid``, ``name:group``...)
-    as numbers, from the rootfs's /etc/passwd and /etc/group (as containerd does)."""
-    passwd = _table(read_in_root(rootfs, "/etc/passwd"))
-    groups = _table(read_in_root(rootfs, "/etc/group"))
-    user, _, group = (text or "0").partition(":")
-    entry: list[str] | None = None
-    if user.isdigit():
-        uid = int(user)
-        entry = next((e for e in passwd if len(e) >= 4 and e[2] == user), None)
-    else:
-        entry = next((e for e in passwd if len(e) >= 4 and e[0] == user), None)
-        if entry is None or not entry[2].isdigit():
-            raise InvalidInputError(f"user {user!r} is not in the image's /etc/passwd")
-        uid = int(entry[2])
-    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
-    home = entry[5] if entry is not None and len(entry) >= 6 and entry[5] else "/"
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            g = next((e for e in groups if len(e) >= 3 and e[0] == group), None)
-            if g is None or not g[2].isdigit():
-                raise InvalidInputError(f"group {group!r} is not in the image's /etc/group")
-            gid = int(g[2])
-    extra: list[int] = []
-    if entry is not None and not group:
-        name = entry[0]
-        for g in groups:
-            if (len(g) >= 4 and g[2].isdigit() and name in g[3].split(",")
-                    and int(g[2]) != gid and int(g[2]) not in extra):
-                extra.append(int(g[2]))
-    return User(uid, gid, tuple(extra), home)
-
-
-def process_args(config: ImageConfig, command: Sequence[str]) -> list[str]:
-    """Entrypoint + cmd; a command given on the command line replaces cmd."""
-    args = [*config.entrypoint, *(command or config.cmd)]
-    if not args:
-        raise InvalidInputError(
-            "the image has no entrypoint or cmd: give a command after --",
-            hint="cargohold run REF -- /bin/sh -c '...'",
-        )
-    return args
-
-
-def process_env(config: ImageConfig, user: User) -> list[str]:
-    env = list(config.env)
-    keys = {e.split("=", 1)[0] for e in env}
-    if "PATH" not in keys:
-        env.insert(0, DEFAULT_PATH)
-    if "HOME" not in keys:
-        env.append(f"HOME={user.home}")
-    return env
-
-
-def runtime_spec(config: ImageConfig, command: Sequence[str], rootfs: Path, *,
-                 hostname: str, user: User) -> dict[str, Any]:
-    """The bundle's ``config.json`` (OCI runtime spec 1.0): the image's process on ``rootfs``
-    with containerd's default mounts, capabilities, masked paths and namespaces (a new network
-    namespace has only the loopback interface, which runc brings up)."""
-    process: dict[str, Any] = {
-        "terminal": False,
-        "user": {"uid": user.uid, "gid": user.gid},
-        "args": process_args(config, command),
-        "env": process_env(config, user),
-        "cwd": config.working_dir or "/",
-        "capabilities": {k: list(DEFAULT_CAPABILITIES)
-                         for k in ("bounding", "effective", "permitted")},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": True,
-    }
-    if user.additional_gids:
-        process["user"]["additionalGids"] = list(user.additional_gids)
-    return {
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": str(rootfs), "readonly": False},
-        "hostname": hostname,
-        "mounts": default_mounts(),
-        "linux": {
-            "namespaces": [{"type": t} for t in NAMESPACES],
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-        },
-    }
 
 
 # ---------------------------------------------------------------- run
