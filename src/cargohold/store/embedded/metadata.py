@@ -25,7 +25,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,9 +118,21 @@ def load_labels(text: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in obj.items()} if isinstance(obj, dict) else {}
 
 
+def _primary_code(e: sqlite3.Error) -> int | None:
+    """The primary SQLite result code of ``e`` (extended codes such as SQLITE_BUSY_RECOVERY
+    folded into their primary code), or None."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_busy(e: sqlite3.Error) -> bool:
+    """Whether ``e`` says another connection holds a lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    return _primary_code(e) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
 def translate(e: sqlite3.Error, what: str, kind: str = "metadata") -> CargoholdError:
     """Map an SQLite error to cargohold's error tree (``kind``: whose database it is)."""
-    code = getattr(e, "sqlite_errorcode", None)
+    code = _primary_code(e)
     if code == _SQLITE_FULL:
         return OutOfSpaceError(f"{what}: no space left for the {kind} database ({e})")
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
@@ -205,6 +218,28 @@ class SqliteDB:
     def translate(self, e: sqlite3.Error, what: str) -> CargoholdError:
         return translate(e, what, self.kind)
 
+    def set_up(self, steps: Callable[[sqlite3.Connection], None], what: str) -> None:
+        """Run the opening ``steps`` (WAL mode, schema) on this thread's connection, retried
+        while another process holds a lock. SQLite answers some of those races with an
+        immediate SQLITE_BUSY that skips the busy handler (switching to WAL, WAL recovery
+        while a second process opens the same new database), so ``timeout`` is honoured
+        here. Closes the database and raises the translated error when it does not settle."""
+        deadline = time.monotonic() + self._timeout
+        pause = 0.005
+        while True:
+            try:
+                steps(self.conn())
+                return
+            except sqlite3.Error as e:
+                if not is_busy(e) or time.monotonic() >= deadline:
+                    self.close()
+                    raise self.translate(e, what) from e
+            except BaseException:
+                self.close()
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
     @contextmanager
     def write(self, what: str = "writing metadata") -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
@@ -253,13 +288,11 @@ class MetadataDB(SqliteDB):
     def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
         super().__init__(path, timeout=timeout, closed_name=f"the store's database {path}",
                          foreign_keys=True)
-        try:
-            conn = self.conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate(conn)
-        except sqlite3.Error as e:
-            self.close()
-            raise translate(e, f"opening {path}") from e
+        self.set_up(self._open_steps, f"opening {path}")
+
+    def _open_steps(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate(conn)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -278,7 +311,8 @@ class MetadataDB(SqliteDB):
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
 
     def schema_version(self) -> int:

@@ -208,6 +208,12 @@ def disk_usage(path: Path) -> Usage:
     return Usage(size, inodes)
 
 
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    for stmt in _SCHEMA:
+        conn.execute(stmt)
+
+
 class EmbeddedSnapshotter:
     """Snapshots under ``<root>/snapshots`` with the ``overlay`` or ``flat`` backend.
 
@@ -251,14 +257,7 @@ class EmbeddedSnapshotter:
                             closed_name=f"the snapshotter at {self.dir}")
         self._conn = self._db.conn
         self._write = self._db.write
-        try:
-            conn = self._conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            for stmt in _SCHEMA:
-                conn.execute(stmt)
-        except sqlite3.Error as e:
-            self.close()
-            raise self._db.translate(e, f"opening {self.dir / DB_FILE}") from e
+        self._db.set_up(_create_schema, f"opening {self.dir / DB_FILE}")
 
     # ------------------------------------------------------------ naming
 
