@@ -30,23 +30,19 @@ A bake never deletes anything: images dropped from a spec stay until ``images rm
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cargohold import __version__
 from cargohold.bake.catalog import (
     CatalogImage,
+    CatalogPlan,
     ResolveEvents,
     UnpackRatio,
     budget_hint,
@@ -56,6 +52,18 @@ from cargohold.bake.catalog import (
 )
 from cargohold.bake.plan import DEFAULT_MODEL, CostModel, Decision
 from cargohold.bake.spec import CacheSpec, ImageEntry, format_size
+from cargohold.bake.state import (
+    PlanKey,
+    SavedBake,
+    load_state,
+    spec_digest,
+    spec_path,
+    state_path,
+    write_json_atomic,
+)
+from cargohold.bake.state import (
+    now as _now,
+)
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -78,58 +86,7 @@ from cargohold.pull.fetch import (
 )
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
-__all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
-
-STATE_DIR = "bakes"
-STATE_VERSION = 1
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def spec_digest(spec: CacheSpec) -> str:
-    """sha256 of the spec file's bytes as :func:`~cargohold.bake.spec.load_spec` read them (what
-    a reused plan is keyed by); of the spec's path for a spec parsed from text."""
-    return spec.digest or "sha256:" + hashlib.sha256(spec.path.encode()).hexdigest()
-
-
-def spec_path(spec: CacheSpec) -> str:
-    """The spec's file as an absolute path (a spec parsed from text: its name as given)."""
-    return os.path.abspath(spec.path) if spec.digest else spec.path
-
-
-def state_path(root: Path, spec: CacheSpec, store: str, namespace: str) -> Path:
-    key = hashlib.sha256(
-        f"{spec_digest(spec)}\0{store}\0{namespace}".encode()
-    ).hexdigest()[:20]
-    return Path(root) / STATE_DIR / f"{key}.json"
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path``: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would (mkstemp makes it 0600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
+__all__ = ["BakeImage", "BakeReport", "Baker", "state_path", "write_json_atomic"]
 
 @dataclass
 class BakeImage:
@@ -253,7 +210,7 @@ class BakeReport:
     namespace: str
     budget: int | None
     reserve: int
-    plan: dict[str, Any]
+    plan: CatalogPlan
     plan_reused: bool
     images: list[BakeImage]
     started_at: str = field(default_factory=_now)
@@ -329,13 +286,13 @@ class BakeReport:
                 "over_plan": [{"name": n, "bytes": b, "reason": why}
                               for n, b, why in self.over_budget_causes()],
                 "bytes_transferred": sum(i.bytes_transferred for i in self.images),
-                "planned_total_bytes": self.plan.get("total_bytes"),
-                "planned_penalty_seconds": self.plan.get("total_penalty"),
+                "planned_total_bytes": self.plan.total_bytes,
+                "planned_penalty_seconds": self.plan.total_penalty,
                 "seconds": round(self.seconds, 3),
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
             },
             "problems": [p.to_json() for p in self.problems],
-            "plan": self.plan,
+            "plan": self.plan.to_json(),
         }
 
 
@@ -413,7 +370,7 @@ class Baker:
         phases: dict[str, float] = {}
         with self._timed(phases, "plan"):
             catalog = self._catalog()
-            plan_doc, reused = self._plan(catalog)
+            plan, reused = self._plan(catalog)
         report = self.report = BakeReport(
             spec=spec_path(self.spec),
             spec_digest=spec_digest(self.spec),
@@ -421,9 +378,9 @@ class Baker:
             namespace=self.namespace,
             budget=self.options.budget,
             reserve=self.options.reserve,
-            plan=plan_doc,
+            plan=plan,
             plan_reused=reused,
-            images=self._images(catalog, plan_doc),
+            images=self._images(catalog, plan),
             phases=phases,
         )
         try:
@@ -434,15 +391,15 @@ class Baker:
 
     def _bake(self, report: BakeReport, catalog: list[CatalogImage],
               phases: dict[str, float]) -> None:
-        if not report.plan["feasible"]:
+        if not report.plan.feasible:
             self._save_state(report, catalog, status="failed")
-            raise BudgetError(str(report.plan["reason"]), hint=budget_hint(report.plan))
+            raise BudgetError(report.plan.reason, hint=budget_hint(report.plan))
         self._check_free_space(report)
         self._save_state(report, catalog, status="baking")
 
         with self._timed(phases, "fetch"):
             self._fetch(report)
-        if not report.plan.get("refined"):
+        if not report.plan.refined:
             with self._timed(phases, "replan"):
                 try:
                     self._refine(report, catalog)
@@ -499,94 +456,71 @@ class Baker:
     def _state_file(self) -> Path:
         return state_path(self.root, self.spec, self.store_kind, self.namespace)
 
-    def _options_key(self) -> dict[str, Any]:
+    def _options_key(self) -> PlanKey:
         """What, besides the spec and the digests, a saved plan was made for."""
         sn = self._snapshots()
-        return {
-            "budget": self.options.budget,
-            "snapshotter": str(getattr(sn, "name", "")),
-            "cri_records": self.options.cri_records,
-        }
+        return PlanKey(self.options.budget, str(getattr(sn, "name", "")),
+                       self.options.cri_records)
 
-    def _plan(self, catalog: list[CatalogImage]) -> tuple[dict[str, Any], bool]:
+    def _plan(self, catalog: list[CatalogImage]) -> tuple[CatalogPlan, bool]:
         """The saved plan of this spec if it still applies, else a new one."""
         if not self.options.replan:
-            saved = self._load_state()
+            saved = load_state(self._state_file())
             if saved is not None and self._applies(saved, catalog):
-                return dict(saved["plan"]), True
-        _, doc = plan_catalog(catalog, self.options.budget, model=self.options.model)
-        doc["refined"] = False
-        doc["unpack_ratio"] = self.ratio.to_json()
-        return doc, False
+                return saved.plan, True
+        fresh = plan_catalog(catalog, self.options.budget, model=self.options.model)
+        return replace(fresh, refined=False, unpack_ratio=self.ratio), False
 
-    def _applies(self, saved: dict[str, Any], catalog: list[CatalogImage]) -> bool:
+    def _applies(self, saved: SavedBake, catalog: list[CatalogImage]) -> bool:
         """A saved plan applies while its bake finished or was interrupted (not failed),
         every image resolves to the digest and platforms it was planned with, and the
         budget, snapshotter and record policy are the same. Images that cannot be resolved
         now (a registry blip) are failed by this bake; the others keep their decisions."""
-        if saved.get("status") not in ("baking", "complete"):
+        if saved.status not in ("baking", "complete"):
             return False
-        if saved.get("options") != self._options_key():
+        if saved.options != self._options_key():
             return False
-        digests = saved.get("digests") or {}
-        platforms = saved.get("platforms") or {}
         for c in catalog:
             name = c.image.name
-            if digests.get(name) != str(c.target.digest):
+            if saved.digests.get(name) != str(c.target.digest):
                 return False
-            if platforms.get(name) != list(c.platforms):
+            if saved.platforms.get(name) != tuple(c.platforms):
                 return False
-        planned = {str(r["name"]) for r in saved["plan"]["images"]}
+        planned = {r.name for r in saved.plan.images}
         return planned == {c.image.name for c in catalog} | {
             str(e.ref) for e, _ in self.unresolved
         }
 
-    def _load_state(self) -> dict[str, Any] | None:
-        path = self._state_file()
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return None  # a damaged state file only costs a fresh plan
-        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
-            return None
-        return doc
-
     def _save_state(self, report: BakeReport, catalog: list[CatalogImage], status: str) -> None:
         if self.unresolved and not report.plan_reused:
             return  # never replace a plan with one made while some images did not resolve
-        write_json_atomic(self._state_file(), {
-            "version": STATE_VERSION,
-            "status": status,
-            "updated_at": _now(),
-            "spec": report.spec,
-            "spec_digest": report.spec_digest,
-            "store": self.store_kind,
-            "namespace": self.namespace,
-            "options": self._options_key(),
-            "digests": {c.image.name: str(c.target.digest) for c in catalog},
-            "platforms": {c.image.name: list(c.platforms) for c in catalog},
-            "plan": report.plan,
-        })
+        write_json_atomic(self._state_file(), SavedBake(
+            status=status,
+            spec=report.spec,
+            spec_digest=report.spec_digest,
+            store=self.store_kind,
+            namespace=self.namespace,
+            options=self._options_key(),
+            digests={c.image.name: str(c.target.digest) for c in catalog},
+            platforms={c.image.name: tuple(c.platforms) for c in catalog},
+            plan=report.plan,
+        ).to_json())
 
-    def _images(self, catalog: list[CatalogImage], plan_doc: dict[str, Any]) -> list[BakeImage]:
-        rows = {str(r["name"]): r for r in plan_doc["images"]}
+    def _images(self, catalog: list[CatalogImage], plan: CatalogPlan) -> list[BakeImage]:
         out: list[BakeImage] = []
         for c in catalog:
-            r = rows[c.image.name]
-            decision: Decision = r["decision"]
+            r = plan.row(c.image.name).plan
             out.append(BakeImage(
                 name=c.image.name,
-                decision=decision,
+                decision=r.decision,
                 critical=c.image.critical,
                 priority=c.image.priority,
                 platforms=list(c.platforms),
                 digest=str(c.target.digest),
-                planned_compressed_bytes=int(r["compressed_bytes"]),
-                planned_unpacked_bytes=int(r["unpacked_bytes"]),
-                penalty_seconds=float(r["penalty_seconds"]),
-                status="skipped" if decision == "skip" else "pending",
+                planned_compressed_bytes=r.compressed_bytes,
+                planned_unpacked_bytes=r.unpacked_bytes,
+                penalty_seconds=r.penalty_seconds,
+                status="skipped" if r.decision == "skip" else "pending",
             ))
         for entry, error in self.unresolved:
             img = BakeImage(
@@ -604,8 +538,7 @@ class Baker:
         reserve (containerd's disk is not ours to see)."""
         if self.store_kind != "embedded":
             return
-        need = int(report.plan.get("total_bytes") or 0)
-        new = max(0, need - int(report.plan.get("present_bytes") or 0))
+        new = max(0, report.plan.total_bytes - report.plan.present_bytes)
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if new + self.options.reserve > free:
@@ -667,9 +600,8 @@ class Baker:
         fetched keep their decision. An infeasible result (the critical images are bigger
         than estimated) raises BudgetError; what was fetched is kept."""
         fetched = [i for i in report.images if i.fetch is not None and i.status == "pending"]
-        doc = report.plan
         if not fetched:
-            doc["refined"] = True
+            report.plan = replace(report.plan, refined=True)
             return
         names = {i.name for i in fetched}
         entries = self._entries()
@@ -680,33 +612,31 @@ class Baker:
         for entry, error in failures:
             _fail(by_name[str(entry.ref)], error)
         others = [c for c in catalog if c.image.name not in names]
-        result, sub_doc = plan_catalog(now, self.options.budget, model=self.options.model,
-                                       allow_skip=False, also_present=others)
-        if not result.feasible:
+        new = plan_catalog(now, self.options.budget, model=self.options.model,
+                           allow_skip=False, also_present=others)
+        if not new.feasible:
             raise BudgetError(
-                f"{result.reason} (with the layer sizes read off the fetched blobs)",
+                f"{new.reason} (with the layer sizes read off the fetched blobs)",
                 hint="the fetched content is kept; raise the budget or drop images from the "
                      "spec (the next bake plans afresh)",
             )
-        rows = {str(r["name"]): r for r in doc["images"]}
-        skipped_penalty = sum(
-            float(r["priority"]) * float(r["penalty_seconds"])
-            for name, r in rows.items() if name not in names
-        )
-        for new in sub_doc["images"]:
-            rows[str(new["name"])].update(new)
-            img = by_name[str(new["name"])]
-            img.decision = new["decision"]
-            img.planned_compressed_bytes = int(new["compressed_bytes"])
-            img.planned_unpacked_bytes = int(new["unpacked_bytes"])
-            img.penalty_seconds = float(new["penalty_seconds"])
-        doc.update(
-            content_bytes=sub_doc["content_bytes"],
-            snapshot_bytes=sub_doc["snapshot_bytes"],
-            total_bytes=sub_doc["total_bytes"],
-            present_bytes=sub_doc["present_bytes"],
-            total_penalty=float(sub_doc["total_penalty"]) + skipped_penalty,
-            algorithm=f"{sub_doc['algorithm']}; re-planned after the fetch with layer sizes "
+        old = report.plan
+        skipped_penalty = sum(r.plan.weighted_penalty for r in old.images if r.name not in names)
+        rows = {r.name: r for r in new.images}
+        for r in new.images:
+            img = by_name[r.name]
+            img.decision = r.decision
+            img.planned_compressed_bytes = r.plan.compressed_bytes
+            img.planned_unpacked_bytes = r.plan.unpacked_bytes
+            img.penalty_seconds = r.plan.penalty_seconds
+        report.plan = replace(
+            old,
+            images=tuple(rows.get(r.name, r) for r in old.images),
+            content_bytes=new.content_bytes,
+            snapshot_bytes=new.snapshot_bytes,
+            present_bytes=new.present_bytes,
+            total_penalty=new.total_penalty + skipped_penalty,
+            algorithm=f"{new.algorithm}; re-planned after the fetch with layer sizes "
                       "read off the blobs",
             refined=True,
         )

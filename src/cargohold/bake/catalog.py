@@ -30,16 +30,17 @@ still applies), each reported to :class:`ResolveEvents` as it resolves or fails.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cargohold.bake.plan import (
     DEFAULT_MODEL,
     DEFAULT_UNPACK_RATIO,
     CostModel,
-    Plan,
+    Decision,
+    ImagePlan,
     PlanImage,
     estimate_unpacked,
     plan,
@@ -76,6 +77,8 @@ __all__ = [
     "RATIO_MIN_LAYER",
     "RATIO_RANGE",
     "CatalogImage",
+    "CatalogPlan",
+    "PlanRow",
     "ResolveEvents",
     "UnpackRatio",
     "budget_hint",
@@ -239,6 +242,14 @@ class UnpackRatio:
             text += (f"; {self.measured:.2f}x clamped to "
                      f"{RATIO_RANGE[0]:g}-{RATIO_RANGE[1]:g}x")
         return text + ")"
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> UnpackRatio:
+        """The ratio :meth:`to_json` wrote (KeyError, TypeError, ValueError otherwise)."""
+        measured = doc["measured_ratio"]
+        return cls(float(doc["ratio"]), None if measured is None else float(measured),
+                   int(doc["compressed_bytes"]), int(doc["unpacked_bytes"]), int(doc["layers"]),
+                   int(doc["small_layers"]))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -531,19 +542,146 @@ def resolve_spec(
     return out
 
 
-def _relabel(doc: dict[str, Any], row: dict[str, Any], decision: str, penalty: float,
-             reason: str) -> None:
-    """Set a plan row to what the store holds of its image (and the plan's penalty with it)."""
-    doc["total_penalty"] += float(row["priority"]) * (penalty - float(row["penalty_seconds"]))
-    row.update(decision=decision, penalty_seconds=penalty, reason=reason)
+@dataclass(frozen=True)
+class PlanRow:
+    """One spec image's row of a catalog plan: the planner's decision (relabelled where the
+    store holds the image already) and what resolving it found."""
+
+    plan: ImagePlan
+    platforms: tuple[str, ...]
+    digest: str
+    measured_chains: int = 0
+    blob_sized_chains: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def decision(self) -> Decision:
+        return self.plan.decision
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_json(),
+            "platforms": list(self.platforms),
+            "digest": self.digest,
+            "measured_chains": self.measured_chains,
+            "blob_sized_chains": self.blob_sized_chains,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> PlanRow:
+        return cls(
+            ImagePlan.from_json(doc),
+            tuple(str(p) for p in doc["platforms"]),
+            str(doc["digest"]),
+            int(doc["measured_chains"]),
+            int(doc["blob_sized_chains"]),
+        )
 
 
-def budget_hint(doc: dict[str, Any]) -> str:
-    """The hint of an infeasible plan (``plan_catalog``'s document)."""
-    if doc.get("present_bytes"):
+@dataclass(frozen=True)
+class CatalogPlan:
+    """The plan of a catalog (:func:`plan_catalog`): one :class:`PlanRow` per image (the
+    present pseudo-images left out), the totals (which include ``present_bytes``, what the
+    store holds already) and the cost model's throughput figures. ``refined`` and
+    ``unpack_ratio`` are a bake's (None in a plan that is not one): whether it was
+    re-planned after the fetch, and the ratio unmeasured layers were estimated at."""
+
+    images: tuple[PlanRow, ...]
+    feasible: bool
+    reason: str
+    algorithm: str
+    budget: int | None
+    content_bytes: int
+    snapshot_bytes: int
+    total_penalty: float
+    present_bytes: int
+    unpack_throughput: float
+    per_image_overhead: float
+    refined: bool | None = None
+    unpack_ratio: UnpackRatio | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.content_bytes + self.snapshot_bytes
+
+    def row(self, name: str) -> PlanRow:
+        for r in self.images:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "feasible": self.feasible,
+            "reason": self.reason,
+            "algorithm": self.algorithm,
+            "budget": self.budget,
+            "content_bytes": self.content_bytes,
+            "snapshot_bytes": self.snapshot_bytes,
+            "total_bytes": self.total_bytes,
+            "total_penalty": self.total_penalty,
+            "images": [r.to_json() for r in self.images],
+            "present_bytes": self.present_bytes,
+            "model": {"unpack_throughput": self.unpack_throughput,
+                      "per_image_overhead": self.per_image_overhead},
+        }
+        if self.refined is not None:
+            doc["refined"] = self.refined
+        if self.unpack_ratio is not None:
+            doc["unpack_ratio"] = self.unpack_ratio.to_json()
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CatalogPlan:
+        """The plan :meth:`to_json` wrote (KeyError, TypeError, ValueError if it is not one)."""
+        budget = doc["budget"]
+        ratio = doc.get("unpack_ratio")
+        refined = doc.get("refined")
+        return cls(
+            images=tuple(PlanRow.from_json(r) for r in doc["images"]),
+            feasible=bool(doc["feasible"]),
+            reason=str(doc["reason"]),
+            algorithm=str(doc["algorithm"]),
+            budget=None if budget is None else int(budget),
+            content_bytes=int(doc["content_bytes"]),
+            snapshot_bytes=int(doc["snapshot_bytes"]),
+            total_penalty=float(doc["total_penalty"]),
+            present_bytes=int(doc["present_bytes"]),
+            unpack_throughput=float(doc["model"]["unpack_throughput"]),
+            per_image_overhead=float(doc["model"]["per_image_overhead"]),
+            refined=None if refined is None else bool(refined),
+            unpack_ratio=None if ratio is None else UnpackRatio.from_json(ratio),
+        )
+
+
+def budget_hint(plan: CatalogPlan) -> str:
+    """The hint of an infeasible plan."""
+    if plan.present_bytes:
         return ("raise the budget, drop images from the spec, or free what the store holds of "
                 "the images named (`containers rm` their containers, `images rm`, then `gc`)")
     return BudgetError.hint
+
+
+def _held_already(row: ImagePlan, c: CatalogImage, model: CostModel) -> ImagePlan:
+    """The row relabelled to what the store holds of its image already: pulled when its
+    layers are all unpacked, fetched when its blobs are all there (else the row itself)."""
+    committed = {ch for ch, _ in c.present_chains}
+    held = {d for d, _ in c.present_blobs}
+    unpacked = bool(c.image.chains) and all(ch in committed for ch, _ in c.image.chains)
+    fetched = bool(c.image.blobs) and all(d in held for d, _ in c.image.blobs)
+    if unpacked and (row.decision == "fetch" or fetched) and row.requested != "fetch":
+        # Its layers are all unpacked already: it is pulled, at no cost.
+        if row.decision != "pull" or row.requested == "auto":
+            return replace(row, decision="pull", penalty_seconds=0.0,
+                           reason="pulled already: its layers are unpacked in the store")
+    elif fetched and row.decision == "skip":
+        left = sum(size for ch, size in c.image.chains if ch not in committed)
+        return replace(row, decision="fetch", penalty_seconds=model.fetch_penalty(left),
+                       reason="fetched already: its blobs are in the store")
+    return row
 
 
 def plan_catalog(
@@ -553,48 +691,43 @@ def plan_catalog(
     model: CostModel = DEFAULT_MODEL,
     allow_skip: bool = True,
     also_present: Sequence[CatalogImage] = (),
-) -> tuple[Plan, dict[str, Any]]:
+) -> CatalogPlan:
     """Plan the catalog's images with what the store already holds of them as a fixed cost
-    (:func:`present_footprint`). Returns the plan and its JSON document: the images' rows
-    (the present pseudo-images left out) with each image's ``platforms``, ``digest``,
-    ``measured_chains`` and ``blob_sized_chains``, the totals (which include the present
-    bytes), and ``present_bytes``. ``also_present``: other images whose present blobs and
-    chains count as fixed too (not planned)."""
+    (:func:`present_footprint`): the images' rows (the present pseudo-images left out) with
+    each image's platforms, digest and how its chains were sized, the totals (which include
+    the present bytes), and ``present_bytes``. ``also_present``: other images whose present
+    blobs and chains count as fixed too (not planned)."""
     fixed = present_footprint([*catalog, *also_present])
     images = [c.image for c in catalog] + fixed
     result = plan(images, budget, model=model, allow_skip=allow_skip)
-    doc = result.to_json()
-    rows = doc["images"][:len(catalog)]  # the present pseudo-images come after
-    for row, c in zip(rows, catalog, strict=True):
-        committed = {ch for ch, _ in c.present_chains}
-        held = {d for d, _ in c.present_blobs}
-        unpacked = bool(c.image.chains) and all(ch in committed for ch, _ in c.image.chains)
-        fetched = bool(c.image.blobs) and all(d in held for d, _ in c.image.blobs)
-        decision = row["decision"]
-        if unpacked and (decision == "fetch" or fetched) and row["requested"] != "fetch":
-            # Its layers are all unpacked already: it is pulled, at no cost.
-            if decision != "pull" or row["requested"] == "auto":
-                _relabel(doc, row, "pull", 0.0,
-                         "pulled already: its layers are unpacked in the store")
-        elif fetched and decision == "skip":
-            left = sum(size for ch, size in c.image.chains if ch not in committed)
-            _relabel(doc, row, "fetch", model.fetch_penalty(left),
-                     "fetched already: its blobs are in the store")
-        row["platforms"] = list(c.platforms)
-        row["digest"] = str(c.target.digest)
-        row["measured_chains"] = c.measured_chains
-        row["blob_sized_chains"] = c.blob_sized_chains
-    doc["images"] = rows
-    planned = [i.decision for i in result.images[:len(catalog)]]
-    if result.feasible and [r["decision"] for r in rows] != planned:
+    planned = result.images[:len(catalog)]  # the present pseudo-images come after
+    total_penalty = result.total_penalty
+    rows: list[PlanRow] = []
+    for ip, c in zip(planned, catalog, strict=True):
+        row = _held_already(ip, c, model)
+        if row is not ip:  # the plan's penalty follows the row's
+            total_penalty += row.priority * (row.penalty_seconds - ip.penalty_seconds)
+        rows.append(PlanRow(row, c.platforms, str(c.target.digest), c.measured_chains,
+                            c.blob_sized_chains))
+    reason = result.reason
+    if result.feasible and [r.decision for r in rows] != [i.decision for i in planned]:
         # The summary counts what the rows say now ("N pulled, ...; X of Y").
-        counts = [sum(1 for r in rows if r["decision"] == d) for d in ("pull", "fetch", "skip")]
-        doc["reason"] = "; ".join([
+        counts = [sum(1 for r in rows if r.decision == d) for d in ("pull", "fetch", "skip")]
+        reason = "; ".join([
             f"{counts[0]} pulled, {counts[1]} fetched, {counts[2]} skipped",
-            *str(doc["reason"]).split("; ", 1)[1:]])
+            *reason.split("; ", 1)[1:]])
     present_blobs = {d: size for f in fixed for d, size in f.blobs}
     present_chains = {ch: size for f in fixed for ch, size in f.chains}
-    doc["present_bytes"] = sum(present_blobs.values()) + sum(present_chains.values())
-    doc["model"] = {"unpack_throughput": model.unpack_throughput,
-                    "per_image_overhead": model.per_image_overhead}
-    return result, doc
+    return CatalogPlan(
+        images=tuple(rows),
+        feasible=result.feasible,
+        reason=reason,
+        algorithm=result.algorithm,
+        budget=result.budget,
+        content_bytes=result.content_bytes,
+        snapshot_bytes=result.snapshot_bytes,
+        total_penalty=total_penalty,
+        present_bytes=sum(present_blobs.values()) + sum(present_chains.values()),
+        unpack_throughput=model.unpack_throughput,
+        per_image_overhead=model.per_image_overhead,
+    )

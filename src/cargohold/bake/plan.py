@@ -76,7 +76,7 @@ not fit is passed over, later ones are still tried).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -252,6 +252,28 @@ class ImagePlan:
             "reason": self.reason,
             **extra,
         }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ImagePlan:
+        """The row :meth:`to_json` wrote (KeyError, TypeError, ValueError if it is not one)."""
+        decision = str(doc["decision"])
+        requested = str(doc["requested"])
+        if decision not in _NAMES or requested not in _MODES:
+            raise ValueError(f"plan row {doc.get('name')!r}: bad decision or mode")
+        return cls(
+            name=str(doc["name"]),
+            decision=decision,
+            requested=requested,
+            critical=bool(doc["critical"]),
+            priority=float(doc["priority"]),
+            compressed_bytes=int(doc["compressed_bytes"]),
+            shared_compressed_bytes=int(doc["shared_compressed_bytes"]),
+            unpacked_bytes=int(doc["unpacked_bytes"]),
+            shared_unpacked_bytes=int(doc["shared_unpacked_bytes"]),
+            penalty_seconds=float(doc["penalty_seconds"]),
+            reason=str(doc["reason"]),
+            present=bool(doc.get("present", False)),
+        )
 
 
 @dataclass(frozen=True)

@@ -223,9 +223,8 @@ def _print(out: Output, r: BakeReport) -> None:
                  else f" ({human_bytes(r.budget - r.total_bytes)} free)")
     out.data(line)
     transferred = sum(i.bytes_transferred for i in r.images)
-    penalty = r.plan.get("total_penalty")
     out.data(f"transferred {human_bytes(transferred)} in {r.seconds:.1f} s; expected first-start"
-             f" penalty {float(penalty or 0):.1f} s (priority-weighted); "
+             f" penalty {r.plan.total_penalty:.1f} s (priority-weighted); "
              + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()))
     if r.plan_reused:
         out.info("reused the plan of the last bake of this spec (--replan to plan again)")
