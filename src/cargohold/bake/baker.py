@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextvars
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -43,6 +43,7 @@ from cargohold import __version__
 from cargohold.bake.catalog import (
     CatalogImage,
     CatalogPlan,
+    Downloads,
     ResolveEvents,
     UnpackRatio,
     budget_hint,
@@ -67,15 +68,15 @@ from cargohold.bake.state import (
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
-    ConflictError,
     DigestMismatchError,
     OutOfSpaceError,
 )
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.leasing import leased
 from cargohold.maintain.du import disk_usage
 from cargohold.maintain.verify import Problem, verify
 from cargohold.node.warmorder import label_record
-from cargohold.oci.descriptor import Platform
+from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.pull.fetch import (
     CommittedBlobs,
     Fetcher,
@@ -83,6 +84,7 @@ from cargohold.pull.fetch import (
     FetchFailure,
     FetchResult,
     RecordPolicy,
+    ingest_ref,
 )
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
@@ -111,9 +113,12 @@ class BakeImage:
     #: False for an entry that could not be resolved: it has no decision (``mode`` null).
     resolved: bool = True
 
+    #: Bytes of its manifests and configs the plan downloaded and the fetch stored.
+    plan_transferred: int = 0
+
     @property
     def bytes_transferred(self) -> int:
-        return self.fetch.bytes_transferred if self.fetch else 0
+        return self.plan_transferred + (self.fetch.bytes_transferred if self.fetch else 0)
 
     @property
     def fetch_seconds(self) -> float:
@@ -155,6 +160,8 @@ class BakeImage:
     @property
     def did_work(self) -> bool:
         """Whether this run wrote anything for the image (blobs, a record, a snapshot)."""
+        if self.plan_transferred:
+            return True
         if self.fetch is not None and (
             self.fetch.bytes_transferred or self.fetch.record != "unchanged"
         ):
@@ -357,9 +364,13 @@ class Baker:
         self.fetch_scope = fetch_scope
         self.unpack_events = unpack_events  # per-layer progress of the unpack phase
         self.unresolved: list[tuple[ImageEntry, CargoholdError]] = []
+        #: Manifests and configs the plan downloaded: the fetch stores them and goes on.
+        self.downloads = Downloads()
         self.report: BakeReport | None = None
         #: The ratio unmeasured layers are estimated at (measured when the plan is made).
         self.ratio = UnpackRatio()
+        #: What each resolved image was planned with (set by the plan phase).
+        self.targets: dict[str, Descriptor] = {}
 
     # ------------------------------------------------------------ phases
 
@@ -370,6 +381,7 @@ class Baker:
         phases: dict[str, float] = {}
         with self._timed(phases, "plan"):
             catalog = self._catalog()
+            self.targets = {c.image.name: c.target for c in catalog}
             plan, reused = self._plan(catalog)
         report = self.report = BakeReport(
             spec=spec_path(self.spec),
@@ -398,7 +410,7 @@ class Baker:
         self._save_state(report, catalog, status="baking")
 
         with self._timed(phases, "fetch"):
-            self._fetch(report)
+            self._fetch(report, catalog)
         if not report.plan.refined:
             with self._timed(phases, "replan"):
                 try:
@@ -433,7 +445,8 @@ class Baker:
         return getattr(self.store, "snapshots", None)
 
     def _resolve(self, spec: CacheSpec, failures: list[tuple[ImageEntry, CargoholdError]],
-                 events: ResolveEvents | None = None) -> list[CatalogImage]:
+                 events: ResolveEvents | None = None,
+                 roots: Mapping[str, Descriptor] | None = None) -> list[CatalogImage]:
         # Unmeasured layers are estimated at the ratio measured on this store.
         return resolve_spec(
             spec,
@@ -445,6 +458,8 @@ class Baker:
             failures=failures,
             jobs=self.options.jobs,
             events=events,
+            downloads=self.downloads,
+            roots=roots,
         )
 
     def _catalog(self) -> list[CatalogImage]:
@@ -552,7 +567,32 @@ class Baker:
     def _entries(self) -> dict[str, ImageEntry]:
         return {str(e.ref): e for e in self.spec.images}
 
-    def _fetch(self, report: BakeReport) -> None:
+    def _keep(self, img: BakeImage, blobs: Sequence[tuple[str, int]]) -> None:
+        """Store the manifests and configs of ``img`` the plan downloaded (the fetch then
+        finds them and goes on from them: nothing is downloaded twice)."""
+        content = self.store.content
+        for digest, _ in blobs:
+            got = self.downloads.get(digest)
+            if got is None:
+                continue
+            try:
+                w = content.writer(ingest_ref(got.desc), total=got.desc.size,
+                                   expected=got.desc.digest)
+            except CargoholdError:
+                continue  # stored already, or another writer's (the fetch waits for it)
+            try:
+                with w:
+                    w.truncate(0)
+                    w.write(got.data)
+                    w.commit(got.desc.size, got.desc.digest, got.labels)
+            except CargoholdError:
+                continue  # the fetch downloads it (and reports what fails)
+            self.fetch_events.blob_started(got.ref, got.desc, 0)
+            self.fetch_events.blob_done(got.desc, "done", got.desc.size)
+            img.plan_transferred += got.desc.size
+
+    def _fetch(self, report: BakeReport, catalog: list[CatalogImage]) -> None:
+        blobs = {c.image.name: c.image.blobs for c in catalog}
         entries = self._entries()
         groups: dict[tuple[tuple[Platform, ...], bool], list[BakeImage]] = {}
         for img in report.images:
@@ -564,7 +604,10 @@ class Baker:
             pin = img.critical and self.options.cri_records
             groups.setdefault((tuple(plats), pin), []).append(img)
         by_name = {i.name: i for i in report.images}
-        with self.fetch_scope():
+        with self.fetch_scope(), leased(self.store, "bake"):
+            for imgs in groups.values():
+                for img in imgs:
+                    self._keep(img, blobs[img.name])
             for (plats, pin), imgs in groups.items():
                 fetcher = Fetcher(
                     self.store,
@@ -575,7 +618,8 @@ class Baker:
                 )
                 try:
                     results = fetcher.fetch_all(
-                        [entries[i.name].ref for i in imgs], platforms=list(plats)
+                        [entries[i.name].ref for i in imgs], platforms=list(plats),
+                        roots=[self._root(i) for i in imgs],
                     )
                 finally:
                     fetcher.close()
@@ -586,12 +630,10 @@ class Baker:
                     img = by_name[res.name]
                     img.fetch = res
                     label_record(self.store.images, res.name, img.priority, img.critical)
-                    if str(res.target.digest) != img.digest:
-                        _fail(img, ConflictError(
-                            f"{img.name} moved from {img.digest} (planned) to "
-                            f"{res.target.digest} during the bake",
-                            hint="bake again: it plans the new digest",
-                        ))
+
+    def _root(self, img: BakeImage) -> Descriptor:
+        """The descriptor ``img`` was planned with (the fetch does not resolve it again)."""
+        return self.targets[img.name]
 
     def _refine(self, report: BakeReport, catalog: list[CatalogImage]) -> None:
         """Plan again with every fetched layer's tar size read off its blob (exact where the
@@ -607,7 +649,9 @@ class Baker:
         entries = self._entries()
         sub = replace(self.spec, images=tuple(entries[n] for n in names))
         failures: list[tuple[ImageEntry, CargoholdError]] = []
-        now = self._resolve(sub, failures)
+        # Resolved and fetched already: read off the store, the registry is not asked again.
+        now = self._resolve(sub, failures,
+                            roots={i.name: i.fetch.target for i in fetched if i.fetch})
         by_name = {i.name: i for i in report.images}
         for entry, error in failures:
             _fail(by_name[str(entry.ref)], error)

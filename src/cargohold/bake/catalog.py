@@ -44,6 +44,8 @@ from cargohold.bake.plan import (
 from cargohold.bake.resolve import (
     MAX_CONFIG_SIZE,
     CatalogImage,
+    Downloaded,
+    Downloads,
     RegistryLike,
     ResolveEvents,
     resolve_entry,
@@ -70,6 +72,8 @@ __all__ = [
     "RATIO_RANGE",
     "CatalogImage",
     "CatalogPlan",
+    "Downloaded",
+    "Downloads",
     "PlanRow",
     "RegistryLike",
     "ResolveEvents",

@@ -4,7 +4,8 @@ them (verified), else from the registry (see :mod:`cargohold.bake.catalog`)."""
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,11 +36,15 @@ from cargohold.oci.manifest import (
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
+from cargohold.pull.fetch import child_labels, source_label
+from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import ContentStore
 
 __all__ = [
     "MAX_CONFIG_SIZE",
     "CatalogImage",
+    "Downloaded",
+    "Downloads",
     "RegistryLike",
     "ResolveEvents",
     "resolve_entry",
@@ -79,34 +84,87 @@ class CatalogImage:
 
 
 
+@dataclass(frozen=True)
+class Downloaded:
+    """A manifest, index or config a resolve downloaded from the registry, with the labels a
+    fetch gives it in the store (its gc references and its source)."""
+
+    ref: Reference
+    desc: Descriptor
+    data: bytes
+    labels: Mapping[str, str]
+
+
+class Downloads:
+    """What a bake's resolves downloaded (thread-safe, one download per digest): the fetch
+    stores it and continues from it instead of asking the registry again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blobs: dict[str, Downloaded] = {}
+        self._flight = SingleFlight()
+
+    def get(self, digest: str) -> Downloaded | None:
+        with self._lock:
+            return self._blobs.get(digest)
+
+    def once(self, desc: Descriptor, download: Callable[[], Downloaded]) -> bytes:
+        """The blob's bytes: downloaded by the first caller, shared by the others."""
+        def work() -> Downloaded:
+            got = self.get(str(desc.digest))
+            if got is None:
+                got = download()
+                with self._lock:
+                    self._blobs[str(desc.digest)] = got
+            return got
+
+        return self._flight.do(str(desc.digest), work).data
+
+
 class _Resolver:
-    def __init__(self, registry: RegistryLike, content: ContentStore | None) -> None:
+    def __init__(self, registry: RegistryLike, content: ContentStore | None,
+                 downloads: Downloads | None = None) -> None:
         self.registry = registry
         self.content = content
+        self.downloads = downloads or Downloads()
 
     def manifest(self, ref: Reference, desc: Descriptor) -> Manifest | Index:
         data = local_blob(self.content, desc) if self.content is not None else None
         if data is None:
-            data = self.registry.fetch_manifest(ref, desc)
+            data = self.downloads.once(desc, lambda: self._fetch_manifest(ref, desc))
         return parse_manifest_or_index(data, desc.media_type)
+
+    def _fetch_manifest(self, ref: Reference, desc: Descriptor) -> Downloaded:
+        data = self.registry.fetch_manifest(ref, desc)
+        parsed = parse_manifest_or_index(data, desc.media_type)
+        children = (parsed.manifests if isinstance(parsed, Index)
+                    else [parsed.config, *parsed.layers])
+        labels = child_labels(desc, children)
+        k, v = source_label(ref)
+        labels[k] = v
+        return Downloaded(ref, desc, data, labels)
 
     def config(self, ref: Reference, desc: Descriptor) -> ImageConfig:
         data = local_blob(self.content, desc) if self.content is not None else None
         if data is None:
             if desc.size > MAX_CONFIG_SIZE:
                 raise UnsupportedError(f"{ref}: config {desc.digest} is {desc.size} bytes")
-            buf = bytearray()
-            verifier = Verifier(desc.digest, desc.size)
-
-            def write(chunk: Any) -> None:
-                b = bytes(chunk)
-                verifier.update(b)
-                buf.extend(b)
-
-            self.registry.download_blob(ref, desc, write)
-            verifier.check()
-            data = bytes(buf)
+            data = self.downloads.once(desc, lambda: self._fetch_config(ref, desc))
         return parse_config(data)
+
+    def _fetch_config(self, ref: Reference, desc: Descriptor) -> Downloaded:
+        buf = bytearray()
+        verifier = Verifier(desc.digest, desc.size)
+
+        def write(chunk: Any) -> None:
+            b = bytes(chunk)
+            verifier.update(b)
+            buf.extend(b)
+
+        self.registry.download_blob(ref, desc, write)
+        verifier.check()
+        k, v = source_label(ref)
+        return Downloaded(ref, desc, bytes(buf), {k: v})
 
 
 class ResolveEvents:
@@ -134,8 +192,12 @@ def resolve_entry(
     mode: str,
     snapshots: Any | None,
     ratio: float,
+    root: Descriptor | None = None,
 ) -> CatalogImage:
-    root = resolver.registry.resolve(ref)
+    """Resolve one entry; ``root``: its manifest or index resolved already (by an earlier
+    resolve of this bake: the registry is not asked again)."""
+    if root is None:
+        root = resolver.registry.resolve(ref)
     parsed = resolver.manifest(ref, root)
     blobs: dict[str, int] = {str(root.digest): root.size}
     manifests: list[tuple[Descriptor, Manifest]] = []
@@ -222,20 +284,26 @@ def resolve_spec(
     failures: list[tuple[ImageEntry, CargoholdError]] | None = None,
     jobs: int = 4,
     events: ResolveEvents | None = None,
+    downloads: Downloads | None = None,
+    roots: Mapping[str, Descriptor] | None = None,
 ) -> list[CatalogImage]:
     """Resolve every entry of ``spec`` (see the module docstring). ``store`` (optional)
     supplies manifests and configs it holds and measured unpacked sizes; ``ratio``
     overrides the unpack ratio used for estimates; ``snapshots`` the snapshotter (default
     ``store.snapshots`` when the store has one). ``failures``: when given, an entry that
     cannot be resolved is appended to it with its error and left out (else the error is
-    raised). ``jobs``: entries resolved at once; the result keeps the spec's order."""
+    raised). ``jobs``: entries resolved at once; the result keeps the spec's order.
+    ``downloads``: where the manifests and configs downloaded from the registry are kept (a
+    bake stores them and fetches on from them); ``roots``: entries resolved already, by
+    name (not resolved again)."""
     content = store.content if store is not None else None
     if snapshots is None and store is not None:
         snapshots = snapshotter_of(store)
     if ratio is None:
         ratio = unpack_ratio(store, snapshots).value
     defaults = tuple(default_platforms) or (host_platform(),)
-    resolver = _Resolver(registry, content)
+    resolver = _Resolver(registry, content, downloads)
+    known = roots or {}
     report = events or ResolveEvents()
     entries = list(spec.images)
     report.resolving(len(entries))
@@ -252,6 +320,7 @@ def resolve_spec(
                 mode=entry.mode,
                 snapshots=snapshots,
                 ratio=ratio,
+                root=known.get(str(entry.ref)),
             )
         except CargoholdError as e:
             if not isinstance(e, Interrupted):  # stopped by abort(): not the image's failure

@@ -309,11 +309,14 @@ class Fetcher:
         *,
         platforms: Sequence[Platform],
         all_platforms: bool = False,
+        roots: Sequence[Descriptor] | None = None,
     ) -> list[FetchResult | FetchFailure]:
-        """Fetch several images concurrently; failures are reported, successes kept."""
+        """Fetch several images concurrently; failures are reported, successes kept.
+        ``roots``: the descriptor each ref resolved to already (a bake's plan): the fetch
+        continues from it instead of resolving the ref again."""
         with leased(self.store, "fetch") as lease_id:
             try:
-                results = self._fetch_images(refs, platforms, all_platforms)
+                results = self._fetch_images(refs, platforms, all_platforms, roots)
             except OutOfSpaceError:
                 self._drop_ingests(lease_id)
                 raise
@@ -323,18 +326,19 @@ class Fetcher:
             return results
 
     def _fetch_images(
-        self, refs: Sequence[Reference], platforms: Sequence[Platform], all_platforms: bool
+        self, refs: Sequence[Reference], platforms: Sequence[Platform], all_platforms: bool,
+        roots: Sequence[Descriptor] | None = None,
     ) -> list[FetchResult | FetchFailure]:
         images_pool = ThreadPoolExecutor(
             max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
         )
         try:
             futs: list[Future[FetchResult | FetchFailure]] = []
-            for ref in refs:
+            for i, ref in enumerate(refs):
                 with held():  # submit waits for the thread it starts: not interruptible
                     futs.append(images_pool.submit(
                         contextvars.copy_context().run, self._fetch_one_safe, ref, platforms,
-                        all_platforms,
+                        all_platforms, roots[i] if roots is not None else None,
                     ))
             return [self._wait(f) for f in futs]
         except BaseException:
@@ -393,19 +397,23 @@ class Fetcher:
         return fut.result()  # done: no wait
 
     def _fetch_one_safe(
-        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool
+        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool,
+        root: Descriptor | None = None,
     ) -> FetchResult | FetchFailure:
         try:
-            return self._fetch_one(ref, platforms, all_platforms)
+            return self._fetch_one(ref, platforms, all_platforms, root)
         except CargoholdError as e:
             self.events.image_failed(ref, e)
             return FetchFailure(ref, e)
 
     def _fetch_one(
-        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool
+        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool,
+        known: Descriptor | None = None,
     ) -> FetchResult:
         start = time.monotonic()
-        root = self.registry.resolve(ref)
+        if known is not None and ref.digest is not None and known.digest != ref.digest:
+            raise ConflictError(f"{ref}: given as resolved to {known.digest}")
+        root = known if known is not None else self.registry.resolve(ref)
         self.events.resolved(ref, root)
         transferred = [0]
 
