@@ -68,3 +68,22 @@ def test_bake_requests_each_tag_manifest_and_config_once(registry: Registry,
         d.size for d in {str(d.digest): d for p in pushed
                          for d in p.built.blobs_in_push_order()}.values()
         if str(d.digest) in gets)
+
+
+def test_a_tag_moved_between_two_bakes_is_planned_afresh(registry: Registry,
+                                                         tmp_path: Path) -> None:
+    """The fetch no longer resolves the tag again, so a move is seen between runs: the saved
+    plan's digest differs, the next bake plans the new digest and bakes it."""
+    first = push(registry.host, spec_of(511, 80_000), tmp_path / "a", repo="bake-moved")
+    spec = tmp_path / "cache.toml"
+    spec.write_text(f'platforms = ["linux/amd64"]\n\n[[image]]\nref = "{first.text}"\n')
+    root = tmp_path / "store"
+    one = summary(cli(root, "--json", "bake", str(spec), "--plain-http", check=True))
+    assert one["images"][0]["digest"] == str(first.built.root.digest)
+    moved = push(registry.host, spec_of(512, 90_000), tmp_path / "b", repo="bake-moved")
+    assert moved.text == first.text and moved.built.root.digest != first.built.root.digest
+    two = summary(cli(root, "--json", "bake", str(spec), "--plain-http", check=True))
+    assert two["plan_reused"] is False
+    assert two["images"][0]["digest"] == str(moved.built.root.digest)
+    assert two["plan"]["images"][0]["digest"] == str(moved.built.root.digest)
+    assert two["images"][0]["status"] == "ok" and not two["nothing_done"]
