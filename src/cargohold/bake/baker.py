@@ -35,11 +35,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cargohold import __version__
 from cargohold.bake.catalog import (
     CatalogImage,
     CatalogPlan,
@@ -51,7 +50,8 @@ from cargohold.bake.catalog import (
     resolve_spec,
     unpack_ratio,
 )
-from cargohold.bake.plan import DEFAULT_MODEL, CostModel, Decision
+from cargohold.bake.plan import DEFAULT_MODEL, CostModel
+from cargohold.bake.report import BakeImage, BakeReport, fail
 from cargohold.bake.spec import CacheSpec, ImageEntry, format_size
 from cargohold.bake.state import (
     PlanKey,
@@ -62,9 +62,6 @@ from cargohold.bake.state import (
     state_path,
     write_json_atomic,
 )
-from cargohold.bake.state import (
-    now as _now,
-)
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -74,7 +71,7 @@ from cargohold.errors import (
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import leased
 from cargohold.maintain.du import disk_usage
-from cargohold.maintain.verify import Problem, verify
+from cargohold.maintain.verify import verify
 from cargohold.node.warmorder import label_record
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.pull.fetch import (
@@ -82,226 +79,12 @@ from cargohold.pull.fetch import (
     Fetcher,
     FetchEvents,
     FetchFailure,
-    FetchResult,
     RecordPolicy,
     ingest_ref,
 )
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path", "write_json_atomic"]
-
-@dataclass
-class BakeImage:
-    """One spec entry's outcome."""
-
-    name: str
-    decision: Decision
-    critical: bool
-    priority: float
-    platforms: list[str]
-    digest: str
-    planned_compressed_bytes: int
-    planned_unpacked_bytes: int
-    penalty_seconds: float
-    status: str = "pending"  # ok | failed | skipped
-    error: dict[str, Any] | None = None
-    fetch: FetchResult | None = None
-    unpack: list[UnpackResult] = field(default_factory=list)
-    content_bytes: int = 0
-    snapshot_bytes: int = 0
-    exception: CargoholdError | None = field(default=None, repr=False)
-    #: False for an entry that could not be resolved: it has no decision (``mode`` null).
-    resolved: bool = True
-
-    #: Bytes of its manifests and configs the plan downloaded and the fetch stored.
-    plan_transferred: int = 0
-
-    @property
-    def bytes_transferred(self) -> int:
-        return self.plan_transferred + (self.fetch.bytes_transferred if self.fetch else 0)
-
-    @property
-    def fetch_seconds(self) -> float:
-        return self.fetch.seconds if self.fetch else 0.0
-
-    @property
-    def unpack_seconds(self) -> float:
-        return sum(u.seconds for u in self.unpack if not u.already_unpacked)
-
-    @property
-    def planned_bytes(self) -> int:
-        """What the plan expected it to take on disk: its blobs if kept, its chains if
-        pulled (shared bytes counted in each image that has them, as :attr:`measured_bytes`)."""
-        kept = self.planned_compressed_bytes if self.decision != "skip" else 0
-        return kept + (self.planned_unpacked_bytes if self.decision == "pull" else 0)
-
-    @property
-    def measured_bytes(self) -> int:
-        return self.content_bytes + self.snapshot_bytes
-
-    def over_plan(self) -> tuple[int, str] | None:
-        """``(bytes, why)`` when it takes more disk than planned, else None: snapshots of an
-        image the plan did not pull (unpacked outside the bake: a container's first start,
-        ``pull``, ``unpack``), content of one it skipped (an earlier fetch), or more bytes
-        than estimated."""
-        excess = self.measured_bytes - self.planned_bytes
-        if excess <= 0:
-            return None
-        if self.decision != "pull" and self.snapshot_bytes > 0:
-            return excess, (f"{format_size(self.snapshot_bytes)} of snapshots the plan did not "
-                            "pull (unpacked outside the bake: a container's first start, "
-                            "`pull` or `unpack`)")
-        if self.decision == "skip" and self.content_bytes > 0:
-            return excess, (f"{format_size(self.content_bytes)} of content the plan skipped "
-                            "(fetched outside this bake)")
-        return excess, (f"{format_size(excess)} more than planned (layer sizes estimated or "
-                        "read off the blobs; files take whole blocks)")
-
-    @property
-    def did_work(self) -> bool:
-        """Whether this run wrote anything for the image (blobs, a record, a snapshot)."""
-        if self.plan_transferred:
-            return True
-        if self.fetch is not None and (
-            self.fetch.bytes_transferred or self.fetch.record != "unchanged"
-        ):
-            return True
-        return any(not u.already_unpacked for u in self.unpack)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "digest": self.digest,
-            "platforms": self.platforms,
-            "mode": self.decision if self.resolved else None,
-            "critical": self.critical,
-            "priority": self.priority,
-            "status": self.status,
-            "error": self.error,
-            "planned": {
-                "compressed_bytes": self.planned_compressed_bytes,
-                "unpacked_bytes": self.planned_unpacked_bytes,
-                "penalty_seconds": round(self.penalty_seconds, 3),
-            },
-            "bytes": {
-                "content": self.content_bytes,
-                "snapshots": self.snapshot_bytes,
-                "transferred": self.bytes_transferred,
-            },
-            "durations": {
-                "fetch_seconds": round(self.fetch_seconds, 3),
-                "unpack_seconds": round(self.unpack_seconds, 3),
-            },
-            "record": self.fetch.record if self.fetch else None,
-            "unpack": [
-                {
-                    "platform": u.platform,
-                    "chain_id": u.chain_id,
-                    "chains_total": u.chains_total,
-                    "chains_unpacked": u.chains_unpacked,
-                    "bytes_uncompressed": u.bytes_uncompressed,
-                    "seconds": round(u.seconds, 3),
-                }
-                for u in self.unpack
-            ],
-        }
-
-
-@dataclass
-class BakeReport:
-    """What a bake did; ``to_json`` is the ``--report`` file."""
-
-    spec: str
-    spec_digest: str
-    store: str
-    namespace: str
-    budget: int | None
-    reserve: int
-    plan: CatalogPlan
-    plan_reused: bool
-    images: list[BakeImage]
-    started_at: str = field(default_factory=_now)
-    seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    content_bytes: int = 0
-    snapshot_bytes: int = 0
-    snapshots_measured: bool = False
-
-    @property
-    def total_bytes(self) -> int:
-        return self.content_bytes + self.snapshot_bytes
-
-    @property
-    def failed(self) -> list[BakeImage]:
-        return [i for i in self.images if i.status == "failed"]
-
-    @property
-    def ok(self) -> list[BakeImage]:
-        return [i for i in self.images if i.status == "ok"]
-
-    @property
-    def nothing_done(self) -> bool:
-        """A rerun that found everything in place: nothing fetched, recorded or unpacked."""
-        return not self.failed and not any(i.did_work for i in self.images)
-
-    @property
-    def over_budget(self) -> int:
-        """Bytes over the budget after the bake (0 when within it or without one)."""
-        if self.budget is None:
-            return 0
-        return max(0, self.total_bytes - self.budget)
-
-    def count(self, decision: Decision) -> int:
-        """Images with this decision that did not fail (a failed image counts only as
-        failed, so the counts add up to the images)."""
-        return sum(1 for i in self.images if i.decision == decision and i.status != "failed")
-
-    def over_budget_causes(self) -> list[tuple[str, int, str]]:
-        """``(image, bytes, why)`` of the images that take more disk than the plan gave
-        them, the most first: what put the bake over its budget."""
-        causes = []
-        for img in self.images:
-            over = img.over_plan()
-            if over is not None:
-                causes.append((img.name, over[0], over[1]))
-        return sorted(causes, key=lambda c: (-c[1], c[0]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tool": {"name": "cargohold", "version": __version__},
-            "spec": self.spec,
-            "spec_digest": self.spec_digest,
-            "store": self.store,
-            "namespace": self.namespace if self.store == "containerd" else None,
-            "started_at": self.started_at,
-            "plan_reused": self.plan_reused,
-            "nothing_done": self.nothing_done,
-            "images": [i.to_json() for i in self.images],
-            "totals": {
-                "images": len(self.images),
-                "pulled": self.count("pull"),
-                "fetched": self.count("fetch"),
-                "skipped": self.count("skip"),
-                "failed": len(self.failed),
-                "budget_bytes": self.budget,
-                "reserve_bytes": self.reserve,
-                "content_bytes": self.content_bytes,
-                "snapshot_bytes": self.snapshot_bytes if self.snapshots_measured else None,
-                "total_bytes": self.total_bytes,
-                "over_budget_bytes": self.over_budget,
-                "over_plan": [{"name": n, "bytes": b, "reason": why}
-                              for n, b, why in self.over_budget_causes()],
-                "bytes_transferred": sum(i.bytes_transferred for i in self.images),
-                "planned_total_bytes": self.plan.total_bytes,
-                "planned_penalty_seconds": self.plan.total_penalty,
-                "seconds": round(self.seconds, 3),
-                "phases": {k: round(v, 3) for k, v in self.phases.items()},
-            },
-            "problems": [p.to_json() for p in self.problems],
-            "plan": self.plan.to_json(),
-        }
-
 
 class BakeEvents(ResolveEvents):
     """Progress callbacks of a bake (the CLI subclasses it): the first plan's resolution
@@ -544,7 +327,7 @@ class Baker:
                 planned_compressed_bytes=0, planned_unpacked_bytes=0, penalty_seconds=0.0,
                 resolved=False,
             )
-            _fail(img, error)
+            fail(img, error)
             out.append(img)
         return out
 
@@ -625,7 +408,7 @@ class Baker:
                     fetcher.close()
                 for res in results:
                     if isinstance(res, FetchFailure):
-                        _fail(by_name[str(res.ref)], res.error)
+                        fail(by_name[str(res.ref)], res.error)
                         continue
                     img = by_name[res.name]
                     img.fetch = res
@@ -654,7 +437,7 @@ class Baker:
                             roots={i.name: i.fetch.target for i in fetched if i.fetch})
         by_name = {i.name: i for i in report.images}
         for entry, error in failures:
-            _fail(by_name[str(entry.ref)], error)
+            fail(by_name[str(entry.ref)], error)
         others = [c for c in catalog if c.image.name not in names]
         new = plan_catalog(now, self.options.budget, model=self.options.model,
                            allow_skip=False, also_present=others)
@@ -710,9 +493,9 @@ class Baker:
                         img.unpack.append(res)
                         self.events.unpacked(img, res)
                 except CargoholdError as e:
-                    _fail(img, e)
+                    fail(img, e)
                 except Exception as e:  # one image's bug must not take the others down
-                    _fail(img, CargoholdError(f"unpack of {img.name} failed: {e!r}"))
+                    fail(img, CargoholdError(f"unpack of {img.name} failed: {e!r}"))
 
             pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), opts.jobs)),
                                       thread_name_prefix="bake-unpack")
@@ -741,7 +524,7 @@ class Baker:
         for p in problems:
             img = by_name.get(p.image)
             if img is not None and img.status == "pending":
-                _fail(img, DigestMismatchError(
+                fail(img, DigestMismatchError(
                     f"verify: {p.kind}: {p.message}",
                     hint="run `cargohold verify --repair` to fetch damaged blobs again",
                 ))
@@ -765,7 +548,3 @@ class Baker:
         report.snapshots_measured = usage.snapshots_available
 
 
-def _fail(img: BakeImage, error: CargoholdError) -> None:
-    img.status = "failed"
-    img.exception = error
-    img.error = {"error": error.kind, "message": error.message, "exit_code": error.exit_code}
