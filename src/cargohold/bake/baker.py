@@ -80,6 +80,7 @@ from cargohold.pull.fetch import (
     FetchEvents,
     FetchFailure,
     RecordPolicy,
+    Registry,
     ingest_ref,
 )
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
@@ -121,7 +122,7 @@ class Baker:
         self,
         spec: CacheSpec,
         store: Any,
-        registry: Any,
+        registry: Registry,
         *,
         root: Path,
         store_kind: str,

@@ -38,7 +38,7 @@ from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
 from cargohold.pull.fetch import child_labels, source_label
 from cargohold.pull.singleflight import SingleFlight
-from cargohold.store.interfaces import ContentStore
+from cargohold.store.interfaces import ContentStore, Snapshotter
 
 __all__ = [
     "MAX_CONFIG_SIZE",
@@ -62,7 +62,9 @@ class RegistryLike(Protocol):
 
     def fetch_manifest(self, ref: Reference, desc: Descriptor) -> bytes: ...
 
-    def download_blob(self, ref: Reference, desc: Descriptor, write: Any, **kw: Any) -> None: ...
+    def download_blob(
+        self, ref: Reference, desc: Descriptor, write: Callable[[Any], object]
+    ) -> None: ...
 
 
 
@@ -190,7 +192,7 @@ def resolve_entry(
     critical: bool,
     priority: float,
     mode: str,
-    snapshots: Any | None,
+    snapshots: Snapshotter | None,
     ratio: float,
     root: Descriptor | None = None,
 ) -> CatalogImage:
@@ -280,7 +282,7 @@ def resolve_spec(
     store: StoreLike | None = None,
     default_platforms: Iterable[Platform] = (),
     ratio: float | None = None,
-    snapshots: Any | None = None,
+    snapshots: Snapshotter | None = None,
     failures: list[tuple[ImageEntry, CargoholdError]] | None = None,
     jobs: int = 4,
     events: ResolveEvents | None = None,

@@ -16,7 +16,7 @@ from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import ImageConfig, Manifest
-from cargohold.store.interfaces import ContentStore, ImageStore
+from cargohold.store.interfaces import ContentStore, ImageStore, Snapshotter
 from cargohold.units import format_size
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
 
@@ -57,7 +57,7 @@ def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, 
     return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))
 
 
-def usage_excludes_parents(sn: Any) -> bool:
+def usage_excludes_parents(sn: Snapshotter) -> bool:
     """Whether ``sn.usage`` of a committed layer counts that layer alone: overlay-like
     snapshotters (the embedded overlay backend; containerd's overlayfs and the others, whose
     API says usage excludes the parents), not full copies (the embedded ``flat`` backend,
@@ -70,7 +70,7 @@ def usage_excludes_parents(sn: Any) -> bool:
     return str(getattr(sn, "name", "")) != "native"
 
 
-def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest | str]) -> list[int | None]:
+def chain_layer_sizes(snapshots: Snapshotter | None, chains: Sequence[Digest | str]) -> list[int | None]:
     """The unpacked size of each layer of a chain stack from the snapshotter (None where the
     chain is not unpacked): its usage, or for a full-copy snapshotter
     (:func:`usage_excludes_parents` false) its usage minus its parent's."""
@@ -205,7 +205,7 @@ def ratio_of(layers: Iterable[tuple[int, int]]) -> UnpackRatio:
     return UnpackRatio(min(hi, max(lo, raw)), raw, comp, unp, n, small)
 
 
-def unpack_ratio(store: StoreLike | None, snapshots: Any | None = None) -> UnpackRatio:
+def unpack_ratio(store: StoreLike | None, snapshots: Snapshotter | None = None) -> UnpackRatio:
     """The ratio measured on the unpacked layers of the store's images (each once; see
     :func:`ratio_of`); the default when there is no store or no snapshotter."""
     if store is None:
