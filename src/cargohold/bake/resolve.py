@@ -331,6 +331,21 @@ def resolve_spec(
         report.image_resolved(resolved)
         return resolved
 
+    try:
+        return _resolve_all(entries, one, registry, failures, jobs)
+    finally:
+        report.finished()
+
+
+def _resolve_all(
+    entries: Sequence[ImageEntry],
+    one: Callable[[ImageEntry], CatalogImage],
+    registry: RegistryLike,
+    failures: list[tuple[ImageEntry, CargoholdError]] | None,
+    jobs: int,
+) -> list[CatalogImage]:
+    """``one`` of every entry, ``jobs`` at a time, in the entries' order (see
+    :func:`resolve_spec` for ``failures``); no resolve outlives the call."""
     out: list[CatalogImage] = []
     pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(entries))),
                               thread_name_prefix="resolve")
@@ -358,7 +373,5 @@ def resolve_spec(
         # interpreter at exit).
         shutdown(pool, abort if callable(abort) else None)
         raise
-    finally:
-        report.finished()
     pool.shutdown()
     return out
