@@ -76,6 +76,7 @@ from cargohold.pull.fetch import (
     FetchResult,
     RecordPolicy,
 )
+from cargohold.store.interfaces import Snapshotter, Store
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
@@ -373,7 +374,7 @@ class Baker:
     def __init__(
         self,
         spec: CacheSpec,
-        store: Any,
+        store: Store,
         registry: Any,
         *,
         root: Path,
@@ -472,8 +473,8 @@ class Baker:
         finally:
             phases[name] = phases.get(name, 0.0) + time.monotonic() - t0
 
-    def _snapshots(self) -> Any | None:
-        return getattr(self.store, "snapshots", None)
+    def _snapshots(self) -> Snapshotter:
+        return self.store.snapshots
 
     def _resolve(self, spec: CacheSpec, failures: list[tuple[ImageEntry, CargoholdError]],
                  events: ResolveEvents | None = None) -> list[CatalogImage]:
@@ -504,7 +505,7 @@ class Baker:
         sn = self._snapshots()
         return {
             "budget": self.options.budget,
-            "snapshotter": str(getattr(sn, "name", "")),
+            "snapshotter": sn.name,
             "cri_records": self.options.cri_records,
         }
 

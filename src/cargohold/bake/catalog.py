@@ -68,7 +68,7 @@ from cargohold.oci.manifest import (
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
-from cargohold.store.interfaces import ContentStore, ImageStore
+from cargohold.store.interfaces import ContentStore, Snapshotter, Store
 from cargohold.units import format_size
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
 
@@ -102,17 +102,9 @@ class RegistryLike(Protocol):
     def download_blob(self, ref: Reference, desc: Descriptor, write: Any, **kw: Any) -> None: ...
 
 
-class StoreLike(Protocol):
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def images(self) -> ImageStore: ...
-
-
-def snapshotter_of(store: object) -> Any | None:
-    """The store's snapshotter (its ``snapshots`` attribute), or None when it has none."""
-    return getattr(store, "snapshots", None)
+def snapshotter_of(store: Store) -> Snapshotter:
+    """The store's snapshotter (the embedded one is opened on first use)."""
+    return store.snapshots
 
 
 @dataclass(frozen=True)
@@ -138,20 +130,15 @@ def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, 
     return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))
 
 
-def usage_excludes_parents(sn: Any) -> bool:
+def usage_excludes_parents(sn: Snapshotter) -> bool:
     """Whether ``sn.usage`` of a committed layer counts that layer alone: overlay-like
     snapshotters (the embedded overlay backend; containerd's overlayfs and the others, whose
     API says usage excludes the parents), not full copies (the embedded ``flat`` backend,
-    containerd's ``native``)."""
-    if getattr(sn, "standalone_layers", True):
-        return True
-    backend = getattr(sn, "backend", None)  # the embedded snapshotter
-    if backend is not None:
-        return bool(backend != "flat")
-    return str(getattr(sn, "name", "")) != "native"
+    containerd's ``native``): :attr:`Snapshotter.usage_per_layer`."""
+    return sn.usage_per_layer
 
 
-def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest | str]) -> list[int | None]:
+def chain_layer_sizes(snapshots: Snapshotter | None, chains: Sequence[Digest | str]) -> list[int | None]:
     """The unpacked size of each layer of a chain stack from the snapshotter (None where the
     chain is not unpacked): its usage, or for a full-copy snapshotter
     (:func:`usage_excludes_parents` false) its usage minus its parent's."""
@@ -278,7 +265,7 @@ def ratio_of(layers: Iterable[tuple[int, int]]) -> UnpackRatio:
     return UnpackRatio(min(hi, max(lo, raw)), raw, comp, unp, n, small)
 
 
-def unpack_ratio(store: StoreLike | None, snapshots: Any | None = None) -> UnpackRatio:
+def unpack_ratio(store: Store | None, snapshots: Snapshotter | None = None) -> UnpackRatio:
     """The ratio measured on the unpacked layers of the store's images (each once; see
     :func:`ratio_of`); the default when there is no store or no snapshotter."""
     if store is None:
@@ -356,7 +343,7 @@ def resolve_entry(
     critical: bool,
     priority: float,
     mode: str,
-    snapshots: Any | None,
+    snapshots: Snapshotter | None,
     ratio: float,
 ) -> CatalogImage:
     root = resolver.registry.resolve(ref)
@@ -453,10 +440,10 @@ def resolve_spec(
     spec: CacheSpec,
     registry: RegistryLike,
     *,
-    store: StoreLike | None = None,
+    store: Store | None = None,
     default_platforms: Iterable[Platform] = (),
     ratio: float | None = None,
-    snapshots: Any | None = None,
+    snapshots: Snapshotter | None = None,
     failures: list[tuple[ImageEntry, CargoholdError]] | None = None,
     jobs: int = 4,
     events: ResolveEvents | None = None,

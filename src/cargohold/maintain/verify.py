@@ -64,6 +64,8 @@ from cargohold.store.interfaces import (
     Image,
     ImageStore,
     LeaseResource,
+    Snapshotter,
+    Store,
 )
 from cargohold.unpack.image import is_committed
 
@@ -179,7 +181,7 @@ def _read(content: ContentStore, desc: Descriptor) -> bytes:
 
 
 class _Checker:
-    def __init__(self, content: ContentStore, snapshots: Any | None, *,
+    def __init__(self, content: ContentStore, snapshots: Snapshotter | None, *,
                  trusted: Collection[str] = (), jobs: int = 1) -> None:
         self.content = content
         self.snapshots = snapshots
@@ -310,7 +312,7 @@ class _Checker:
             ))
 
 
-def _snapshot_label(snapshots: Any) -> str:
+def _snapshot_label(snapshots: Snapshotter) -> str:
     """The config label that keeps an image's snapshots in ``snapshots``."""
     return f"{GC_REF_SNAPSHOT}.{snapshots.name}"
 
@@ -344,16 +346,16 @@ def _restore_labels(content: ContentStore, saved: Mapping[str, Mapping[str, str]
 
 
 @contextlib.contextmanager
-def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
+def _holding_snapshots(store: Store, saved: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
     """A lease on the snapshots the saved labels reference, while their blobs are away
     (containerd's collector runs during a repair); none where no collector runs."""
     refs = {LeaseResource(f"snapshots/{k.removeprefix(GC_REF_SNAPSHOT + '.')}", v)
             for labels in saved.values() for k, v in labels.items()
             if k.startswith(GC_REF_SNAPSHOT + ".")}
-    leases = getattr(store, "leases", None)
-    if not refs or leases is None or not callable(getattr(store, "collect_garbage", None)):
+    if not refs or not store.gc_in_background:
         yield
         return
+    leases = store.leases
     expire = datetime.now(UTC) + timedelta(hours=1)  # if this process dies meanwhile
     lease = leases.create(labels={"containerd.io/gc.expire": expire.isoformat(),
                                   "cargohold/purpose": "verify-repair"})
@@ -366,7 +368,7 @@ def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> It
             leases.delete(lease.id)
 
 
-def _relabel(content: ContentStore, snapshots: Any, images: Iterable[Image]) -> None:
+def _relabel(content: ContentStore, snapshots: Snapshotter, images: Iterable[Image]) -> None:
     """Give each unpacked image's config its snapshot label back."""
     checker = _Checker(content, snapshots)
     key = _snapshot_label(snapshots)
@@ -390,11 +392,11 @@ def _refetch_ref(img: Image, records: Iterable[Image]) -> Reference | None:
 
 
 def verify(
-    store: Any,
+    store: Store,
     refs: Sequence[str] | None = None,
     *,
     repair_with: Any | None = None,
-    snapshots: Any | None = None,
+    snapshots: Snapshotter | None = None,
     trusted: Collection[str] = (),
     jobs: int = 4,
 ) -> list[Problem]:
@@ -403,7 +405,7 @@ def verify(
     ``trusted``: digests just verified on commit (not re-hashed); ``jobs``: blobs hashed
     at once."""
     if snapshots is None:
-        snapshots = getattr(store, "snapshots", None)
+        snapshots = store.snapshots
     content: ContentStore = store.content
     images = select_images(store.images, refs)
     checker = _Checker(content, snapshots, trusted=trusted, jobs=jobs)
@@ -444,7 +446,7 @@ def verify(
 
 
 def _refetch(
-    store: Any,
+    store: Store,
     content: ContentStore,
     found: Mapping[str, tuple[Image, list[Problem], list[str]]],
     damaged: set[str],
@@ -454,9 +456,9 @@ def _refetch(
     for d in sorted(damaged):
         with contextlib.suppress(NotFoundError):
             content.delete(Digest.parse(d))
-    collect = getattr(store, "collect_garbage", None)
-    if damaged and callable(collect):
-        collect()  # containerd: the damaged files must be gone before they are fetched again
+    if damaged and store.gc_in_background:
+        # containerd: the damaged files must be gone before they are fetched again
+        store.collect_garbage()
     all_records = store.images.list()
     fetched: set[str] = set()
     errors: dict[str, str] = {}

@@ -52,11 +52,9 @@ from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     GC_REF_CONTENT,
     LABEL_DISTRIBUTION_SOURCE,
-    ContentStore,
     ContentWriter,
     Image,
-    ImageStore,
-    LeaseManager,
+    Store,
 )
 
 #: Longest pause between two attempts to open an ingest another writer holds.
@@ -79,17 +77,6 @@ class Registry(Protocol):
         offset: int = 0,
         on_progress: Callable[[int], None] | None = None,
     ) -> None: ...
-
-
-class StoreLike(Protocol):
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def images(self) -> ImageStore: ...
-
-    @property
-    def leases(self) -> LeaseManager: ...
 
 
 class FetchEvents:
@@ -272,7 +259,7 @@ class Fetcher:
 
     def __init__(
         self,
-        store: StoreLike,
+        store: Store,
         registry: Registry,
         *,
         jobs: int = 4,
