@@ -49,22 +49,18 @@ from cargohold.errors import (
     BudgetError,
     CargoholdError,
     Interrupted,
-    NotFoundError,
     UnsupportedError,
 )
 from cargohold.images.content import image_contents, present_configs
-from cargohold.images.walk import read_verified_blob
+from cargohold.images.walk import by_platform, image_graph, read_verified_blob
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
 from cargohold.oci.manifest import (
     ImageConfig,
-    Index,
     Manifest,
     parse_config,
-    parse_manifest_or_index,
-    select_manifests,
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
@@ -295,11 +291,12 @@ class _Resolver:
         self.registry = registry
         self.content = content
 
-    def manifest(self, ref: Reference, desc: Descriptor) -> Manifest | Index:
+    def manifest(self, ref: Reference, desc: Descriptor) -> bytes:
+        """A manifest or index: the store's copy, else the registry's."""
         data = _local_blob(self.content, desc) if self.content is not None else None
         if data is None:
             data = self.registry.fetch_manifest(ref, desc)
-        return parse_manifest_or_index(data, desc.media_type)
+        return data
 
     def config(self, ref: Reference, desc: Descriptor) -> ImageConfig:
         data = _local_blob(self.content, desc) if self.content is not None else None
@@ -347,25 +344,13 @@ def resolve_entry(
     ratio: float,
 ) -> CatalogImage:
     root = resolver.registry.resolve(ref)
-    parsed = resolver.manifest(ref, root)
+    graph = image_graph(root, lambda d: resolver.manifest(ref, d),
+                        select=by_platform(platforms, what=str(ref)), what=str(ref))
     blobs: dict[str, int] = {str(root.digest): root.size}
-    manifests: list[tuple[Descriptor, Manifest]] = []
-    if isinstance(parsed, Index):
-        selected = select_manifests(parsed, platforms)
-        if not selected:
-            wanted = ", ".join(str(p) for p in platforms) or "any"
-            have = ", ".join(str(d.platform) for d in parsed.manifests if d.platform)
-            raise NotFoundError(
-                f"{ref}: no manifest for platform {wanted} (index has: {have or 'none'})"
-            )
-        for d in selected:
-            m = resolver.manifest(ref, d)
-            if not isinstance(m, Manifest):
-                raise UnsupportedError(f"{ref}: nested index {d.digest} is not supported")
-            manifests.append((d, m))
+    manifests = graph.manifests
+    if graph.index is not None:
+        for d, _ in manifests:
             blobs.setdefault(str(d.digest), d.size)
-    else:
-        manifests.append((root, parsed))
     chains: dict[str, int] = {}
     present_chains: dict[str, int] = {}
     plats: list[str] = []

@@ -50,12 +50,13 @@ from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
+from cargohold.images.walk import image_graph
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
-from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest_or_index
+from cargohold.oci.manifest import parse_config
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, lookup_by_name, parse_reference
 from cargohold.store.interfaces import (
@@ -226,33 +227,20 @@ class _Checker:
                 problems.append(Problem(img.name, bad[0], bad[1], str(desc.digest)))
             return bad is None
 
-        manifests: list[tuple[Descriptor, Manifest]] = []
-        if note(img.target):
-            try:
-                parsed = parse_manifest_or_index(_read(self.content, img.target),
-                                                 img.target.media_type)
-            except CargoholdError as e:
-                parsed = None
-                problems.append(Problem(img.name, "corrupt", f"{img.target.digest}: {e}",
-                                        str(img.target.digest)))
-            if isinstance(parsed, Index):
-                for d in parsed.manifests:
-                    try:
-                        self.content.info(d.digest)
-                    except NotFoundError:
-                        continue  # a platform that was not fetched
-                    if not note(d):
-                        continue
-                    try:
-                        child = parse_manifest_or_index(_read(self.content, d), d.media_type)
-                    except CargoholdError as e:
-                        problems.append(Problem(img.name, "corrupt", f"{d.digest}: {e}",
-                                                str(d.digest)))
-                        continue
-                    if isinstance(child, Manifest):
-                        manifests.append((d, child))
-            elif isinstance(parsed, Manifest):
-                manifests.append((img.target, parsed))
+        target = img.target
+
+        def fetch(d: Descriptor) -> bytes | None:
+            if d is not target:
+                try:
+                    self.content.info(d.digest)
+                except NotFoundError:
+                    return None  # a platform that was not fetched
+            return _read(self.content, d) if note(d) else None
+
+        def broken(d: Descriptor, e: CargoholdError) -> None:
+            problems.append(Problem(img.name, "corrupt", f"{d.digest}: {e}", str(d.digest)))
+
+        manifests = image_graph(target, fetch, nested="skip", on_error=broken).manifests
         self.prefetch(
             d for _, m in manifests for d in [m.config, *m.layers]
             if mediatypes.is_distributable(d.media_type)
