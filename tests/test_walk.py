@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -85,35 +86,37 @@ def test_missing_blobs_are_skipped_and_noted(tmp_path: Path) -> None:
     assert root_gone.missing == [img.root] and root_gone.manifests == []
 
 
-def test_wrong_digest_is_not_read_from_a_store_and_broken_blobs_are_reported(
+def test_a_blob_with_the_wrong_digest_is_not_read_and_broken_blobs_are_reported(
     tmp_path: Path,
 ) -> None:
     img = _multiarch(tmp_path)
-    with EmbeddedStore(tmp_path / "store") as store:
+    root = tmp_path / "store"
+    with EmbeddedStore(root) as store:
         for d in [img.root, *(c.root for c in img.manifests)]:
             data = img.path(d.digest).read_bytes()
             with store.content.writer(f"w-{d.digest.hex}") as w:
                 w.write(data)
                 w.commit(len(data), d.digest)
-        # The second manifest's entry names bytes of the right size but another digest.
-        good = img.manifests[1].root
-        liar = Descriptor(good.media_type, Digest.from_bytes(b"x" * good.size), good.size)
+        # The second manifest's stored bytes change (same size): its digest is wrong now.
+        bad = img.manifests[1].root
+        f = root / "content" / "blobs" / bad.digest.algorithm / bad.digest.hex
+        os.chmod(f, 0o644)
+        data = bytearray(f.read_bytes())
+        data[-2] ^= 0x01
+        f.write_bytes(bytes(data))
 
-        def fetch(desc: Descriptor) -> bytes | None:
-            if desc.digest == good.digest:
-                desc = liar
-            return read_verified_blob(store.content, desc)
+        g = image_graph(img.root, lambda d: read_verified_blob(store.content, d))
+        assert [d.digest for d in g.missing] == [bad.digest]
+        assert [d.digest for d, _ in g.manifests] == [
+            img.manifests[0].root.digest, img.manifests[2].root.digest]
 
-        g = image_graph(img.root, fetch)
-        assert [d.digest for d in g.missing] == [good.digest]
-        assert len(g.manifests) == 2
-
-        errors: list[tuple[Descriptor, CargoholdError]] = []
-        garbled = image_graph(img.root, lambda d: b"{not json" if d != img.root else
-                              fetch(d), on_error=lambda d, e: errors.append((d, e)))
-        assert garbled.manifests == [] and len(errors) == 3
-        with pytest.raises(CargoholdError):
-            image_graph(img.root, lambda d: b"{not json")
+    errors: list[tuple[Descriptor, CargoholdError]] = []
+    files = _files(img)
+    garbled = image_graph(img.root, lambda d: files(d) if d == img.root else b"{not json",
+                          on_error=lambda d, e: errors.append((d, e)))
+    assert garbled.manifests == [] and len(errors) == 3
+    with pytest.raises(CargoholdError):
+        image_graph(img.root, lambda d: b"{not json")
 
 
 def test_walk_is_depth_first_and_skip_leaves_children_alone() -> None:
