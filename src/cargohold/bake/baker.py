@@ -83,6 +83,7 @@ from cargohold.pull.fetch import (
     Registry,
     ingest_ref,
 )
+from cargohold.store.interfaces import Snapshotter, Store
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path", "write_json_atomic"]
@@ -121,7 +122,7 @@ class Baker:
     def __init__(
         self,
         spec: CacheSpec,
-        store: Any,
+        store: Store,
         registry: Registry,
         *,
         root: Path,
@@ -225,8 +226,8 @@ class Baker:
         finally:
             phases[name] = phases.get(name, 0.0) + time.monotonic() - t0
 
-    def _snapshots(self) -> Any | None:
-        return getattr(self.store, "snapshots", None)
+    def _snapshots(self) -> Snapshotter:
+        return self.store.snapshots
 
     def _resolve(self, spec: CacheSpec, failures: list[tuple[ImageEntry, CargoholdError]],
                  events: ResolveEvents | None = None,
@@ -258,7 +259,7 @@ class Baker:
     def _options_key(self) -> PlanKey:
         """What, besides the spec and the digests, a saved plan was made for."""
         sn = self._snapshots()
-        return PlanKey(self.options.budget, str(getattr(sn, "name", "")),
+        return PlanKey(self.options.budget, sn.name,
                        self.options.cri_records)
 
     def _plan(self, catalog: list[CatalogImage]) -> tuple[CatalogPlan, bool]:

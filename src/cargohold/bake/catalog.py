@@ -54,7 +54,6 @@ from cargohold.bake.resolve import (
 from cargohold.bake.sizes import (
     RATIO_MIN_LAYER,
     RATIO_RANGE,
-    StoreLike,
     UnpackRatio,
     chain_layer_sizes,
     layer_chains,
@@ -77,7 +76,6 @@ __all__ = [
     "PlanRow",
     "RegistryLike",
     "ResolveEvents",
-    "StoreLike",
     "UnpackRatio",
     "budget_hint",
     "chain_layer_sizes",

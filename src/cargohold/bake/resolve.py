@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 from cargohold.bake.plan import PlanImage, estimate_unpacked
 from cargohold.bake.sizes import (
-    StoreLike,
     chain_layer_sizes,
     layer_chains,
     local_blob,
@@ -22,23 +21,22 @@ from cargohold.bake.sizes import (
     usage_excludes_parents,
 )
 from cargohold.bake.spec import CacheSpec, ImageEntry
-from cargohold.errors import CargoholdError, Interrupted, NotFoundError, UnsupportedError
+from cargohold.errors import CargoholdError, Interrupted, UnsupportedError
+from cargohold.images.walk import by_platform, image_graph
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
 from cargohold.oci.manifest import (
     ImageConfig,
     Index,
-    Manifest,
     parse_config,
     parse_manifest_or_index,
-    select_manifests,
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
 from cargohold.pull.fetch import child_labels, source_label
 from cargohold.pull.singleflight import SingleFlight
-from cargohold.store.interfaces import ContentStore, Snapshotter
+from cargohold.store.interfaces import ContentStore, Snapshotter, Store
 
 __all__ = [
     "MAX_CONFIG_SIZE",
@@ -130,11 +128,12 @@ class _Resolver:
         self.content = content
         self.downloads = downloads or Downloads()
 
-    def manifest(self, ref: Reference, desc: Descriptor) -> Manifest | Index:
+    def manifest(self, ref: Reference, desc: Descriptor) -> bytes:
+        """A manifest or index: the store's copy, else the registry's (once per bake)."""
         data = local_blob(self.content, desc) if self.content is not None else None
         if data is None:
             data = self.downloads.once(desc, lambda: self._fetch_manifest(ref, desc))
-        return parse_manifest_or_index(data, desc.media_type)
+        return data
 
     def _fetch_manifest(self, ref: Reference, desc: Descriptor) -> Downloaded:
         data = self.registry.fetch_manifest(ref, desc)
@@ -200,25 +199,13 @@ def resolve_entry(
     resolve of this bake: the registry is not asked again)."""
     if root is None:
         root = resolver.registry.resolve(ref)
-    parsed = resolver.manifest(ref, root)
+    graph = image_graph(root, lambda d: resolver.manifest(ref, d),
+                        select=by_platform(platforms, what=str(ref)), what=str(ref))
     blobs: dict[str, int] = {str(root.digest): root.size}
-    manifests: list[tuple[Descriptor, Manifest]] = []
-    if isinstance(parsed, Index):
-        selected = select_manifests(parsed, platforms)
-        if not selected:
-            wanted = ", ".join(str(p) for p in platforms) or "any"
-            have = ", ".join(str(d.platform) for d in parsed.manifests if d.platform)
-            raise NotFoundError(
-                f"{ref}: no manifest for platform {wanted} (index has: {have or 'none'})"
-            )
-        for d in selected:
-            m = resolver.manifest(ref, d)
-            if not isinstance(m, Manifest):
-                raise UnsupportedError(f"{ref}: nested index {d.digest} is not supported")
-            manifests.append((d, m))
+    manifests = graph.manifests
+    if graph.index is not None:
+        for d, _ in manifests:
             blobs.setdefault(str(d.digest), d.size)
-    else:
-        manifests.append((root, parsed))
     chains: dict[str, int] = {}
     present_chains: dict[str, int] = {}
     plats: list[str] = []
@@ -279,7 +266,7 @@ def resolve_spec(
     spec: CacheSpec,
     registry: RegistryLike,
     *,
-    store: StoreLike | None = None,
+    store: Store | None = None,
     default_platforms: Iterable[Platform] = (),
     ratio: float | None = None,
     snapshots: Snapshotter | None = None,

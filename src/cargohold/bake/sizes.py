@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from cargohold.bake.plan import DEFAULT_UNPACK_RATIO
 from cargohold.errors import CargoholdError
@@ -16,14 +16,13 @@ from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import ImageConfig, Manifest
-from cargohold.store.interfaces import ContentStore, ImageStore, Snapshotter
+from cargohold.store.interfaces import ContentStore, Snapshotter, Store
 from cargohold.units import format_size
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
 
 __all__ = [
     "RATIO_MIN_LAYER",
     "RATIO_RANGE",
-    "StoreLike",
     "UnpackRatio",
     "chain_layer_sizes",
     "layer_chains",
@@ -36,19 +35,9 @@ __all__ = [
 ]
 
 
-class StoreLike(Protocol):
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def images(self) -> ImageStore: ...
-
-
-
-def snapshotter_of(store: object) -> Any | None:
-    """The store's snapshotter (its ``snapshots`` attribute), or None when it has none."""
-    return getattr(store, "snapshots", None)
-
+def snapshotter_of(store: Store) -> Snapshotter:
+    """The store's snapshotter (the embedded one is opened on first use)."""
+    return store.snapshots
 
 
 def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
@@ -61,13 +50,8 @@ def usage_excludes_parents(sn: Snapshotter) -> bool:
     """Whether ``sn.usage`` of a committed layer counts that layer alone: overlay-like
     snapshotters (the embedded overlay backend; containerd's overlayfs and the others, whose
     API says usage excludes the parents), not full copies (the embedded ``flat`` backend,
-    containerd's ``native``)."""
-    if getattr(sn, "standalone_layers", True):
-        return True
-    backend = getattr(sn, "backend", None)  # the embedded snapshotter
-    if backend is not None:
-        return bool(backend != "flat")
-    return str(getattr(sn, "name", "")) != "native"
+    containerd's ``native``): :attr:`Snapshotter.usage_per_layer`."""
+    return sn.usage_per_layer
 
 
 def chain_layer_sizes(snapshots: Snapshotter | None, chains: Sequence[Digest | str]) -> list[int | None]:
@@ -205,7 +189,7 @@ def ratio_of(layers: Iterable[tuple[int, int]]) -> UnpackRatio:
     return UnpackRatio(min(hi, max(lo, raw)), raw, comp, unp, n, small)
 
 
-def unpack_ratio(store: StoreLike | None, snapshots: Snapshotter | None = None) -> UnpackRatio:
+def unpack_ratio(store: Store | None, snapshots: Snapshotter | None = None) -> UnpackRatio:
     """The ratio measured on the unpacked layers of the store's images (each once; see
     :func:`ratio_of`); the default when there is no store or no snapshotter."""
     if store is None:

@@ -6,7 +6,7 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,6 +40,9 @@ from cargohold.errors import (
 )
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.unpack.image import UnpackResult
+
+if TYPE_CHECKING:
+    from cargohold.store.interfaces import Store
 
 
 class _BakeProgress(ResolveProgress, BakeEvents):
@@ -171,7 +174,7 @@ def _bake(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, .
 
 
 @contextmanager
-def _unpack_scope(store: Any, progress: FetchProgress) -> Iterator[None]:
+def _unpack_scope(store: Store, progress: FetchProgress) -> Iterator[None]:
     """The unpack phase: under a lease (containerd), with the live display on a TTY."""
     with unpack_lease(store), progress:
         yield
