@@ -34,11 +34,11 @@ from contextvars import Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any, Literal
+from typing import Literal
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.store.gcmark import LABEL_GC_EXPIRE
-from cargohold.store.interfaces import KIND_ACTIVE, LeaseResource, active_lease
+from cargohold.store.interfaces import KIND_ACTIVE, LeaseResource, Store, active_lease
 
 #: How long a lease protects after its owner vanished where nobody can tell (containerd: 24 h).
 LEASE_EXPIRY = timedelta(hours=24)
@@ -130,17 +130,14 @@ def owner_dead(labels: Mapping[str, str]) -> bool:
 
 
 @contextmanager
-def _signals_held(store: Any) -> Iterator[None]:
+def _signals_held(store: Store) -> Iterator[None]:
     """Hold SIGINT/SIGTERM (delivered right after) so that creating a lease and entering the
     block that deletes it, or deleting it, is not cut in half by Ctrl-C. Best effort: another
     thread may still take the signal and Python then runs its handler here. Only for the
     embedded store (SQLite, bounded waits): a call to a hung containerd must stay
     interruptible. A lease a signal cut off is released by the next command (its owner is
     dead by then)."""
-    from cargohold.store.embedded.leases import EmbeddedLeaseManager
-
-    local = isinstance(store.leases, EmbeddedLeaseManager)
-    if not local or threading.current_thread() is not threading.main_thread():
+    if store.kind != "embedded" or threading.current_thread() is not threading.main_thread():
         yield  # process signals go to the main thread
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -151,7 +148,7 @@ def _signals_held(store: Any) -> Iterator[None]:
 
 
 @contextmanager
-def leased(store: Any, purpose: str, *, attach: bool = True) -> Iterator[str]:
+def leased(store: Store, purpose: str, *, attach: bool = True) -> Iterator[str]:
     """Hold a new lease of ``store`` (owner labels, see the module docstring) for the block and
     yield its id; with ``attach`` it is the active lease (what the block writes joins it).
     The lease is deleted on the way out, however the block ends."""
@@ -176,7 +173,7 @@ def leased(store: Any, purpose: str, *, attach: bool = True) -> Iterator[str]:
     _release(store, lease_id, token, quiet=False)
 
 
-def _release(store: Any, lease_id: str, token: Token[str | None] | None, *,
+def _release(store: Store, lease_id: str, token: Token[str | None] | None, *,
              quiet: bool) -> None:
     with _signals_held(store):
         if token is not None:
@@ -201,21 +198,12 @@ class Reaped:
     snapshots: tuple[str, ...]
 
 
-def _snapshotter(store: Any, name: str) -> Any | None:
-    named = getattr(store, "snapshotter_named", None)
-    if callable(named):  # containerd: any of its snapshotters
-        return named(name)
-    if not getattr(store, "has_snapshots", False):
-        return None  # embedded, nothing ever unpacked: nothing to remove
-    sn = store.snapshots
-    return sn if sn.name == name else None
-
-
-def _remove_extract(store: Any, res: LeaseResource) -> bool:
+def _remove_extract(store: Store, res: LeaseResource) -> bool:
     """Remove a half-applied (active) extract snapshot; False if there is none."""
     if not (res.type.startswith("snapshots/") and res.id.startswith(EXTRACT_PREFIX)):
         return False
-    sn = _snapshotter(store, res.type.removeprefix("snapshots/"))
+    # containerd: any of its snapshotters; embedded: None if nothing was ever unpacked
+    sn = store.snapshotter_named(res.type.removeprefix("snapshots/"))
     if sn is None:
         return False
     try:
@@ -227,7 +215,7 @@ def _remove_extract(store: Any, res: LeaseResource) -> bool:
     return True
 
 
-def reap_dead_leases(store: Any) -> list[Reaped]:
+def reap_dead_leases(store: Store) -> list[Reaped]:
     """Release every lease of ``store`` whose owner process is dead, removing the
     ``extract-*`` snapshots it held first. Errors on one lease leave it for the next run."""
     out: list[Reaped] = []

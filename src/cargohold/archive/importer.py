@@ -24,6 +24,7 @@ from cargohold.errors import CargoholdError, InvalidInputError, NotFoundError
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.reference import Reference
 from cargohold.pull.fetch import Fetcher, FetchEvents, FetchFailure, FetchResult, RecordPolicy
+from cargohold.store.interfaces import Store
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 
@@ -173,7 +174,7 @@ class ImportRun:
 
 
 def import_archives(
-    store: Any,
+    store: Store,
     paths: Sequence[Path],
     *,
     platforms: Sequence[Platform],

@@ -46,7 +46,7 @@ from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
-from cargohold.store.interfaces import ContentStore, active_lease
+from cargohold.store.interfaces import ContentStore, Store, active_lease
 
 #: Called with the bytes about to be written; raises OutOfSpaceError past the reserve.
 SpaceCheck = Callable[[int], None]
@@ -381,7 +381,7 @@ def _sniff_manifest(a: Archive, name: str, digest: Digest) -> Descriptor | None:
 def open_source(
     paths: Sequence[Path],
     *,
-    store: Any | None = None,
+    store: Store | None = None,
     check: SpaceCheck = _no_check,
     base_name: Reference | None = None,
     fallback: Any | None = None,
@@ -416,7 +416,7 @@ def open_source(
     return source
 
 
-def _staging_lease(store: Any) -> AbstractContextManager[str]:
+def _staging_lease(store: Store) -> AbstractContextManager[str]:
     """The staging lease: cargohold's own (owner-labelled, released however the import
     ends, a killed import's released by the next command)."""
     from cargohold.leasing import leased

@@ -30,23 +30,19 @@ A bake never deletes anything: images dropped from a spec stay until ``images rm
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import json
-import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cargohold import __version__
 from cargohold.bake.catalog import (
     CatalogImage,
+    CatalogPlan,
+    Downloads,
     ResolveEvents,
     UnpackRatio,
     budget_hint,
@@ -54,290 +50,43 @@ from cargohold.bake.catalog import (
     resolve_spec,
     unpack_ratio,
 )
-from cargohold.bake.plan import DEFAULT_MODEL, CostModel, Decision
+from cargohold.bake.plan import DEFAULT_MODEL, CostModel
+from cargohold.bake.report import BakeImage, BakeReport, fail
 from cargohold.bake.spec import CacheSpec, ImageEntry, format_size
+from cargohold.bake.state import (
+    PlanKey,
+    SavedBake,
+    load_state,
+    spec_digest,
+    spec_path,
+    state_path,
+    write_json_atomic,
+)
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
-    ConflictError,
     DigestMismatchError,
     OutOfSpaceError,
 )
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.leasing import leased
 from cargohold.maintain.du import disk_usage
-from cargohold.maintain.verify import Problem, verify
+from cargohold.maintain.verify import verify
 from cargohold.node.warmorder import label_record
-from cargohold.oci.descriptor import Platform
+from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.pull.fetch import (
     CommittedBlobs,
     Fetcher,
     FetchEvents,
     FetchFailure,
-    FetchResult,
     RecordPolicy,
+    Registry,
+    ingest_ref,
 )
+from cargohold.store.interfaces import Snapshotter, Store
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
-__all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
-
-STATE_DIR = "bakes"
-STATE_VERSION = 1
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def spec_digest(spec: CacheSpec) -> str:
-    """sha256 of the spec file's bytes as :func:`~cargohold.bake.spec.load_spec` read them (what
-    a reused plan is keyed by); of the spec's path for a spec parsed from text."""
-    return spec.digest or "sha256:" + hashlib.sha256(spec.path.encode()).hexdigest()
-
-
-def spec_path(spec: CacheSpec) -> str:
-    """The spec's file as an absolute path (a spec parsed from text: its name as given)."""
-    return os.path.abspath(spec.path) if spec.digest else spec.path
-
-
-def state_path(root: Path, spec: CacheSpec, store: str, namespace: str) -> Path:
-    key = hashlib.sha256(
-        f"{spec_digest(spec)}\0{store}\0{namespace}".encode()
-    ).hexdigest()[:20]
-    return Path(root) / STATE_DIR / f"{key}.json"
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path``: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would (mkstemp makes it 0600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-@dataclass
-class BakeImage:
-    """One spec entry's outcome."""
-
-    name: str
-    decision: Decision
-    critical: bool
-    priority: float
-    platforms: list[str]
-    digest: str
-    planned_compressed_bytes: int
-    planned_unpacked_bytes: int
-    penalty_seconds: float
-    status: str = "pending"  # ok | failed | skipped
-    error: dict[str, Any] | None = None
-    fetch: FetchResult | None = None
-    unpack: list[UnpackResult] = field(default_factory=list)
-    content_bytes: int = 0
-    snapshot_bytes: int = 0
-    exception: CargoholdError | None = field(default=None, repr=False)
-    #: False for an entry that could not be resolved: it has no decision (``mode`` null).
-    resolved: bool = True
-
-    @property
-    def bytes_transferred(self) -> int:
-        return self.fetch.bytes_transferred if self.fetch else 0
-
-    @property
-    def fetch_seconds(self) -> float:
-        return self.fetch.seconds if self.fetch else 0.0
-
-    @property
-    def unpack_seconds(self) -> float:
-        return sum(u.seconds for u in self.unpack if not u.already_unpacked)
-
-    @property
-    def planned_bytes(self) -> int:
-        """What the plan expected it to take on disk: its blobs if kept, its chains if
-        pulled (shared bytes counted in each image that has them, as :attr:`measured_bytes`)."""
-        kept = self.planned_compressed_bytes if self.decision != "skip" else 0
-        return kept + (self.planned_unpacked_bytes if self.decision == "pull" else 0)
-
-    @property
-    def measured_bytes(self) -> int:
-        return self.content_bytes + self.snapshot_bytes
-
-    def over_plan(self) -> tuple[int, str] | None:
-        """``(bytes, why)`` when it takes more disk than planned, else None: snapshots of an
-        image the plan did not pull (unpacked outside the bake: a container's first start,
-        ``pull``, ``unpack``), content of one it skipped (an earlier fetch), or more bytes
-        than estimated."""
-        excess = self.measured_bytes - self.planned_bytes
-        if excess <= 0:
-            return None
-        if self.decision != "pull" and self.snapshot_bytes > 0:
-            return excess, (f"{format_size(self.snapshot_bytes)} of snapshots the plan did not "
-                            "pull (unpacked outside the bake: a container's first start, "
-                            "`pull` or `unpack`)")
-        if self.decision == "skip" and self.content_bytes > 0:
-            return excess, (f"{format_size(self.content_bytes)} of content the plan skipped "
-                            "(fetched outside this bake)")
-        return excess, (f"{format_size(excess)} more than planned (layer sizes estimated or "
-                        "read off the blobs; files take whole blocks)")
-
-    @property
-    def did_work(self) -> bool:
-        """Whether this run wrote anything for the image (blobs, a record, a snapshot)."""
-        if self.fetch is not None and (
-            self.fetch.bytes_transferred or self.fetch.record != "unchanged"
-        ):
-            return True
-        return any(not u.already_unpacked for u in self.unpack)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "digest": self.digest,
-            "platforms": self.platforms,
-            "mode": self.decision if self.resolved else None,
-            "critical": self.critical,
-            "priority": self.priority,
-            "status": self.status,
-            "error": self.error,
-            "planned": {
-                "compressed_bytes": self.planned_compressed_bytes,
-                "unpacked_bytes": self.planned_unpacked_bytes,
-                "penalty_seconds": round(self.penalty_seconds, 3),
-            },
-            "bytes": {
-                "content": self.content_bytes,
-                "snapshots": self.snapshot_bytes,
-                "transferred": self.bytes_transferred,
-            },
-            "durations": {
-                "fetch_seconds": round(self.fetch_seconds, 3),
-                "unpack_seconds": round(self.unpack_seconds, 3),
-            },
-            "record": self.fetch.record if self.fetch else None,
-            "unpack": [
-                {
-                    "platform": u.platform,
-                    "chain_id": u.chain_id,
-                    "chains_total": u.chains_total,
-                    "chains_unpacked": u.chains_unpacked,
-                    "bytes_uncompressed": u.bytes_uncompressed,
-                    "seconds": round(u.seconds, 3),
-                }
-                for u in self.unpack
-            ],
-        }
-
-
-@dataclass
-class BakeReport:
-    """What a bake did; ``to_json`` is the ``--report`` file."""
-
-    spec: str
-    spec_digest: str
-    store: str
-    namespace: str
-    budget: int | None
-    reserve: int
-    plan: dict[str, Any]
-    plan_reused: bool
-    images: list[BakeImage]
-    started_at: str = field(default_factory=_now)
-    seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    content_bytes: int = 0
-    snapshot_bytes: int = 0
-    snapshots_measured: bool = False
-
-    @property
-    def total_bytes(self) -> int:
-        return self.content_bytes + self.snapshot_bytes
-
-    @property
-    def failed(self) -> list[BakeImage]:
-        return [i for i in self.images if i.status == "failed"]
-
-    @property
-    def ok(self) -> list[BakeImage]:
-        return [i for i in self.images if i.status == "ok"]
-
-    @property
-    def nothing_done(self) -> bool:
-        """A rerun that found everything in place: nothing fetched, recorded or unpacked."""
-        return not self.failed and not any(i.did_work for i in self.images)
-
-    @property
-    def over_budget(self) -> int:
-        """Bytes over the budget after the bake (0 when within it or without one)."""
-        if self.budget is None:
-            return 0
-        return max(0, self.total_bytes - self.budget)
-
-    def count(self, decision: Decision) -> int:
-        """Images with this decision that did not fail (a failed image counts only as
-        failed, so the counts add up to the images)."""
-        return sum(1 for i in self.images if i.decision == decision and i.status != "failed")
-
-    def over_budget_causes(self) -> list[tuple[str, int, str]]:
-        """``(image, bytes, why)`` of the images that take more disk than the plan gave
-        them, the most first: what put the bake over its budget."""
-        causes = []
-        for img in self.images:
-            over = img.over_plan()
-            if over is not None:
-                causes.append((img.name, over[0], over[1]))
-        return sorted(causes, key=lambda c: (-c[1], c[0]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tool": {"name": "cargohold", "version": __version__},
-            "spec": self.spec,
-            "spec_digest": self.spec_digest,
-            "store": self.store,
-            "namespace": self.namespace if self.store == "containerd" else None,
-            "started_at": self.started_at,
-            "plan_reused": self.plan_reused,
-            "nothing_done": self.nothing_done,
-            "images": [i.to_json() for i in self.images],
-            "totals": {
-                "images": len(self.images),
-                "pulled": self.count("pull"),
-                "fetched": self.count("fetch"),
-                "skipped": self.count("skip"),
-                "failed": len(self.failed),
-                "budget_bytes": self.budget,
-                "reserve_bytes": self.reserve,
-                "content_bytes": self.content_bytes,
-                "snapshot_bytes": self.snapshot_bytes if self.snapshots_measured else None,
-                "total_bytes": self.total_bytes,
-                "over_budget_bytes": self.over_budget,
-                "over_plan": [{"name": n, "bytes": b, "reason": why}
-                              for n, b, why in self.over_budget_causes()],
-                "bytes_transferred": sum(i.bytes_transferred for i in self.images),
-                "planned_total_bytes": self.plan.get("total_bytes"),
-                "planned_penalty_seconds": self.plan.get("total_penalty"),
-                "seconds": round(self.seconds, 3),
-                "phases": {k: round(v, 3) for k, v in self.phases.items()},
-            },
-            "problems": [p.to_json() for p in self.problems],
-            "plan": self.plan,
-        }
-
+__all__ = ["BakeImage", "BakeReport", "Baker", "state_path", "write_json_atomic"]
 
 class BakeEvents(ResolveEvents):
     """Progress callbacks of a bake (the CLI subclasses it): the first plan's resolution
@@ -373,8 +122,8 @@ class Baker:
     def __init__(
         self,
         spec: CacheSpec,
-        store: Any,
-        registry: Any,
+        store: Store,
+        registry: Registry,
         *,
         root: Path,
         store_kind: str,
@@ -400,9 +149,13 @@ class Baker:
         self.fetch_scope = fetch_scope
         self.unpack_events = unpack_events  # per-layer progress of the unpack phase
         self.unresolved: list[tuple[ImageEntry, CargoholdError]] = []
+        #: Manifests and configs the plan downloaded: the fetch stores them and goes on.
+        self.downloads = Downloads()
         self.report: BakeReport | None = None
         #: The ratio unmeasured layers are estimated at (measured when the plan is made).
         self.ratio = UnpackRatio()
+        #: What each resolved image was planned with (set by the plan phase).
+        self.targets: dict[str, Descriptor] = {}
 
     # ------------------------------------------------------------ phases
 
@@ -413,7 +166,8 @@ class Baker:
         phases: dict[str, float] = {}
         with self._timed(phases, "plan"):
             catalog = self._catalog()
-            plan_doc, reused = self._plan(catalog)
+            self.targets = {c.image.name: c.target for c in catalog}
+            plan, reused = self._plan(catalog)
         report = self.report = BakeReport(
             spec=spec_path(self.spec),
             spec_digest=spec_digest(self.spec),
@@ -421,9 +175,9 @@ class Baker:
             namespace=self.namespace,
             budget=self.options.budget,
             reserve=self.options.reserve,
-            plan=plan_doc,
+            plan=plan,
             plan_reused=reused,
-            images=self._images(catalog, plan_doc),
+            images=self._images(catalog, plan),
             phases=phases,
         )
         try:
@@ -434,15 +188,15 @@ class Baker:
 
     def _bake(self, report: BakeReport, catalog: list[CatalogImage],
               phases: dict[str, float]) -> None:
-        if not report.plan["feasible"]:
+        if not report.plan.feasible:
             self._save_state(report, catalog, status="failed")
-            raise BudgetError(str(report.plan["reason"]), hint=budget_hint(report.plan))
+            raise BudgetError(report.plan.reason, hint=budget_hint(report.plan))
         self._check_free_space(report)
         self._save_state(report, catalog, status="baking")
 
         with self._timed(phases, "fetch"):
-            self._fetch(report)
-        if not report.plan.get("refined"):
+            self._fetch(report, catalog)
+        if not report.plan.refined:
             with self._timed(phases, "replan"):
                 try:
                     self._refine(report, catalog)
@@ -472,11 +226,12 @@ class Baker:
         finally:
             phases[name] = phases.get(name, 0.0) + time.monotonic() - t0
 
-    def _snapshots(self) -> Any | None:
-        return getattr(self.store, "snapshots", None)
+    def _snapshots(self) -> Snapshotter:
+        return self.store.snapshots
 
     def _resolve(self, spec: CacheSpec, failures: list[tuple[ImageEntry, CargoholdError]],
-                 events: ResolveEvents | None = None) -> list[CatalogImage]:
+                 events: ResolveEvents | None = None,
+                 roots: Mapping[str, Descriptor] | None = None) -> list[CatalogImage]:
         # Unmeasured layers are estimated at the ratio measured on this store.
         return resolve_spec(
             spec,
@@ -488,6 +243,8 @@ class Baker:
             failures=failures,
             jobs=self.options.jobs,
             events=events,
+            downloads=self.downloads,
+            roots=roots,
         )
 
     def _catalog(self) -> list[CatalogImage]:
@@ -499,94 +256,71 @@ class Baker:
     def _state_file(self) -> Path:
         return state_path(self.root, self.spec, self.store_kind, self.namespace)
 
-    def _options_key(self) -> dict[str, Any]:
+    def _options_key(self) -> PlanKey:
         """What, besides the spec and the digests, a saved plan was made for."""
         sn = self._snapshots()
-        return {
-            "budget": self.options.budget,
-            "snapshotter": str(getattr(sn, "name", "")),
-            "cri_records": self.options.cri_records,
-        }
+        return PlanKey(self.options.budget, sn.name,
+                       self.options.cri_records)
 
-    def _plan(self, catalog: list[CatalogImage]) -> tuple[dict[str, Any], bool]:
+    def _plan(self, catalog: list[CatalogImage]) -> tuple[CatalogPlan, bool]:
         """The saved plan of this spec if it still applies, else a new one."""
         if not self.options.replan:
-            saved = self._load_state()
+            saved = load_state(self._state_file())
             if saved is not None and self._applies(saved, catalog):
-                return dict(saved["plan"]), True
-        _, doc = plan_catalog(catalog, self.options.budget, model=self.options.model)
-        doc["refined"] = False
-        doc["unpack_ratio"] = self.ratio.to_json()
-        return doc, False
+                return saved.plan, True
+        fresh = plan_catalog(catalog, self.options.budget, model=self.options.model)
+        return replace(fresh, refined=False, unpack_ratio=self.ratio), False
 
-    def _applies(self, saved: dict[str, Any], catalog: list[CatalogImage]) -> bool:
+    def _applies(self, saved: SavedBake, catalog: list[CatalogImage]) -> bool:
         """A saved plan applies while its bake finished or was interrupted (not failed),
         every image resolves to the digest and platforms it was planned with, and the
         budget, snapshotter and record policy are the same. Images that cannot be resolved
         now (a registry blip) are failed by this bake; the others keep their decisions."""
-        if saved.get("status") not in ("baking", "complete"):
+        if saved.status not in ("baking", "complete"):
             return False
-        if saved.get("options") != self._options_key():
+        if saved.options != self._options_key():
             return False
-        digests = saved.get("digests") or {}
-        platforms = saved.get("platforms") or {}
         for c in catalog:
             name = c.image.name
-            if digests.get(name) != str(c.target.digest):
+            if saved.digests.get(name) != str(c.target.digest):
                 return False
-            if platforms.get(name) != list(c.platforms):
+            if saved.platforms.get(name) != tuple(c.platforms):
                 return False
-        planned = {str(r["name"]) for r in saved["plan"]["images"]}
+        planned = {r.name for r in saved.plan.images}
         return planned == {c.image.name for c in catalog} | {
             str(e.ref) for e, _ in self.unresolved
         }
 
-    def _load_state(self) -> dict[str, Any] | None:
-        path = self._state_file()
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return None  # a damaged state file only costs a fresh plan
-        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
-            return None
-        return doc
-
     def _save_state(self, report: BakeReport, catalog: list[CatalogImage], status: str) -> None:
         if self.unresolved and not report.plan_reused:
             return  # never replace a plan with one made while some images did not resolve
-        write_json_atomic(self._state_file(), {
-            "version": STATE_VERSION,
-            "status": status,
-            "updated_at": _now(),
-            "spec": report.spec,
-            "spec_digest": report.spec_digest,
-            "store": self.store_kind,
-            "namespace": self.namespace,
-            "options": self._options_key(),
-            "digests": {c.image.name: str(c.target.digest) for c in catalog},
-            "platforms": {c.image.name: list(c.platforms) for c in catalog},
-            "plan": report.plan,
-        })
+        write_json_atomic(self._state_file(), SavedBake(
+            status=status,
+            spec=report.spec,
+            spec_digest=report.spec_digest,
+            store=self.store_kind,
+            namespace=self.namespace,
+            options=self._options_key(),
+            digests={c.image.name: str(c.target.digest) for c in catalog},
+            platforms={c.image.name: tuple(c.platforms) for c in catalog},
+            plan=report.plan,
+        ).to_json())
 
-    def _images(self, catalog: list[CatalogImage], plan_doc: dict[str, Any]) -> list[BakeImage]:
-        rows = {str(r["name"]): r for r in plan_doc["images"]}
+    def _images(self, catalog: list[CatalogImage], plan: CatalogPlan) -> list[BakeImage]:
         out: list[BakeImage] = []
         for c in catalog:
-            r = rows[c.image.name]
-            decision: Decision = r["decision"]
+            r = plan.row(c.image.name).plan
             out.append(BakeImage(
                 name=c.image.name,
-                decision=decision,
+                decision=r.decision,
                 critical=c.image.critical,
                 priority=c.image.priority,
                 platforms=list(c.platforms),
                 digest=str(c.target.digest),
-                planned_compressed_bytes=int(r["compressed_bytes"]),
-                planned_unpacked_bytes=int(r["unpacked_bytes"]),
-                penalty_seconds=float(r["penalty_seconds"]),
-                status="skipped" if decision == "skip" else "pending",
+                planned_compressed_bytes=r.compressed_bytes,
+                planned_unpacked_bytes=r.unpacked_bytes,
+                penalty_seconds=r.penalty_seconds,
+                status="skipped" if r.decision == "skip" else "pending",
             ))
         for entry, error in self.unresolved:
             img = BakeImage(
@@ -595,7 +329,7 @@ class Baker:
                 planned_compressed_bytes=0, planned_unpacked_bytes=0, penalty_seconds=0.0,
                 resolved=False,
             )
-            _fail(img, error)
+            fail(img, error)
             out.append(img)
         return out
 
@@ -604,8 +338,7 @@ class Baker:
         reserve (containerd's disk is not ours to see)."""
         if self.store_kind != "embedded":
             return
-        need = int(report.plan.get("total_bytes") or 0)
-        new = max(0, need - int(report.plan.get("present_bytes") or 0))
+        new = max(0, report.plan.total_bytes - report.plan.present_bytes)
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if new + self.options.reserve > free:
@@ -619,7 +352,32 @@ class Baker:
     def _entries(self) -> dict[str, ImageEntry]:
         return {str(e.ref): e for e in self.spec.images}
 
-    def _fetch(self, report: BakeReport) -> None:
+    def _keep(self, img: BakeImage, blobs: Sequence[tuple[str, int]]) -> None:
+        """Store the manifests and configs of ``img`` the plan downloaded (the fetch then
+        finds them and goes on from them: nothing is downloaded twice)."""
+        content = self.store.content
+        for digest, _ in blobs:
+            got = self.downloads.get(digest)
+            if got is None:
+                continue
+            try:
+                w = content.writer(ingest_ref(got.desc), total=got.desc.size,
+                                   expected=got.desc.digest)
+            except CargoholdError:
+                continue  # stored already, or another writer's (the fetch waits for it)
+            try:
+                with w:
+                    w.truncate(0)
+                    w.write(got.data)
+                    w.commit(got.desc.size, got.desc.digest, got.labels)
+            except CargoholdError:
+                continue  # the fetch downloads it (and reports what fails)
+            self.fetch_events.blob_started(got.ref, got.desc, 0)
+            self.fetch_events.blob_done(got.desc, "done", got.desc.size)
+            img.plan_transferred += got.desc.size
+
+    def _fetch(self, report: BakeReport, catalog: list[CatalogImage]) -> None:
+        blobs = {c.image.name: c.image.blobs for c in catalog}
         entries = self._entries()
         groups: dict[tuple[tuple[Platform, ...], bool], list[BakeImage]] = {}
         for img in report.images:
@@ -631,7 +389,10 @@ class Baker:
             pin = img.critical and self.options.cri_records
             groups.setdefault((tuple(plats), pin), []).append(img)
         by_name = {i.name: i for i in report.images}
-        with self.fetch_scope():
+        with self.fetch_scope(), leased(self.store, "bake"):
+            for imgs in groups.values():
+                for img in imgs:
+                    self._keep(img, blobs[img.name])
             for (plats, pin), imgs in groups.items():
                 fetcher = Fetcher(
                     self.store,
@@ -642,23 +403,22 @@ class Baker:
                 )
                 try:
                     results = fetcher.fetch_all(
-                        [entries[i.name].ref for i in imgs], platforms=list(plats)
+                        [entries[i.name].ref for i in imgs], platforms=list(plats),
+                        roots=[self._root(i) for i in imgs],
                     )
                 finally:
                     fetcher.close()
                 for res in results:
                     if isinstance(res, FetchFailure):
-                        _fail(by_name[str(res.ref)], res.error)
+                        fail(by_name[str(res.ref)], res.error)
                         continue
                     img = by_name[res.name]
                     img.fetch = res
                     label_record(self.store.images, res.name, img.priority, img.critical)
-                    if str(res.target.digest) != img.digest:
-                        _fail(img, ConflictError(
-                            f"{img.name} moved from {img.digest} (planned) to "
-                            f"{res.target.digest} during the bake",
-                            hint="bake again: it plans the new digest",
-                        ))
+
+    def _root(self, img: BakeImage) -> Descriptor:
+        """The descriptor ``img`` was planned with (the fetch does not resolve it again)."""
+        return self.targets[img.name]
 
     def _refine(self, report: BakeReport, catalog: list[CatalogImage]) -> None:
         """Plan again with every fetched layer's tar size read off its blob (exact where the
@@ -667,46 +427,45 @@ class Baker:
         fetched keep their decision. An infeasible result (the critical images are bigger
         than estimated) raises BudgetError; what was fetched is kept."""
         fetched = [i for i in report.images if i.fetch is not None and i.status == "pending"]
-        doc = report.plan
         if not fetched:
-            doc["refined"] = True
+            report.plan = replace(report.plan, refined=True)
             return
         names = {i.name for i in fetched}
         entries = self._entries()
         sub = replace(self.spec, images=tuple(entries[n] for n in names))
         failures: list[tuple[ImageEntry, CargoholdError]] = []
-        now = self._resolve(sub, failures)
+        # Resolved and fetched already: read off the store, the registry is not asked again.
+        now = self._resolve(sub, failures,
+                            roots={i.name: i.fetch.target for i in fetched if i.fetch})
         by_name = {i.name: i for i in report.images}
         for entry, error in failures:
-            _fail(by_name[str(entry.ref)], error)
+            fail(by_name[str(entry.ref)], error)
         others = [c for c in catalog if c.image.name not in names]
-        result, sub_doc = plan_catalog(now, self.options.budget, model=self.options.model,
-                                       allow_skip=False, also_present=others)
-        if not result.feasible:
+        new = plan_catalog(now, self.options.budget, model=self.options.model,
+                           allow_skip=False, also_present=others)
+        if not new.feasible:
             raise BudgetError(
-                f"{result.reason} (with the layer sizes read off the fetched blobs)",
+                f"{new.reason} (with the layer sizes read off the fetched blobs)",
                 hint="the fetched content is kept; raise the budget or drop images from the "
                      "spec (the next bake plans afresh)",
             )
-        rows = {str(r["name"]): r for r in doc["images"]}
-        skipped_penalty = sum(
-            float(r["priority"]) * float(r["penalty_seconds"])
-            for name, r in rows.items() if name not in names
-        )
-        for new in sub_doc["images"]:
-            rows[str(new["name"])].update(new)
-            img = by_name[str(new["name"])]
-            img.decision = new["decision"]
-            img.planned_compressed_bytes = int(new["compressed_bytes"])
-            img.planned_unpacked_bytes = int(new["unpacked_bytes"])
-            img.penalty_seconds = float(new["penalty_seconds"])
-        doc.update(
-            content_bytes=sub_doc["content_bytes"],
-            snapshot_bytes=sub_doc["snapshot_bytes"],
-            total_bytes=sub_doc["total_bytes"],
-            present_bytes=sub_doc["present_bytes"],
-            total_penalty=float(sub_doc["total_penalty"]) + skipped_penalty,
-            algorithm=f"{sub_doc['algorithm']}; re-planned after the fetch with layer sizes "
+        old = report.plan
+        skipped_penalty = sum(r.plan.weighted_penalty for r in old.images if r.name not in names)
+        rows = {r.name: r for r in new.images}
+        for r in new.images:
+            img = by_name[r.name]
+            img.decision = r.decision
+            img.planned_compressed_bytes = r.plan.compressed_bytes
+            img.planned_unpacked_bytes = r.plan.unpacked_bytes
+            img.penalty_seconds = r.plan.penalty_seconds
+        report.plan = replace(
+            old,
+            images=tuple(rows.get(r.name, r) for r in old.images),
+            content_bytes=new.content_bytes,
+            snapshot_bytes=new.snapshot_bytes,
+            present_bytes=new.present_bytes,
+            total_penalty=new.total_penalty + skipped_penalty,
+            algorithm=f"{new.algorithm}; re-planned after the fetch with layer sizes "
                       "read off the blobs",
             refined=True,
         )
@@ -736,9 +495,9 @@ class Baker:
                         img.unpack.append(res)
                         self.events.unpacked(img, res)
                 except CargoholdError as e:
-                    _fail(img, e)
+                    fail(img, e)
                 except Exception as e:  # one image's bug must not take the others down
-                    _fail(img, CargoholdError(f"unpack of {img.name} failed: {e!r}"))
+                    fail(img, CargoholdError(f"unpack of {img.name} failed: {e!r}"))
 
             pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), opts.jobs)),
                                       thread_name_prefix="bake-unpack")
@@ -767,7 +526,7 @@ class Baker:
         for p in problems:
             img = by_name.get(p.image)
             if img is not None and img.status == "pending":
-                _fail(img, DigestMismatchError(
+                fail(img, DigestMismatchError(
                     f"verify: {p.kind}: {p.message}",
                     hint="run `cargohold verify --repair` to fetch damaged blobs again",
                 ))
@@ -791,7 +550,3 @@ class Baker:
         report.snapshots_measured = usage.snapshots_available
 
 
-def _fail(img: BakeImage, error: CargoholdError) -> None:
-    img.status = "failed"
-    img.exception = error
-    img.error = {"error": error.kind, "message": error.message, "exit_code": error.exit_code}

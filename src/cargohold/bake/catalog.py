@@ -29,409 +29,67 @@ still applies), each reported to :class:`ResolveEvents` as it resolves or fails.
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from cargohold.bake.plan import (
     DEFAULT_MODEL,
-    DEFAULT_UNPACK_RATIO,
     CostModel,
-    Plan,
+    Decision,
+    ImagePlan,
     PlanImage,
-    estimate_unpacked,
     plan,
 )
-from cargohold.bake.spec import CacheSpec, ImageEntry
-from cargohold.errors import (
-    BudgetError,
-    CargoholdError,
-    Interrupted,
-    NotFoundError,
-    UnsupportedError,
+from cargohold.bake.resolve import (
+    MAX_CONFIG_SIZE,
+    CatalogImage,
+    Downloaded,
+    Downloads,
+    RegistryLike,
+    ResolveEvents,
+    resolve_entry,
+    resolve_spec,
 )
-from cargohold.images.content import image_contents, present_configs
-from cargohold.images.walk import read_verified_blob
-from cargohold.interrupts import held, shutdown, wait_until
-from cargohold.oci.chainid import chain_ids
-from cargohold.oci.descriptor import Descriptor, Platform
-from cargohold.oci.digest import Digest, Verifier
-from cargohold.oci.manifest import (
-    ImageConfig,
-    Index,
-    Manifest,
-    parse_config,
-    parse_manifest_or_index,
-    select_manifests,
+from cargohold.bake.sizes import (
+    RATIO_MIN_LAYER,
+    RATIO_RANGE,
+    UnpackRatio,
+    chain_layer_sizes,
+    layer_chains,
+    local_tar_size,
+    ratio_of,
+    snapshotter_of,
+    unpack_ratio,
+    usage_excludes_parents,
 )
-from cargohold.oci.platform import host_platform
-from cargohold.oci.reference import Reference
-from cargohold.store.interfaces import ContentStore, ImageStore
-from cargohold.units import format_size
-from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
+from cargohold.errors import BudgetError
 
 __all__ = [
+    "MAX_CONFIG_SIZE",
     "RATIO_MIN_LAYER",
     "RATIO_RANGE",
     "CatalogImage",
+    "CatalogPlan",
+    "Downloaded",
+    "Downloads",
+    "PlanRow",
+    "RegistryLike",
     "ResolveEvents",
     "UnpackRatio",
     "budget_hint",
     "chain_layer_sizes",
     "layer_chains",
+    "local_tar_size",
     "plan_catalog",
     "present_footprint",
     "ratio_of",
+    "resolve_entry",
     "resolve_spec",
     "snapshotter_of",
     "unpack_ratio",
     "usage_excludes_parents",
 ]
-
-#: Largest config blob read (configs are small JSON documents).
-MAX_CONFIG_SIZE = 64 << 20
-
-
-class RegistryLike(Protocol):
-    def resolve(self, ref: Reference) -> Descriptor: ...
-
-    def fetch_manifest(self, ref: Reference, desc: Descriptor) -> bytes: ...
-
-    def download_blob(self, ref: Reference, desc: Descriptor, write: Any, **kw: Any) -> None: ...
-
-
-class StoreLike(Protocol):
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def images(self) -> ImageStore: ...
-
-
-def snapshotter_of(store: object) -> Any | None:
-    """The store's snapshotter (its ``snapshots`` attribute), or None when it has none."""
-    return getattr(store, "snapshots", None)
-
-
-@dataclass(frozen=True)
-class CatalogImage:
-    """A resolved spec entry: the planner's input plus what was measured."""
-
-    image: PlanImage
-    target: Descriptor
-    platforms: tuple[str, ...]
-    #: Layers whose unpacked size was measured on a snapshot.
-    measured_chains: int
-    #: Layers sized by their tar size read off a blob in the store (the rest: estimated).
-    blob_sized_chains: int = 0
-    #: ``(digest, size)`` of its blobs the store holds already, and ``(chain ID, size)`` of
-    #: its chains the snapshotter has committed: disk that is used whatever the plan says.
-    present_blobs: tuple[tuple[str, int], ...] = ()
-    present_chains: tuple[tuple[str, int], ...] = ()
-
-
-def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
-    """``(chain ID, layer descriptor)`` of every layer, bottom first (as many as both the
-    config's diff_ids and the manifest's layers have)."""
-    return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))
-
-
-def usage_excludes_parents(sn: Any) -> bool:
-    """Whether ``sn.usage`` of a committed layer counts that layer alone: overlay-like
-    snapshotters (the embedded overlay backend; containerd's overlayfs and the others, whose
-    API says usage excludes the parents), not full copies (the embedded ``flat`` backend,
-    containerd's ``native``)."""
-    if getattr(sn, "standalone_layers", True):
-        return True
-    backend = getattr(sn, "backend", None)  # the embedded snapshotter
-    if backend is not None:
-        return bool(backend != "flat")
-    return str(getattr(sn, "name", "")) != "native"
-
-
-def chain_layer_sizes(snapshots: Any, chains: Sequence[Digest | str]) -> list[int | None]:
-    """The unpacked size of each layer of a chain stack from the snapshotter (None where the
-    chain is not unpacked): its usage, or for a full-copy snapshotter
-    (:func:`usage_excludes_parents` false) its usage minus its parent's."""
-    if snapshots is None:
-        return [None] * len(chains)
-    per_layer = usage_excludes_parents(snapshots)
-    out: list[int | None] = []
-    prev: int | None = 0
-    for c in chains:
-        try:
-            size = int(snapshots.usage(str(c)).size)
-        except CargoholdError:
-            out.append(None)
-            prev = None
-            continue
-        out.append(size if per_layer else (None if prev is None else max(0, size - prev)))
-        prev = size
-    return out
-
-
-def local_tar_size(content: ContentStore | None, layer: Descriptor) -> int | None:
-    """The layer's tar size read off its blob in the store (the gzip trailer, the zstd frame
-    header; see :func:`~cargohold.unpack.decompress.uncompressed_size_hint`), None when the
-    blob is not there or does not tell."""
-    if content is None:
-        return None
-    try:
-        if content.info(layer.digest).size != layer.size:
-            return None
-        with content.reader(layer.digest) as r:
-            head = r.read(HINT_HEAD)
-            if layer.size > HINT_HEAD + HINT_TAIL:
-                r.seek(layer.size - HINT_TAIL)
-            tail = r.read(HINT_TAIL) if layer.size >= HINT_TAIL else b""
-            if layer.size <= HINT_HEAD + HINT_TAIL:
-                tail = head[-HINT_TAIL:]
-    except (CargoholdError, OSError, ValueError):
-        return None
-    return uncompressed_size_hint(head, tail, layer.size)
-
-
-def _local_blob(content: ContentStore, desc: Descriptor) -> bytes | None:
-    """The blob from the store if it is there with the right size and digest."""
-    return read_verified_blob(content, desc)
-
-
-#: Layers smaller than this (compressed) are left out of the measured ratio: a tar pads to
-#: whole blocks and a file takes whole disk blocks, so 200 B of gzip can take 16 kB unpacked.
-RATIO_MIN_LAYER = 1_000_000
-#: The measured ratio is clamped to this range (gzip on real layers gives 2-4x, text up to
-#: about 8x; below 1x the unpacked layer would be smaller than its compressed blob).
-RATIO_RANGE = (1.0, 8.0)
-
-
-@dataclass(frozen=True)
-class UnpackRatio:
-    """The unpacked / compressed ratio the catalog estimates unmeasured layers with, and what
-    it was measured on: the layers of the store's images that are unpacked, each at least
-    :data:`RATIO_MIN_LAYER` compressed, each counted once, weighted by their bytes (total
-    unpacked / total compressed), clamped to :data:`RATIO_RANGE`; the default
-    (:data:`~cargohold.bake.plan.DEFAULT_UNPACK_RATIO`) when no such layer is unpacked."""
-
-    value: float = DEFAULT_UNPACK_RATIO
-    #: The ratio measured before clamping (None: nothing to measure on).
-    measured: float | None = None
-    compressed_bytes: int = 0
-    unpacked_bytes: int = 0
-    layers: int = 0
-    #: Unpacked layers below :data:`RATIO_MIN_LAYER`, left out.
-    small_layers: int = 0
-
-    @property
-    def clamped(self) -> bool:
-        return self.measured is not None and self.measured != self.value
-
-    def describe(self) -> str:
-        """``2.31x compressed (measured on this store: 3 layers, 45.2 MB compressed)``."""
-        if self.measured is None:
-            why = (f"; {_plural(self.small_layers, 'unpacked layer')} under "
-                   f"{format_size(RATIO_MIN_LAYER)} left out" if self.small_layers else "")
-            return f"{self.value:.2f}x compressed (default{why})"
-        text = (f"{self.value:.2f}x compressed (measured on this store: "
-                f"{_plural(self.layers, 'layer')}, {format_size(self.compressed_bytes)} compressed")
-        if self.clamped:
-            text += (f"; {self.measured:.2f}x clamped to "
-                     f"{RATIO_RANGE[0]:g}-{RATIO_RANGE[1]:g}x")
-        return text + ")"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ratio": self.value,
-            "measured": self.measured is not None,
-            "measured_ratio": self.measured,
-            "clamped": self.clamped,
-            "compressed_bytes": self.compressed_bytes,
-            "unpacked_bytes": self.unpacked_bytes,
-            "layers": self.layers,
-            "small_layers": self.small_layers,
-            "min_layer_bytes": RATIO_MIN_LAYER,
-            "range": list(RATIO_RANGE),
-        }
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def ratio_of(layers: Iterable[tuple[int, int]]) -> UnpackRatio:
-    """The :class:`UnpackRatio` of ``(compressed, unpacked)`` sizes of distinct unpacked
-    layers: those under :data:`RATIO_MIN_LAYER` left out, the rest weighted by their bytes,
-    clamped to :data:`RATIO_RANGE`."""
-    comp = unp = n = small = 0
-    for c, u in layers:
-        if c < RATIO_MIN_LAYER:
-            small += 1
-            continue
-        comp += c
-        unp += u
-        n += 1
-    if comp <= 0 or unp <= 0:
-        return UnpackRatio(small_layers=small)
-    raw = unp / comp
-    lo, hi = RATIO_RANGE
-    return UnpackRatio(min(hi, max(lo, raw)), raw, comp, unp, n, small)
-
-
-def unpack_ratio(store: StoreLike | None, snapshots: Any | None = None) -> UnpackRatio:
-    """The ratio measured on the unpacked layers of the store's images (each once; see
-    :func:`ratio_of`); the default when there is no store or no snapshotter."""
-    if store is None:
-        return UnpackRatio()
-    if snapshots is None:
-        snapshots = snapshotter_of(store)
-    if snapshots is None:
-        return UnpackRatio()
-    content = store.content
-    sizes_of: dict[str, tuple[int, int]] = {}
-    for img in store.images.list():
-        try:
-            contents = image_contents(content, img.target)
-        except CargoholdError:
-            continue
-        for m, cfg in present_configs(content, contents, _local_blob):
-            pairs = layer_chains(cfg, m)
-            sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
-            for (c, layer), size in zip(pairs, sizes, strict=True):
-                if size is not None:
-                    sizes_of.setdefault(str(c), (layer.size, size))
-    return ratio_of(sizes_of.values())
-
-
-class _Resolver:
-    def __init__(self, registry: RegistryLike, content: ContentStore | None) -> None:
-        self.registry = registry
-        self.content = content
-
-    def manifest(self, ref: Reference, desc: Descriptor) -> Manifest | Index:
-        data = _local_blob(self.content, desc) if self.content is not None else None
-        if data is None:
-            data = self.registry.fetch_manifest(ref, desc)
-        return parse_manifest_or_index(data, desc.media_type)
-
-    def config(self, ref: Reference, desc: Descriptor) -> ImageConfig:
-        data = _local_blob(self.content, desc) if self.content is not None else None
-        if data is None:
-            if desc.size > MAX_CONFIG_SIZE:
-                raise UnsupportedError(f"{ref}: config {desc.digest} is {desc.size} bytes")
-            buf = bytearray()
-            verifier = Verifier(desc.digest, desc.size)
-
-            def write(chunk: Any) -> None:
-                b = bytes(chunk)
-                verifier.update(b)
-                buf.extend(b)
-
-            self.registry.download_blob(ref, desc, write)
-            verifier.check()
-            data = bytes(buf)
-        return parse_config(data)
-
-
-class ResolveEvents:
-    """Progress of :func:`resolve_spec` (the CLI subclasses it). The image callbacks are
-    called from worker threads, in the order the entries finish."""
-
-    def resolving(self, total: int) -> None: ...
-
-    def image_resolved(self, image: CatalogImage) -> None: ...
-
-    def image_unresolved(self, ref: Reference, error: CargoholdError) -> None: ...
-
-    def finished(self) -> None:
-        """Resolution is over (also when it stopped early on an error)."""
-
-
-def resolve_entry(
-    resolver: _Resolver,
-    name: str,
-    ref: Reference,
-    platforms: Sequence[Platform],
-    *,
-    critical: bool,
-    priority: float,
-    mode: str,
-    snapshots: Any | None,
-    ratio: float,
-) -> CatalogImage:
-    root = resolver.registry.resolve(ref)
-    parsed = resolver.manifest(ref, root)
-    blobs: dict[str, int] = {str(root.digest): root.size}
-    manifests: list[tuple[Descriptor, Manifest]] = []
-    if isinstance(parsed, Index):
-        selected = select_manifests(parsed, platforms)
-        if not selected:
-            wanted = ", ".join(str(p) for p in platforms) or "any"
-            have = ", ".join(str(d.platform) for d in parsed.manifests if d.platform)
-            raise NotFoundError(
-                f"{ref}: no manifest for platform {wanted} (index has: {have or 'none'})"
-            )
-        for d in selected:
-            m = resolver.manifest(ref, d)
-            if not isinstance(m, Manifest):
-                raise UnsupportedError(f"{ref}: nested index {d.digest} is not supported")
-            manifests.append((d, m))
-            blobs.setdefault(str(d.digest), d.size)
-    else:
-        manifests.append((root, parsed))
-    chains: dict[str, int] = {}
-    present_chains: dict[str, int] = {}
-    plats: list[str] = []
-    measured = from_blob = 0
-    # A full-copy snapshotter keeps every chain as a whole tree: a chain costs the sum of
-    # its layers; overlay-like ones keep each layer once.
-    cumulative = snapshots is not None and not usage_excludes_parents(snapshots)
-    for mdesc, m in manifests:
-        blobs.setdefault(str(m.config.digest), m.config.size)
-        for layer in m.layers:
-            blobs.setdefault(str(layer.digest), layer.size)
-        cfg = resolver.config(ref, m.config)
-        plats.append(str(mdesc.platform) if mdesc.platform else str(cfg.platform))
-        pairs = layer_chains(cfg, m)
-        sizes = chain_layer_sizes(snapshots, [c for c, _ in pairs])
-        below = 0
-        for (c, layer), size in zip(pairs, sizes, strict=True):
-            committed = size is not None
-            if size is None:
-                size = local_tar_size(resolver.content, layer)
-                if size is None:
-                    size = estimate_unpacked(layer.size, ratio)
-                elif str(c) not in chains:
-                    from_blob += 1
-            elif str(c) not in chains:
-                measured += 1
-            below += size
-            cost = below if cumulative else size
-            chains.setdefault(str(c), cost)
-            if committed:
-                present_chains.setdefault(str(c), cost)
-    image = PlanImage(
-        name=name,
-        critical=critical,
-        priority=priority,
-        mode_request=mode,  # type: ignore[arg-type]
-        blobs=list(blobs.items()),
-        chains=list(chains.items()),
-    )
-    present_blobs = tuple(
-        (d, size) for d, size in blobs.items() if _has_blob(resolver.content, d, size)
-    )
-    return CatalogImage(image, root, tuple(sorted(set(plats))), measured, from_blob,
-                        present_blobs, tuple(present_chains.items()))
-
-
-def _has_blob(content: ContentStore | None, digest: str, size: int) -> bool:
-    if content is None:
-        return False
-    try:
-        return content.info(Digest.parse(digest)).size == size
-    except CargoholdError:
-        return False
 
 
 def present_footprint(catalog: Sequence[CatalogImage]) -> list[PlanImage]:
@@ -449,101 +107,147 @@ def present_footprint(catalog: Sequence[CatalogImage]) -> list[PlanImage]:
     return out
 
 
-def resolve_spec(
-    spec: CacheSpec,
-    registry: RegistryLike,
-    *,
-    store: StoreLike | None = None,
-    default_platforms: Iterable[Platform] = (),
-    ratio: float | None = None,
-    snapshots: Any | None = None,
-    failures: list[tuple[ImageEntry, CargoholdError]] | None = None,
-    jobs: int = 4,
-    events: ResolveEvents | None = None,
-) -> list[CatalogImage]:
-    """Resolve every entry of ``spec`` (see the module docstring). ``store`` (optional)
-    supplies manifests and configs it holds and measured unpacked sizes; ``ratio``
-    overrides the unpack ratio used for estimates; ``snapshots`` the snapshotter (default
-    ``store.snapshots`` when the store has one). ``failures``: when given, an entry that
-    cannot be resolved is appended to it with its error and left out (else the error is
-    raised). ``jobs``: entries resolved at once; the result keeps the spec's order."""
-    content = store.content if store is not None else None
-    if snapshots is None and store is not None:
-        snapshots = snapshotter_of(store)
-    if ratio is None:
-        ratio = unpack_ratio(store, snapshots).value
-    defaults = tuple(default_platforms) or (host_platform(),)
-    resolver = _Resolver(registry, content)
-    report = events or ResolveEvents()
-    entries = list(spec.images)
-    report.resolving(len(entries))
 
-    def one(entry: ImageEntry) -> CatalogImage:
-        try:
-            resolved = resolve_entry(
-                resolver,
-                str(entry.ref),
-                entry.ref,
-                spec.platforms_for(entry) or defaults,
-                critical=entry.critical,
-                priority=entry.priority,
-                mode=entry.mode,
-                snapshots=snapshots,
-                ratio=ratio,
-            )
-        except CargoholdError as e:
-            if not isinstance(e, Interrupted):  # stopped by abort(): not the image's failure
-                report.image_unresolved(entry.ref, e)
-            raise
-        report.image_resolved(resolved)
-        return resolved
+@dataclass(frozen=True)
+class PlanRow:
+    """One spec image's row of a catalog plan: the planner's decision (relabelled where the
+    store holds the image already) and what resolving it found."""
 
-    out: list[CatalogImage] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(entries))),
-                              thread_name_prefix="resolve")
-    try:
-        futs: list[Future[CatalogImage]] = []
-        for entry in entries:
-            with held():  # Ctrl-C / SIGTERM: see cargohold.interrupts
-                futs.append(pool.submit(contextvars.copy_context().run, one, entry))
-        for entry, fut in zip(entries, futs, strict=True):
-            wait_until(fut.done)
-            try:
-                out.append(fut.result())
-            except CargoholdError as e:
-                if failures is None:
-                    raise
-                failures.append((entry, e))
-    except BaseException as e:
-        pool.shutdown(wait=False, cancel_futures=True)  # the error (or Ctrl-C) first
-        abort = getattr(registry, "abort", None)
-        if isinstance(e, KeyboardInterrupt | Interrupted) and callable(abort):
-            # requests in flight end now (their sockets shut down), not at the read timeout
-            abort()
-        # No resolve outlives this call: the store and the registry client it uses are
-        # closed by the caller next (a worker left running under them can crash the
-        # interpreter at exit).
-        shutdown(pool, abort if callable(abort) else None)
-        raise
-    finally:
-        report.finished()
-    pool.shutdown()
-    return out
+    plan: ImagePlan
+    platforms: tuple[str, ...]
+    digest: str
+    measured_chains: int = 0
+    blob_sized_chains: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def decision(self) -> Decision:
+        return self.plan.decision
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_json(),
+            "platforms": list(self.platforms),
+            "digest": self.digest,
+            "measured_chains": self.measured_chains,
+            "blob_sized_chains": self.blob_sized_chains,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> PlanRow:
+        return cls(
+            ImagePlan.from_json(doc),
+            tuple(str(p) for p in doc["platforms"]),
+            str(doc["digest"]),
+            int(doc["measured_chains"]),
+            int(doc["blob_sized_chains"]),
+        )
 
 
-def _relabel(doc: dict[str, Any], row: dict[str, Any], decision: str, penalty: float,
-             reason: str) -> None:
-    """Set a plan row to what the store holds of its image (and the plan's penalty with it)."""
-    doc["total_penalty"] += float(row["priority"]) * (penalty - float(row["penalty_seconds"]))
-    row.update(decision=decision, penalty_seconds=penalty, reason=reason)
+@dataclass(frozen=True)
+class CatalogPlan:
+    """The plan of a catalog (:func:`plan_catalog`): one :class:`PlanRow` per image (the
+    present pseudo-images left out), the totals (which include ``present_bytes``, what the
+    store holds already) and the cost model's throughput figures. ``refined`` and
+    ``unpack_ratio`` are a bake's (None in a plan that is not one): whether it was
+    re-planned after the fetch, and the ratio unmeasured layers were estimated at."""
+
+    images: tuple[PlanRow, ...]
+    feasible: bool
+    reason: str
+    algorithm: str
+    budget: int | None
+    content_bytes: int
+    snapshot_bytes: int
+    total_penalty: float
+    present_bytes: int
+    unpack_throughput: float
+    per_image_overhead: float
+    refined: bool | None = None
+    unpack_ratio: UnpackRatio | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.content_bytes + self.snapshot_bytes
+
+    def row(self, name: str) -> PlanRow:
+        for r in self.images:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "feasible": self.feasible,
+            "reason": self.reason,
+            "algorithm": self.algorithm,
+            "budget": self.budget,
+            "content_bytes": self.content_bytes,
+            "snapshot_bytes": self.snapshot_bytes,
+            "total_bytes": self.total_bytes,
+            "total_penalty": self.total_penalty,
+            "images": [r.to_json() for r in self.images],
+            "present_bytes": self.present_bytes,
+            "model": {"unpack_throughput": self.unpack_throughput,
+                      "per_image_overhead": self.per_image_overhead},
+        }
+        if self.refined is not None:
+            doc["refined"] = self.refined
+        if self.unpack_ratio is not None:
+            doc["unpack_ratio"] = self.unpack_ratio.to_json()
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CatalogPlan:
+        """The plan :meth:`to_json` wrote (KeyError, TypeError, ValueError if it is not one)."""
+        budget = doc["budget"]
+        ratio = doc.get("unpack_ratio")
+        refined = doc.get("refined")
+        return cls(
+            images=tuple(PlanRow.from_json(r) for r in doc["images"]),
+            feasible=bool(doc["feasible"]),
+            reason=str(doc["reason"]),
+            algorithm=str(doc["algorithm"]),
+            budget=None if budget is None else int(budget),
+            content_bytes=int(doc["content_bytes"]),
+            snapshot_bytes=int(doc["snapshot_bytes"]),
+            total_penalty=float(doc["total_penalty"]),
+            present_bytes=int(doc["present_bytes"]),
+            unpack_throughput=float(doc["model"]["unpack_throughput"]),
+            per_image_overhead=float(doc["model"]["per_image_overhead"]),
+            refined=None if refined is None else bool(refined),
+            unpack_ratio=None if ratio is None else UnpackRatio.from_json(ratio),
+        )
 
 
-def budget_hint(doc: dict[str, Any]) -> str:
-    """The hint of an infeasible plan (``plan_catalog``'s document)."""
-    if doc.get("present_bytes"):
+def budget_hint(plan: CatalogPlan) -> str:
+    """The hint of an infeasible plan."""
+    if plan.present_bytes:
         return ("raise the budget, drop images from the spec, or free what the store holds of "
                 "the images named (`containers rm` their containers, `images rm`, then `gc`)")
     return BudgetError.hint
+
+
+def _held_already(row: ImagePlan, c: CatalogImage, model: CostModel) -> ImagePlan:
+    """The row relabelled to what the store holds of its image already: pulled when its
+    layers are all unpacked, fetched when its blobs are all there (else the row itself)."""
+    committed = {ch for ch, _ in c.present_chains}
+    held = {d for d, _ in c.present_blobs}
+    unpacked = bool(c.image.chains) and all(ch in committed for ch, _ in c.image.chains)
+    fetched = bool(c.image.blobs) and all(d in held for d, _ in c.image.blobs)
+    if unpacked and (row.decision == "fetch" or fetched) and row.requested != "fetch":
+        # Its layers are all unpacked already: it is pulled, at no cost.
+        if row.decision != "pull" or row.requested == "auto":
+            return replace(row, decision="pull", penalty_seconds=0.0,
+                           reason="pulled already: its layers are unpacked in the store")
+    elif fetched and row.decision == "skip":
+        left = sum(size for ch, size in c.image.chains if ch not in committed)
+        return replace(row, decision="fetch", penalty_seconds=model.fetch_penalty(left),
+                       reason="fetched already: its blobs are in the store")
+    return row
 
 
 def plan_catalog(
@@ -553,48 +257,43 @@ def plan_catalog(
     model: CostModel = DEFAULT_MODEL,
     allow_skip: bool = True,
     also_present: Sequence[CatalogImage] = (),
-) -> tuple[Plan, dict[str, Any]]:
+) -> CatalogPlan:
     """Plan the catalog's images with what the store already holds of them as a fixed cost
-    (:func:`present_footprint`). Returns the plan and its JSON document: the images' rows
-    (the present pseudo-images left out) with each image's ``platforms``, ``digest``,
-    ``measured_chains`` and ``blob_sized_chains``, the totals (which include the present
-    bytes), and ``present_bytes``. ``also_present``: other images whose present blobs and
-    chains count as fixed too (not planned)."""
+    (:func:`present_footprint`): the images' rows (the present pseudo-images left out) with
+    each image's platforms, digest and how its chains were sized, the totals (which include
+    the present bytes), and ``present_bytes``. ``also_present``: other images whose present
+    blobs and chains count as fixed too (not planned)."""
     fixed = present_footprint([*catalog, *also_present])
     images = [c.image for c in catalog] + fixed
     result = plan(images, budget, model=model, allow_skip=allow_skip)
-    doc = result.to_json()
-    rows = doc["images"][:len(catalog)]  # the present pseudo-images come after
-    for row, c in zip(rows, catalog, strict=True):
-        committed = {ch for ch, _ in c.present_chains}
-        held = {d for d, _ in c.present_blobs}
-        unpacked = bool(c.image.chains) and all(ch in committed for ch, _ in c.image.chains)
-        fetched = bool(c.image.blobs) and all(d in held for d, _ in c.image.blobs)
-        decision = row["decision"]
-        if unpacked and (decision == "fetch" or fetched) and row["requested"] != "fetch":
-            # Its layers are all unpacked already: it is pulled, at no cost.
-            if decision != "pull" or row["requested"] == "auto":
-                _relabel(doc, row, "pull", 0.0,
-                         "pulled already: its layers are unpacked in the store")
-        elif fetched and decision == "skip":
-            left = sum(size for ch, size in c.image.chains if ch not in committed)
-            _relabel(doc, row, "fetch", model.fetch_penalty(left),
-                     "fetched already: its blobs are in the store")
-        row["platforms"] = list(c.platforms)
-        row["digest"] = str(c.target.digest)
-        row["measured_chains"] = c.measured_chains
-        row["blob_sized_chains"] = c.blob_sized_chains
-    doc["images"] = rows
-    planned = [i.decision for i in result.images[:len(catalog)]]
-    if result.feasible and [r["decision"] for r in rows] != planned:
+    planned = result.images[:len(catalog)]  # the present pseudo-images come after
+    total_penalty = result.total_penalty
+    rows: list[PlanRow] = []
+    for ip, c in zip(planned, catalog, strict=True):
+        row = _held_already(ip, c, model)
+        if row is not ip:  # the plan's penalty follows the row's
+            total_penalty += row.priority * (row.penalty_seconds - ip.penalty_seconds)
+        rows.append(PlanRow(row, c.platforms, str(c.target.digest), c.measured_chains,
+                            c.blob_sized_chains))
+    reason = result.reason
+    if result.feasible and [r.decision for r in rows] != [i.decision for i in planned]:
         # The summary counts what the rows say now ("N pulled, ...; X of Y").
-        counts = [sum(1 for r in rows if r["decision"] == d) for d in ("pull", "fetch", "skip")]
-        doc["reason"] = "; ".join([
+        counts = [sum(1 for r in rows if r.decision == d) for d in ("pull", "fetch", "skip")]
+        reason = "; ".join([
             f"{counts[0]} pulled, {counts[1]} fetched, {counts[2]} skipped",
-            *str(doc["reason"]).split("; ", 1)[1:]])
+            *reason.split("; ", 1)[1:]])
     present_blobs = {d: size for f in fixed for d, size in f.blobs}
     present_chains = {ch: size for f in fixed for ch, size in f.chains}
-    doc["present_bytes"] = sum(present_blobs.values()) + sum(present_chains.values())
-    doc["model"] = {"unpack_throughput": model.unpack_throughput,
-                    "per_image_overhead": model.per_image_overhead}
-    return result, doc
+    return CatalogPlan(
+        images=tuple(rows),
+        feasible=result.feasible,
+        reason=reason,
+        algorithm=result.algorithm,
+        budget=result.budget,
+        content_bytes=result.content_bytes,
+        snapshot_bytes=result.snapshot_bytes,
+        total_penalty=total_penalty,
+        present_bytes=sum(present_blobs.values()) + sum(present_chains.values()),
+        unpack_throughput=model.unpack_throughput,
+        per_image_overhead=model.per_image_overhead,
+    )

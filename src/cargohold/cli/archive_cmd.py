@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import FetchFailure, FetchResult
 from cargohold.settings import Settings
+
+if TYPE_CHECKING:
+    from cargohold.store.interfaces import Store
 
 
 def _platforms(s: Settings, given: tuple[str, ...]) -> tuple[list[Platform], list[Platform]]:
@@ -138,7 +141,7 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
     raise_failures(failures, total=max(1, len(failures) + len(ok)))
 
 
-def _unpack(app: App, store: Any, images: list[tuple[str, Descriptor]], given: list[Platform],
+def _unpack(app: App, store: Store, images: list[tuple[str, Descriptor]], given: list[Platform],
             jobs: int | None) -> dict[str, Any]:
     """Unpack each (name, target) for each platform asked for (else the host's), under a
     lease as containerd's unpacker does; an image already unpacked costs a lookup."""
@@ -219,7 +222,7 @@ def export_command(app: App, refs: tuple[str, ...], spec_file: Path | None, outp
                      f"{human_bytes(plan.size)} to {output} in {elapsed:.1f} s")
 
 
-def _fetch_missing(app: App, store: Any, wanted: list[Reference], plats: list[Platform],
+def _fetch_missing(app: App, store: Store, wanted: list[Reference], plats: list[Platform],
                    all_platforms: bool) -> None:
     from cargohold.pull.fetch import Fetcher
 

@@ -6,7 +6,7 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,6 +40,9 @@ from cargohold.errors import (
 )
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.unpack.image import UnpackResult
+
+if TYPE_CHECKING:
+    from cargohold.store.interfaces import Store
 
 
 class _BakeProgress(ResolveProgress, BakeEvents):
@@ -171,7 +174,7 @@ def _bake(app: App, spec_file: Path, budget: str | None, platforms: tuple[str, .
 
 
 @contextmanager
-def _unpack_scope(store: Any, progress: FetchProgress) -> Iterator[None]:
+def _unpack_scope(store: Store, progress: FetchProgress) -> Iterator[None]:
     """The unpack phase: under a lease (containerd), with the live display on a TTY."""
     with unpack_lease(store), progress:
         yield
@@ -223,9 +226,8 @@ def _print(out: Output, r: BakeReport) -> None:
                  else f" ({human_bytes(r.budget - r.total_bytes)} free)")
     out.data(line)
     transferred = sum(i.bytes_transferred for i in r.images)
-    penalty = r.plan.get("total_penalty")
     out.data(f"transferred {human_bytes(transferred)} in {r.seconds:.1f} s; expected first-start"
-             f" penalty {float(penalty or 0):.1f} s (priority-weighted); "
+             f" penalty {r.plan.total_penalty:.1f} s (priority-weighted); "
              + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()))
     if r.plan_reused:
         out.info("reused the plan of the last bake of this spec (--replan to plan again)")

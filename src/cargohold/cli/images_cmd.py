@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from cargohold.cli.main import App, cli, pass_app
@@ -13,10 +11,10 @@ from cargohold.errors import NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import image_name
-from cargohold.store.interfaces import Image
+from cargohold.store.interfaces import Image, Store
 
 
-def lookup_name(store: Any, text: str) -> str:
+def lookup_name(store: Store, text: str) -> str:
     """An image record name from what the user typed (normalised ref, or the exact name)."""
     try:
         store.images.get(text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from cargohold.errors import (
     PartialFailureError,
     TargetNotReachedError,
 )
+
+if TYPE_CHECKING:
+    from cargohold.store.interfaces import Snapshotter, Store
 
 # ---------------------------------------------------------------- status
 
@@ -198,7 +201,7 @@ def _collect(app: App, deleted_content: list[int]) -> int:
     s = app.settings
     if s.store == "containerd":
         with open_store(s) as store:
-            store.collect_garbage()  # type: ignore[union-attr]
+            store.collect_garbage()
         return sum(deleted_content)
     if not deleted_content:
         return 0
@@ -316,7 +319,7 @@ def _keep_free_pct(keep: tuple[int | None, float | None], where: Path | None,
     return 100.0 * size / total if total else None
 
 
-def _store_checks(app: App, store: Any, sn: Any, no_verify: bool) -> list[Any]:
+def _store_checks(app: App, store: Store, sn: Snapshotter | None, no_verify: bool) -> list[Any]:
     from cargohold.node import doctor as d
     from cargohold.node.inventory import take_inventory
 

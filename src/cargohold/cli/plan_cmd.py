@@ -149,8 +149,9 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
                                    events=ResolveProgress(app.out, json_events=False))
         finally:
             client.close()
-    result, doc = plan_catalog(catalog, limit, model=model)
+    result = plan_catalog(catalog, limit, model=model)
     if json_mode:
+        doc = result.to_json()
         doc["model"]["source"] = model_note
         doc["unpack_ratio"] = ratio.value
         doc["unpack_ratio_measured"] = ratio.measured is not None
@@ -159,9 +160,10 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
         app.out.json(doc)
     else:
         rows = [
-            (r["name"], r["decision"], human_bytes(r["compressed_bytes"]),
-             human_bytes(r["unpacked_bytes"]), f"{r['penalty_seconds']:.1f} s", r["reason"])
-            for r in doc["images"]
+            (r.name, r.decision, human_bytes(r.plan.compressed_bytes),
+             human_bytes(r.plan.unpacked_bytes), f"{r.plan.penalty_seconds:.1f} s",
+             r.plan.reason)
+            for r in result.images
         ]
         app.out.table(["IMAGE", "MODE", "COMPRESSED", "UNPACKED", "PENALTY", "REASON"], rows)
         line = (f"total: {human_bytes(result.content_bytes)} content + "
@@ -171,15 +173,15 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
             line += f" of {human_bytes(result.budget)} budget ({human_bytes(result.budget - result.total_bytes)} free)"
         else:
             line += " (no budget)"
-        if doc["present_bytes"]:
-            line += f"; includes {human_bytes(doc['present_bytes'])} already in the store"
+        if result.present_bytes:
+            line += f"; includes {human_bytes(result.present_bytes)} already in the store"
         app.out.data(line)
-        app.out.data(f"weighted penalty: {doc['total_penalty']:.1f} s; {doc['reason']}; "
+        app.out.data(f"weighted penalty: {result.total_penalty:.1f} s; {result.reason}; "
                      f"{result.algorithm}")
         app.out.info(f"unpacked sizes not measured are estimated at {ratio.describe()}")
         app.out.info(f"penalties: {model_note}")
     if not result.feasible:
-        raise BudgetError(result.reason, hint=budget_hint(doc))
+        raise BudgetError(result.reason, hint=budget_hint(result))
 
 
 @cli.command("du")

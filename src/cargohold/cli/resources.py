@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -26,70 +25,19 @@ from cargohold.store.embedded.store import EmbeddedStore
 
 if TYPE_CHECKING:
     from cargohold.store.containerd.store import ContainerdStore
-    from cargohold.store.embedded.containers import EmbeddedContainerStore
-    from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
     from cargohold.store.interfaces import Snapshotter
-    from cargohold.unpack.applier import EmbeddedApplier
 
 
 class LocalStore(EmbeddedStore):
-    """The embedded store plus its snapshotter (``<root>/snapshots``: overlay as root with
-    overlayfs, else flat), applier and container records, each opened on first use (so
-    commands that never touch snapshots leave the root as it was)."""
+    """The embedded store as commands open it (the name stays for its importers; everything
+    it once added, the lazily opened snapshotter, applier and container records, is
+    :class:`EmbeddedStore`'s now)."""
 
     def __init__(self, root: Path | str, *, reserve_bytes: int = 0) -> None:
-        super().__init__(root)
-        self.reserve_bytes = reserve_bytes
-        self._lazy_lock = threading.Lock()
-        self._snapshots: EmbeddedSnapshotter | None = None
-        self._applier: EmbeddedApplier | None = None
-        self._containers: EmbeddedContainerStore | None = None
-
-    @property
-    def snapshots(self) -> EmbeddedSnapshotter:
-        with self._lazy_lock:
-            if self._snapshots is None:
-                from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
-
-                self._snapshots = EmbeddedSnapshotter(
-                    self.root, leases=self.leases, reserve_bytes=self.reserve_bytes
-                )
-            return self._snapshots
-
-    @property
-    def has_snapshots(self) -> bool:
-        """Whether a snapshotter was ever opened under this root (nothing unpacked if not)."""
-        from cargohold.store.embedded.snapshots import DB_FILE, SNAPSHOTS_DIR
-
-        return self._snapshots is not None or (self.root / SNAPSHOTS_DIR / DB_FILE).exists()
-
-    @property
-    def applier(self) -> EmbeddedApplier:
-        with self._lazy_lock:
-            if self._applier is None:
-                from cargohold.unpack.applier import EmbeddedApplier
-
-                self._applier = EmbeddedApplier(reserve_bytes=self.reserve_bytes)
-            return self._applier
-
-    @property
-    def containers(self) -> EmbeddedContainerStore:
-        with self._lazy_lock:
-            if self._containers is None:
-                from cargohold.store.embedded.containers import EmbeddedContainerStore
-
-                self._containers = EmbeddedContainerStore(self.db)
-            return self._containers
+        super().__init__(root, reserve_bytes=reserve_bytes)
 
     def __enter__(self) -> LocalStore:
         return self
-
-    def close(self) -> None:
-        with self._lazy_lock:
-            sn, self._snapshots = self._snapshots, None
-        if sn is not None:
-            sn.close()
-        super().close()
 
 
 def reserve_bytes(s: Settings) -> int:

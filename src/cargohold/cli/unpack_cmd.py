@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -42,9 +42,12 @@ from cargohold.unpack.image import (
     UnpackResult,
 )
 
+if TYPE_CHECKING:
+    from cargohold.store.interfaces import Store
+
 
 @contextmanager
-def unpack_lease(store: Any) -> Iterator[None]:
+def unpack_lease(store: Store) -> Iterator[None]:
     """Unpack under a lease, as containerd's unpacker does: a garbage collector cannot take
     snapshots half-way, and the ``extract-*`` snapshots of a killed unpack are found (its
     lease's owner is dead) and removed by the next command. The lease goes afterwards: the

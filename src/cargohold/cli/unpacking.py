@@ -4,14 +4,12 @@ Not a command module: command modules import these helpers from here, not from e
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from cargohold.cli.main import App
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import reserve_bytes
 from cargohold.oci.descriptor import Descriptor
-from cargohold.store.interfaces import Applier, ContentStore, Snapshotter
+from cargohold.store.interfaces import Store
 from cargohold.unpack.image import (
     STATE_EXISTS,
     STATE_FAILED,
@@ -59,20 +57,7 @@ class UnpackProgress(UnpackEvents):
             self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed")
 
 
-class UnpackStore(Protocol):
-    """What an unpack needs of a store (LocalStore and ContainerdStore both have it)."""
-
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def snapshots(self) -> Snapshotter: ...
-
-    @property
-    def applier(self) -> Applier: ...
-
-
-def make_unpacker(app: App, store: UnpackStore, *, jobs: int | None = None,
+def make_unpacker(app: App, store: Store, *, jobs: int | None = None,
                   events: UnpackEvents | None = None) -> Unpacker:
     return Unpacker(
         store.content,

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -44,6 +44,10 @@ from cargohold.node.warm import (
 from cargohold.oci.platform import parse_platform
 from cargohold.pull.fetch import FetchFailure
 from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
+
+if TYPE_CHECKING:
+    from cargohold.store.containerd.store import ContainerdStore
+    from cargohold.store.interfaces import Store
 
 #: ``--wait`` without a value: how long to wait for containerd's socket.
 DEFAULT_WAIT = 300.0
@@ -144,7 +148,7 @@ class _Progress(WarmEvents, UnpackEvents):
             emit()
 
 
-def _lock_path(app: App, store: Any) -> Path:
+def _lock_path(app: App, store: Store) -> Path:
     if isinstance(store, LocalStore):
         return Path(store.root) / "warm.lock"
     s = app.settings
@@ -152,7 +156,7 @@ def _lock_path(app: App, store: Any) -> Path:
     return Path(s.root) / f"warm-{key}.lock"
 
 
-def _wait_for(store: Any, seconds: float, out: Output) -> None:
+def _wait_for(store: ContainerdStore, seconds: float, out: Output) -> None:
     """Wait until containerd answers (its version call), at most ``seconds``."""
     deadline = time.monotonic() + seconds
     said = False
@@ -257,7 +261,7 @@ def _warm_command(app: App, spec_file: Path | None, jobs: int, nice: int, io_cla
         raise report.out_of_space
 
 
-def _warm(app: App, store: Any, spec: Any, plats: list[Any], jobs: int,
+def _warm(app: App, store: Store, spec: Any, plats: list[Any], jobs: int,
           keep_free: tuple[int | None, float | None] | None) -> WarmReport:
     out = app.out
     if spec is not None:

@@ -6,16 +6,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.images.walk import read_blob
+from cargohold.images.walk import image_graph, read_blob
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
-from cargohold.oci.manifest import (
-    ImageConfig,
-    Index,
-    Manifest,
-    parse_config,
-    parse_manifest_or_index,
-)
+from cargohold.oci.manifest import ImageConfig, Manifest, parse_config
 from cargohold.store.interfaces import ContentStore
 
 __all__ = ["ImageContents", "image_contents", "present_configs", "read_blob"]
@@ -54,33 +48,21 @@ def image_contents(content: ContentStore, target: Descriptor) -> ImageContents:
             seen.add(str(desc.digest))
             out.blobs.append((desc, present))
 
-    data = read_blob(content, target)
-    add(target, data is not None)
-    if data is None:
-        out.problems.append(f"missing {mediatypes.kind(target.media_type)} {target.digest}")
-        return out
-    try:
-        parsed = parse_manifest_or_index(data, target.media_type)
-    except CargoholdError as e:
-        out.problems.append(f"{target.digest}: {e}")
-        return out
-    todo: list[tuple[Descriptor, Manifest]] = []
-    if isinstance(parsed, Index):
-        for d in parsed.manifests:
-            mdata = read_blob(content, d)
-            if mdata is None:
-                continue
-            add(d, True)
-            try:
-                child = parse_manifest_or_index(mdata, d.media_type)
-            except CargoholdError as e:
-                out.problems.append(f"{d.digest}: {e}")
-                continue
-            if isinstance(child, Manifest):
-                todo.append((d, child))
-    else:
-        todo.append((target, parsed))
-    for mdesc, m in todo:
+    def fetch(desc: Descriptor) -> bytes | None:
+        data = read_blob(content, desc)
+        if desc is target:
+            add(target, data is not None)
+            if data is None:
+                out.problems.append(f"missing {mediatypes.kind(target.media_type)} {target.digest}")
+        elif data is not None:
+            add(desc, True)  # an index's entries not in the store: platforms not fetched
+        return data
+
+    def broken(desc: Descriptor, e: CargoholdError) -> None:
+        out.problems.append(f"{desc.digest}: {e}")
+
+    graph = image_graph(target, fetch, nested="skip", on_error=broken)
+    for mdesc, m in graph.manifests:
         out.manifests.append((mdesc, m))
         cfg_data = read_blob(content, m.config)
         add(m.config, cfg_data is not None)

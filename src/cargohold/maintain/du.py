@@ -34,6 +34,7 @@ from cargohold.bake.catalog import layer_chains
 from cargohold.errors import CargoholdError
 from cargohold.images.content import image_contents, present_configs
 from cargohold.maintain.verify import select_images
+from cargohold.store.interfaces import Snapshotter, Store
 
 __all__ = ["DiskUsage", "ImageUsage", "disk_usage"]
 
@@ -144,11 +145,11 @@ def _image_chains(content: Any, contents: Any) -> list[str]:
 
 
 def disk_usage(
-    store: Any, refs: Sequence[str] | None = None, *, snapshots: Any | None = None
+    store: Store, refs: Sequence[str] | None = None, *, snapshots: Snapshotter | None = None
 ) -> DiskUsage:
     """Disk use of the images (rows: all records, or ``refs``); totals cover the store."""
     if snapshots is None:
-        snapshots = getattr(store, "snapshots", None)
+        snapshots = store.snapshots
     content = store.content
     files: dict[str, int] = {str(info.digest): info.size for info in content.walk()}
     records = sorted(store.images.list(), key=lambda i: i.name)

@@ -50,12 +50,13 @@ from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
+from cargohold.images.walk import image_graph
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
-from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest_or_index
+from cargohold.oci.manifest import parse_config
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, lookup_by_name, parse_reference
 from cargohold.store.interfaces import (
@@ -64,6 +65,8 @@ from cargohold.store.interfaces import (
     Image,
     ImageStore,
     LeaseResource,
+    Snapshotter,
+    Store,
 )
 from cargohold.unpack.image import is_committed
 
@@ -179,7 +182,7 @@ def _read(content: ContentStore, desc: Descriptor) -> bytes:
 
 
 class _Checker:
-    def __init__(self, content: ContentStore, snapshots: Any | None, *,
+    def __init__(self, content: ContentStore, snapshots: Snapshotter | None, *,
                  trusted: Collection[str] = (), jobs: int = 1) -> None:
         self.content = content
         self.snapshots = snapshots
@@ -224,33 +227,20 @@ class _Checker:
                 problems.append(Problem(img.name, bad[0], bad[1], str(desc.digest)))
             return bad is None
 
-        manifests: list[tuple[Descriptor, Manifest]] = []
-        if note(img.target):
-            try:
-                parsed = parse_manifest_or_index(_read(self.content, img.target),
-                                                 img.target.media_type)
-            except CargoholdError as e:
-                parsed = None
-                problems.append(Problem(img.name, "corrupt", f"{img.target.digest}: {e}",
-                                        str(img.target.digest)))
-            if isinstance(parsed, Index):
-                for d in parsed.manifests:
-                    try:
-                        self.content.info(d.digest)
-                    except NotFoundError:
-                        continue  # a platform that was not fetched
-                    if not note(d):
-                        continue
-                    try:
-                        child = parse_manifest_or_index(_read(self.content, d), d.media_type)
-                    except CargoholdError as e:
-                        problems.append(Problem(img.name, "corrupt", f"{d.digest}: {e}",
-                                                str(d.digest)))
-                        continue
-                    if isinstance(child, Manifest):
-                        manifests.append((d, child))
-            elif isinstance(parsed, Manifest):
-                manifests.append((img.target, parsed))
+        target = img.target
+
+        def fetch(d: Descriptor) -> bytes | None:
+            if d is not target:
+                try:
+                    self.content.info(d.digest)
+                except NotFoundError:
+                    return None  # a platform that was not fetched
+            return _read(self.content, d) if note(d) else None
+
+        def broken(d: Descriptor, e: CargoholdError) -> None:
+            problems.append(Problem(img.name, "corrupt", f"{d.digest}: {e}", str(d.digest)))
+
+        manifests = image_graph(target, fetch, nested="skip", on_error=broken).manifests
         self.prefetch(
             d for _, m in manifests for d in [m.config, *m.layers]
             if mediatypes.is_distributable(d.media_type)
@@ -310,7 +300,7 @@ class _Checker:
             ))
 
 
-def _snapshot_label(snapshots: Any) -> str:
+def _snapshot_label(snapshots: Snapshotter) -> str:
     """The config label that keeps an image's snapshots in ``snapshots``."""
     return f"{GC_REF_SNAPSHOT}.{snapshots.name}"
 
@@ -344,16 +334,16 @@ def _restore_labels(content: ContentStore, saved: Mapping[str, Mapping[str, str]
 
 
 @contextlib.contextmanager
-def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
+def _holding_snapshots(store: Store, saved: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
     """A lease on the snapshots the saved labels reference, while their blobs are away
     (containerd's collector runs during a repair); none where no collector runs."""
     refs = {LeaseResource(f"snapshots/{k.removeprefix(GC_REF_SNAPSHOT + '.')}", v)
             for labels in saved.values() for k, v in labels.items()
             if k.startswith(GC_REF_SNAPSHOT + ".")}
-    leases = getattr(store, "leases", None)
-    if not refs or leases is None or not callable(getattr(store, "collect_garbage", None)):
+    if not refs or not store.gc_in_background:
         yield
         return
+    leases = store.leases
     expire = datetime.now(UTC) + timedelta(hours=1)  # if this process dies meanwhile
     lease = leases.create(labels={"containerd.io/gc.expire": expire.isoformat(),
                                   "cargohold/purpose": "verify-repair"})
@@ -366,7 +356,7 @@ def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> It
             leases.delete(lease.id)
 
 
-def _relabel(content: ContentStore, snapshots: Any, images: Iterable[Image]) -> None:
+def _relabel(content: ContentStore, snapshots: Snapshotter, images: Iterable[Image]) -> None:
     """Give each unpacked image's config its snapshot label back."""
     checker = _Checker(content, snapshots)
     key = _snapshot_label(snapshots)
@@ -390,11 +380,11 @@ def _refetch_ref(img: Image, records: Iterable[Image]) -> Reference | None:
 
 
 def verify(
-    store: Any,
+    store: Store,
     refs: Sequence[str] | None = None,
     *,
     repair_with: Any | None = None,
-    snapshots: Any | None = None,
+    snapshots: Snapshotter | None = None,
     trusted: Collection[str] = (),
     jobs: int = 4,
 ) -> list[Problem]:
@@ -403,7 +393,7 @@ def verify(
     ``trusted``: digests just verified on commit (not re-hashed); ``jobs``: blobs hashed
     at once."""
     if snapshots is None:
-        snapshots = getattr(store, "snapshots", None)
+        snapshots = store.snapshots
     content: ContentStore = store.content
     images = select_images(store.images, refs)
     checker = _Checker(content, snapshots, trusted=trusted, jobs=jobs)
@@ -444,7 +434,7 @@ def verify(
 
 
 def _refetch(
-    store: Any,
+    store: Store,
     content: ContentStore,
     found: Mapping[str, tuple[Image, list[Problem], list[str]]],
     damaged: set[str],
@@ -454,9 +444,9 @@ def _refetch(
     for d in sorted(damaged):
         with contextlib.suppress(NotFoundError):
             content.delete(Digest.parse(d))
-    collect = getattr(store, "collect_garbage", None)
-    if damaged and callable(collect):
-        collect()  # containerd: the damaged files must be gone before they are fetched again
+    if damaged and store.gc_in_background:
+        # containerd: the damaged files must be gone before they are fetched again
+        store.collect_garbage()
     all_records = store.images.list()
     fetched: set[str] = set()
     errors: dict[str, str] = {}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cargohold.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from cargohold.store.interfaces import Store
 
 __all__ = ["FsSpace", "free_target", "fs_space", "parse_keep_free", "store_fs_not_found",
            "store_path"]
@@ -27,17 +30,13 @@ def fs_space(path: str | Path) -> FsSpace:
     return FsSpace(str(path), st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
-def store_path(store: Any, root: Path) -> Path | None:
+def store_path(store: Store, root: Path) -> Path | None:
     """A directory on the store's file system: the embedded root, or the directory of
     containerd's snapshotter (asked through containerd's introspection service) when this
-    process can see it, else None."""
-    client = getattr(store, "client", None)
-    if client is None:
+    process can see it, else None (:meth:`Store.filesystem_path`)."""
+    if store.kind == "embedded":
         return root
-    from cargohold.store.containerd.staged import SNAPSHOTTER_PLUGIN
-
-    where = client.plugin_exports(SNAPSHOTTER_PLUGIN, store.snapshotter).get("root")
-    return Path(where) if where and os.path.isdir(where) else None
+    return store.filesystem_path()
 
 
 def store_fs_not_found(hint: str) -> InvalidInputError:

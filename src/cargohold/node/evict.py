@@ -11,7 +11,7 @@ from typing import Any
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.node.evict_plan import EvictAction, EvictPlan
-from cargohold.store.interfaces import GC_REF_SNAPSHOT
+from cargohold.store.interfaces import GC_REF_SNAPSHOT, Snapshotter, Store
 
 __all__ = ["EvictOutcome", "carry_out"]
 
@@ -40,7 +40,7 @@ class EvictOutcome:
         }
 
 
-def _unlabel_configs(store: Any, action: EvictAction, snapshotter: str) -> dict[Any, str]:
+def _unlabel_configs(store: Store, action: EvictAction, snapshotter: str) -> dict[Any, str]:
     """Drop the config blobs' ``gc.ref.snapshot.<snapshotter>`` labels that name a chain this
     demotion removes (so gc and verify see a fetched-only image, not a broken one); returns
     what was dropped (config digest -> chain) to put back if the removal fails."""
@@ -60,7 +60,7 @@ def _unlabel_configs(store: Any, action: EvictAction, snapshotter: str) -> dict[
     return dropped
 
 
-def _relabel_if_kept(store: Any, snapshots: Any, dropped: dict[Any, str]) -> None:
+def _relabel_if_kept(store: Store, snapshots: Snapshotter, dropped: dict[Any, str]) -> None:
     """Put back the labels of configs whose chain is still there after a failed removal."""
     key = f"{GC_REF_SNAPSHOT}.{snapshots.name}"
     for digest, chain in dropped.items():
@@ -71,13 +71,13 @@ def _relabel_if_kept(store: Any, snapshots: Any, dropped: dict[Any, str]) -> Non
         store.content.update(digest, {key: chain})
 
 
-def _target(store: Any, action: EvictAction) -> Any:
+def _target(store: Store, action: EvictAction) -> Any:
     return store.images.get(action.image.names[0]).target
 
 
 def carry_out(
-    store: Any,
-    snapshots: Any,
+    store: Store,
+    snapshots: Snapshotter | None,
     plan: EvictPlan,
     *,
     on_done: Callable[[EvictOutcome], None] | None = None,
@@ -90,6 +90,7 @@ def carry_out(
         res = EvictOutcome(action)
         try:
             if action.action == "demote":
+                assert snapshots is not None  # chains to demote come from the snapshotter
                 _demote(store, snapshots, action, res)
             else:
                 _delete(store, snapshots, action, res)
@@ -101,7 +102,7 @@ def carry_out(
     return out
 
 
-def _demote(store: Any, snapshots: Any, action: EvictAction, res: EvictOutcome) -> None:
+def _demote(store: Store, snapshots: Snapshotter, action: EvictAction, res: EvictOutcome) -> None:
     dropped = _unlabel_configs(store, action, snapshots.name)
     try:
         _remove_chains(snapshots, action, res)
@@ -110,7 +111,7 @@ def _demote(store: Any, snapshots: Any, action: EvictAction, res: EvictOutcome) 
         raise
 
 
-def _remove_chains(snapshots: Any, action: EvictAction, res: EvictOutcome) -> None:
+def _remove_chains(snapshots: Snapshotter, action: EvictAction, res: EvictOutcome) -> None:
     """Remove the chains top first; one that is gone already counts as removed."""
     for chain in action.chains:
         try:
@@ -123,7 +124,7 @@ def _remove_chains(snapshots: Any, action: EvictAction, res: EvictOutcome) -> No
         res.removed_bytes += size
 
 
-def _delete(store: Any, snapshots: Any, action: EvictAction, res: EvictOutcome) -> None:
+def _delete(store: Store, snapshots: Snapshotter | None, action: EvictAction, res: EvictOutcome) -> None:
     if action.chains and snapshots is not None:
         _unlabel_configs(store, action, snapshots.name)
         _remove_chains(snapshots, action, res)

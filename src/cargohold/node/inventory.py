@@ -31,7 +31,7 @@ from cargohold.errors import CargoholdError
 from cargohold.images.content import image_contents, present_configs
 from cargohold.node.labels import image_critical, image_pinned, image_priority
 from cargohold.oci.reference import lookup_by_name
-from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo
+from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo, Snapshotter, Store
 from cargohold.unpack.image import EXTRACT_PREFIX, LABEL_SNAPSHOT_REF
 
 __all__ = ["TIERS", "ImageState", "Inventory", "take_inventory"]
@@ -163,7 +163,7 @@ def _labels(group: Sequence[Image]) -> dict[str, str]:
     return out
 
 
-def _usage(snapshots: Any, key: str) -> int:
+def _usage(snapshots: Snapshotter, key: str) -> int:
     try:
         return int(snapshots.usage(key).size)
     except CargoholdError:  # removed meanwhile
@@ -184,7 +184,7 @@ class _SnapshotFacts:
     active_bytes: int = 0
 
 
-def _snapshot_facts(snapshots: Any) -> _SnapshotFacts:
+def _snapshot_facts(snapshots: Snapshotter | None) -> _SnapshotFacts:
     out = _SnapshotFacts()
     if snapshots is None:
         return out
@@ -213,7 +213,7 @@ def _ancestors(chain: str, parents: dict[str, str]) -> list[str]:
     return out
 
 
-def take_inventory(store: Any, snapshots: Any | None = None) -> Inventory:
+def take_inventory(store: Store, snapshots: Snapshotter | None = None) -> Inventory:
     """Every image of ``store`` (records grouped by target) with its tier, labels, bytes and
     users; ``snapshots``: the snapshotter to look at (None: nothing is unpacked)."""
     content = store.content

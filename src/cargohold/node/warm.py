@@ -61,6 +61,7 @@ from cargohold.store.interfaces import (
     KIND_ACTIVE,
     ImageStore,
     SnapshotInfo,
+    Store,
 )
 from cargohold.unpack.image import (
     EXTRACT_PREFIX,
@@ -270,7 +271,7 @@ class Warmer:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         items: list[WarmItem],
         options: WarmOptions,
         *,
@@ -346,9 +347,7 @@ class Warmer:
         opts = self.options
         reserve = max(opts.reserve, opts.floor or 0)
         # The applier (and a flat snapshotter's copy) check the reserve while writing.
-        for part in (self.store.applier, self.store.snapshots):
-            if isinstance(getattr(part, "reserve_bytes", None), int):
-                part.reserve_bytes = max(part.reserve_bytes, reserve)
+        self.store.raise_reserve(reserve)
         with (
             self.unpack_scope(),
             Unpacker(self.store.content, self.store.snapshots, self.store.applier,

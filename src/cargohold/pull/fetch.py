@@ -31,9 +31,8 @@ from cargohold.errors import (
     Interrupted,
     NotFoundError,
     OutOfSpaceError,
-    UnsupportedError,
 )
-from cargohold.images.walk import read_blob
+from cargohold.images.walk import by_platform, image_graph, read_blob
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import leased
 from cargohold.node.labels import LABEL_CRI_PINNED
@@ -41,22 +40,18 @@ from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.manifest import (
     Index,
-    Manifest,
     check_config,
     parse_config,
     parse_manifest_or_index,
-    select_manifests,
 )
 from cargohold.oci.reference import Reference
 from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     GC_REF_CONTENT,
     LABEL_DISTRIBUTION_SOURCE,
-    ContentStore,
     ContentWriter,
     Image,
-    ImageStore,
-    LeaseManager,
+    Store,
 )
 
 #: Longest pause between two attempts to open an ingest another writer holds.
@@ -79,17 +74,6 @@ class Registry(Protocol):
         offset: int = 0,
         on_progress: Callable[[int], None] | None = None,
     ) -> None: ...
-
-
-class StoreLike(Protocol):
-    @property
-    def content(self) -> ContentStore: ...
-
-    @property
-    def images(self) -> ImageStore: ...
-
-    @property
-    def leases(self) -> LeaseManager: ...
 
 
 class FetchEvents:
@@ -272,7 +256,7 @@ class Fetcher:
 
     def __init__(
         self,
-        store: StoreLike,
+        store: Store,
         registry: Registry,
         *,
         jobs: int = 4,
@@ -309,11 +293,14 @@ class Fetcher:
         *,
         platforms: Sequence[Platform],
         all_platforms: bool = False,
+        roots: Sequence[Descriptor] | None = None,
     ) -> list[FetchResult | FetchFailure]:
-        """Fetch several images concurrently; failures are reported, successes kept."""
+        """Fetch several images concurrently; failures are reported, successes kept.
+        ``roots``: the descriptor each ref resolved to already (a bake's plan): the fetch
+        continues from it instead of resolving the ref again."""
         with leased(self.store, "fetch") as lease_id:
             try:
-                results = self._fetch_images(refs, platforms, all_platforms)
+                results = self._fetch_images(refs, platforms, all_platforms, roots)
             except OutOfSpaceError:
                 self._drop_ingests(lease_id)
                 raise
@@ -323,18 +310,19 @@ class Fetcher:
             return results
 
     def _fetch_images(
-        self, refs: Sequence[Reference], platforms: Sequence[Platform], all_platforms: bool
+        self, refs: Sequence[Reference], platforms: Sequence[Platform], all_platforms: bool,
+        roots: Sequence[Descriptor] | None = None,
     ) -> list[FetchResult | FetchFailure]:
         images_pool = ThreadPoolExecutor(
             max_workers=min(len(refs), self.jobs) or 1, thread_name_prefix="image"
         )
         try:
             futs: list[Future[FetchResult | FetchFailure]] = []
-            for ref in refs:
+            for i, ref in enumerate(refs):
                 with held():  # submit waits for the thread it starts: not interruptible
                     futs.append(images_pool.submit(
                         contextvars.copy_context().run, self._fetch_one_safe, ref, platforms,
-                        all_platforms,
+                        all_platforms, roots[i] if roots is not None else None,
                     ))
             return [self._wait(f) for f in futs]
         except BaseException:
@@ -393,19 +381,23 @@ class Fetcher:
         return fut.result()  # done: no wait
 
     def _fetch_one_safe(
-        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool
+        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool,
+        root: Descriptor | None = None,
     ) -> FetchResult | FetchFailure:
         try:
-            return self._fetch_one(ref, platforms, all_platforms)
+            return self._fetch_one(ref, platforms, all_platforms, root)
         except CargoholdError as e:
             self.events.image_failed(ref, e)
             return FetchFailure(ref, e)
 
     def _fetch_one(
-        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool
+        self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool,
+        known: Descriptor | None = None,
     ) -> FetchResult:
         start = time.monotonic()
-        root = self.registry.resolve(ref)
+        if known is not None and ref.digest is not None and known.digest != ref.digest:
+            raise ConflictError(f"{ref}: given as resolved to {known.digest}")
+        root = known if known is not None else self.registry.resolve(ref)
         self.events.resolved(ref, root)
         transferred = [0]
 
@@ -413,33 +405,18 @@ class Fetcher:
             with self._transferred_lock:
                 transferred[0] += n
 
-        blobs: dict[str, Descriptor] = {}
         chosen_platforms: list[str] = []
 
         # Walk manifests (small; sequential per image, each fetched once).
-        root_children = self._manifest_children(ref, root, count)
-        blobs[str(root.digest)] = root
-        manifests: list[tuple[Descriptor, Manifest]] = []
-        if isinstance(root_children, Index):
-            selected = select_manifests(root_children, platforms, all_platforms)
-            if not selected:
-                wanted = ", ".join(str(p) for p in platforms) or "any"
-                available = ", ".join(
-                    str(d.platform) for d in root_children.manifests if d.platform
-                )
-                raise NotFoundError(
-                    f"{ref}: no manifest for platform {wanted} (index has: {available or 'none'})"
-                )
-            for d in selected:
-                m = self._manifest_children(ref, d, count)
-                if not isinstance(m, Manifest):
-                    raise UnsupportedError(f"{ref}: nested index {d.digest} is not supported")
-                manifests.append((d, m))
-                blobs[str(d.digest)] = d
-                if d.platform:
-                    chosen_platforms.append(str(d.platform))
-        else:
-            manifests.append((root, root_children))
+        graph = image_graph(
+            root,
+            lambda d: self._manifest_blob(ref, d, count),
+            select=by_platform(platforms, all_platforms, what=str(ref)),
+            what=str(ref),
+        )
+        manifests = graph.manifests
+        if graph.index is not None:
+            chosen_platforms += [str(d.platform) for d, _ in manifests if d.platform]
 
         # Config blobs first (small, and needed to validate the layer count), then layers.
         config_futs = [
@@ -459,9 +436,7 @@ class Fetcher:
                 chosen_platforms.append(
                     str(Platform(cfg.os, cfg.architecture, cfg.variant))
                 )
-            blobs[str(m.config.digest)] = m.config
-            for layer in m.layers:
-                blobs[str(layer.digest)] = layer
+        blobs = graph.blobs()
 
         layer_descs = [
             d for _, m in manifests for d in m.layers if mediatypes.is_distributable(d.media_type)
@@ -507,9 +482,9 @@ class Fetcher:
         if first is not None:
             raise first
 
-    def _manifest_children(
+    def _manifest_blob(
         self, ref: Reference, desc: Descriptor, count: Callable[[int], None]
-    ) -> Manifest | Index:
+    ) -> bytes:
         """Get a manifest or index (from the store, else the registry), store it labelled."""
         mediatypes.refuse_unsupported_manifest(desc.media_type, f"{ref} ({desc.digest})")
         data = self._read_local(desc)
@@ -529,7 +504,7 @@ class Fetcher:
         else:
             self.store.content.update(desc.digest, dict(labels))
         self.events.blob_done(desc, state, len(data) if state == "done" else 0)
-        return parsed
+        return data
 
     def _read_local(self, desc: Descriptor) -> bytes | None:
         return read_blob(self.store.content, desc)

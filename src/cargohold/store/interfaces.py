@@ -1,8 +1,9 @@
 """The store's nouns as small interfaces, shaped after containerd's services.
 
 Content, images, leases (this file's first half), snapshots and the applier (second half)
-have one implementation each in ``store.embedded`` and in ``store.containerd``; everything
-above them (fetch, unpack, bake, gc callers) talks only to these Protocols.
+have one implementation each in ``store.embedded`` and in ``store.containerd``; :class:`Store`
+(at the end) is a whole store of either kind with the capabilities callers may ask about.
+Everything above them (fetch, unpack, bake, gc callers) talks only to these Protocols.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
@@ -251,6 +253,14 @@ class Snapshotter(Protocol):
         its committed parent, in order."""
         ...
 
+    @property
+    def usage_per_layer(self) -> bool:
+        """Whether :meth:`usage` of a committed layer counts that layer alone (overlay-like
+        snapshotters: the embedded overlay backend, containerd's overlayfs and the others,
+        whose API says usage excludes the parents), not the full copy of its stack (the
+        embedded ``flat`` backend, containerd's ``native``)."""
+        ...
+
     def stat(self, key: str) -> SnapshotInfo:
         """Raises NotFoundError."""
         ...
@@ -324,3 +334,80 @@ class Applier(Protocol):
         InvalidInputError for hostile, too big or broken layers.  On error the caller removes
         the snapshot."""
         ...
+
+
+# ---------------------------------------------------------------- the whole store
+
+#: The two kinds of store (the ``store`` setting).
+StoreKind = Literal["embedded", "containerd"]
+
+
+class Store(Protocol):
+    """A whole store: the embedded one (``store.embedded.EmbeddedStore``) or one namespace of
+    a containerd (``store.containerd.ContainerdStore``).  What tells the two apart is asked
+    here by name (``kind``, ``gc_in_background``, ...), never by probing attributes."""
+
+    @property
+    def kind(self) -> StoreKind: ...
+
+    @property
+    def namespace(self) -> str:
+        """containerd's namespace; "" for the embedded store (it has none)."""
+        ...
+
+    @property
+    def content(self) -> ContentStore: ...
+
+    @property
+    def images(self) -> ImageStore: ...
+
+    @property
+    def leases(self) -> LeaseManager: ...
+
+    @property
+    def snapshots(self) -> Snapshotter:
+        """The snapshotter unpacks go to (the embedded one is opened, and its directory
+        created, on first use: see :attr:`has_snapshots`)."""
+        ...
+
+    @property
+    def has_snapshots(self) -> bool:
+        """Whether the store may hold snapshots: always for containerd; for the embedded
+        store, whether its snapshotter was ever opened (nothing was unpacked if not).  Lets a
+        read-only caller leave an embedded root as it was."""
+        ...
+
+    def snapshotter_named(self, name: str) -> Snapshotter | None:
+        """The snapshotter ``name`` of this store (as in lease resources
+        ``snapshots/<name>``), or None when the store has none by that name: containerd has
+        any of its snapshotters; the embedded store its one snapshotter, once opened."""
+        ...
+
+    @property
+    def applier(self) -> Applier: ...
+
+    @property
+    def gc_in_background(self) -> bool:
+        """Whether the garbage collector may run while this process works: containerd's runs
+        after deletes and lease removals (what must survive needs a lease or a label); the
+        embedded one runs only in ``cargohold gc``, under the exclusive root lock."""
+        ...
+
+    def collect_garbage(self) -> None:
+        """containerd: run the collector now and wait for it (a deleted blob's file stays
+        until it runs).  Embedded: nothing (its deletes take effect at once; its collector
+        needs the exclusive root lock: ``store.embedded.gc.collect``)."""
+        ...
+
+    def raise_reserve(self, nbytes: int) -> None:
+        """Keep at least ``nbytes`` free from now on where the store checks free space while
+        writing: the embedded applier and snapshotter (a flat copy); containerd: nothing."""
+        ...
+
+    def filesystem_path(self) -> Path | None:
+        """A directory on the file system holding the store's data: the embedded root;
+        containerd's snapshotter directory (asked through containerd's introspection
+        service) when this process can see it, else None."""
+        ...
+
+    def close(self) -> None: ...

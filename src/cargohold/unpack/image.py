@@ -55,6 +55,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.images.content import read_blob
+from cargohold.images.walk import image_graph
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.oci import mediatypes
@@ -68,7 +69,6 @@ from cargohold.oci.manifest import (
     check_config,
     is_attestation,
     parse_config,
-    parse_manifest_or_index,
 )
 from cargohold.oci.platform import host_platform, matches, normalize, rank
 from cargohold.pull.singleflight import SingleFlight
@@ -145,11 +145,8 @@ def _must_read(content: ContentStore, desc: Descriptor, what: str) -> bytes:
 
 
 def _resolve_manifest(
-    content: ContentStore, target: Descriptor, mdesc: Descriptor, data: bytes
+    content: ContentStore, target: Descriptor, mdesc: Descriptor, parsed: Manifest
 ) -> ResolvedImage:
-    parsed = parse_manifest_or_index(data, mdesc.media_type)
-    if not isinstance(parsed, Manifest):
-        raise UnsupportedError(f"nested index {mdesc.digest} is not supported")
     cfg = parse_config(_must_read(content, parsed.config, "config"))
     check_config(parsed, cfg)
     for layer in parsed.layers:
@@ -186,21 +183,31 @@ def resolve_image(
     A single manifest: itself; when ``platform`` is given, its config must match it.
     NotFoundError when nothing fits or a blob is missing.
     """
-    data = _must_read(content, target, mediatypes.kind(target.media_type))
-    parsed = parse_manifest_or_index(data, target.media_type)
-    if isinstance(parsed, Manifest):
-        img = _resolve_manifest(content, target, target, data)
+    want = platform or host_platform()
+
+    def ranked(index: Index) -> list[Descriptor]:
+        cands = _candidates(index)
+        return [cands[i] for i in rank(want, [d.platform for d in cands])]
+
+    def fetch(d: Descriptor) -> bytes | None:
+        if d is target:
+            return _must_read(content, target, mediatypes.kind(target.media_type))
+        return read_blob(content, d)
+
+    # The best-ranked manifest present in the store (the walk stops at the first).
+    graph = image_graph(target, fetch, select=ranked, limit=1)
+    if graph.index is None:
+        ((_, m),) = graph.manifests
+        img = _resolve_manifest(content, target, target, m)
         if platform is not None and not matches(platform, img.platform):
             raise NotFoundError(
                 f"image {target.digest} is for {img.platform}, not {normalize(platform)}"
             )
         return img
-    want = platform or host_platform()
-    cands = _candidates(parsed)
-    for i in rank(want, [d.platform for d in cands]):
-        mdata = read_blob(content, cands[i])
-        if mdata is not None:
-            return _resolve_manifest(content, target, cands[i], mdata)
+    if graph.manifests:
+        ((mdesc, m),) = graph.manifests
+        return _resolve_manifest(content, target, mdesc, m)
+    cands = _candidates(graph.index)
     have = ", ".join(str(d.platform) for d in cands if d.platform) or "none"
     fetched = ", ".join(
         str(d.platform) for d in cands if d.platform and read_blob(content, d) is not None
@@ -215,25 +222,12 @@ def resolve_image(
 def resolve_present(content: ContentStore, target: Descriptor) -> list[ResolvedImage]:
     """Every platform of ``target`` whose manifest, config and layers are in the store
     (what can be unpacked); broken or incomplete ones are left out."""
-    data = read_blob(content, target)
-    if data is None:
-        return []
-    try:
-        parsed = parse_manifest_or_index(data, target.media_type)
-    except CargoholdError:
-        return []
-    pairs: list[tuple[Descriptor, bytes]] = []
-    if isinstance(parsed, Manifest):
-        pairs.append((target, data))
-    else:
-        for d in _candidates(parsed):
-            mdata = read_blob(content, d)
-            if mdata is not None:
-                pairs.append((d, mdata))
+    graph = image_graph(target, lambda d: read_blob(content, d), select=_candidates,
+                        nested="skip", on_error=lambda d, e: None)  # broken: left out
     out: list[ResolvedImage] = []
-    for mdesc, mdata in pairs:
+    for mdesc, m in graph.manifests:
         try:
-            out.append(_resolve_manifest(content, target, mdesc, mdata))
+            out.append(_resolve_manifest(content, target, mdesc, m))
         except CargoholdError:
             continue
     return out

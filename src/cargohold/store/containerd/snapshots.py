@@ -63,6 +63,11 @@ class ContainerdSnapshotter:
         """containerd cannot give a snapshot another parent at commit."""
         return False
 
+    @property
+    def usage_per_layer(self) -> bool:
+        """containerd's API: usage excludes the parents, but ``native`` copies them."""
+        return self._name != "native"
+
     def _info(self, pb: Any) -> SnapshotInfo:
         return SnapshotInfo(
             kind=self._kinds.get(pb.kind, "unknown"),

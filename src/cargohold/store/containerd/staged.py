@@ -101,6 +101,10 @@ class StagedSnapshotter:
         return self.inner.name
 
     @property
+    def usage_per_layer(self) -> bool:
+        return self.inner.usage_per_layer
+
+    @property
     def standalone_layers(self) -> bool:
         """True when containerd's snapshot directories are on this machine (introspection's
         ``root`` of the snapshotter plugin is a directory here); asked once."""

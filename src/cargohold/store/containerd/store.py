@@ -4,7 +4,8 @@ of a real containerd."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from cargohold.store.containerd.client import (
     DEFAULT_ADDRESS,
@@ -18,7 +19,7 @@ from cargohold.store.containerd.fastapply import FastApplier
 from cargohold.store.containerd.images import ContainerdImageStore
 from cargohold.store.containerd.leases import ContainerdLeaseManager
 from cargohold.store.containerd.snapshots import ContainerdSnapshotter
-from cargohold.store.containerd.staged import StagedSnapshotter
+from cargohold.store.containerd.staged import SNAPSHOTTER_PLUGIN, StagedSnapshotter
 
 if TYPE_CHECKING:
     from cargohold.settings import Settings
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         ImageStore,
         LeaseManager,
         Snapshotter,
+        Store,
     )
 
 
@@ -38,6 +40,12 @@ class ContainerdStore:
     Creating it connects lazily (nothing is sent until the first call; :meth:`version`
     checks the socket). It is a context manager; :meth:`close` closes the channel.
     """
+
+    kind: Literal["containerd"] = "containerd"
+    #: Any namespace may hold snapshots.
+    has_snapshots = True
+    #: containerd collects after deletes and lease removals (see :meth:`collect_garbage`).
+    gc_in_background = True
 
     def __init__(
         self,
@@ -69,6 +77,16 @@ class ContainerdStore:
     def snapshotter_named(self, name: str) -> ContainerdSnapshotter:
         """Another of containerd's snapshotters (e.g. ``native``) in the same namespace."""
         return ContainerdSnapshotter(self.client, name)
+
+    def raise_reserve(self, nbytes: int) -> None:
+        """Nothing: containerd's snapshotters and diff service keep no reserve (cargohold's
+        direct applier keeps the one the store was opened with)."""
+
+    def filesystem_path(self) -> Path | None:
+        """The directory of this store's snapshotter, asked through containerd's
+        introspection service, when this process can see it; else None."""
+        where = self.client.plugin_exports(SNAPSHOTTER_PLUGIN, self.snapshotter).get("root")
+        return Path(where) if where and os.path.isdir(where) else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ContainerdStore:
@@ -105,3 +123,5 @@ if TYPE_CHECKING:
     ) -> tuple[ContentStore, ContentWriter, ImageStore, LeaseManager, Snapshotter, Applier]:
         """mypy checks here that the classes satisfy the store protocols."""
         return s.content, s.content.writer("r"), s.images, s.leases, s.snapshots, s.applier
+
+    _store: type[Store] = ContainerdStore  # mypy checks that it is a whole store

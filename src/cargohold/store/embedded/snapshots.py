@@ -269,6 +269,11 @@ class EmbeddedSnapshotter:
     def standalone_layers(self) -> bool:
         return self.backend == "overlay"
 
+    @property
+    def usage_per_layer(self) -> bool:
+        """overlay: a layer's own directory; flat: a full copy of its stack."""
+        return self.backend != "flat"
+
     # ------------------------------------------------------------ database
 
     def _get(self, c: sqlite3.Connection, key: str) -> _Row | None:
