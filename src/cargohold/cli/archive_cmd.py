@@ -1,6 +1,6 @@
 """`cargohold import` and `cargohold export`: image archives for air-gapped nodes.
 
-(``bake`` / ``plan --from`` take their archives through :mod:`cargohold.cli.sources`.)
+(``bake`` / ``plan --from`` take their archives through :mod:`cargohold.pull.sources`.)
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from cargohold.cli.fetching import (
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import open_store, registry_client
-from cargohold.cli.sources import space_check
 from cargohold.cli.unpacking import make_unpacker, report_unpack
 from cargohold.errors import InvalidInputError, NotFoundError
 from cargohold.leasing import leased
@@ -30,7 +28,9 @@ from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import FetchFailure, FetchResult
+from cargohold.pull.sources import registry_client, space_check
 from cargohold.settings import Settings
+from cargohold.store.open import open_store
 
 
 def _platforms(s: Settings, given: tuple[str, ...]) -> tuple[list[Platform], list[Platform]]:

@@ -26,9 +26,8 @@ from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resolve_progress import ResolveProgress
-from cargohold.cli.resources import open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
-from cargohold.cli.sources import content_source, from_options
+from cargohold.cli.sources import from_options
 from cargohold.cli.unpack_cmd import unpack_lease
 from cargohold.cli.unpacking import UnpackProgress, summary_line
 from cargohold.errors import (
@@ -39,6 +38,8 @@ from cargohold.errors import (
     batch_error,
 )
 from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.pull.sources import content_source
+from cargohold.store.open import open_store, reserve_bytes
 from cargohold.unpack.image import UnpackResult
 
 

@@ -44,7 +44,6 @@ from cargohold.cli.fetching import apply_registry_options, record_policy, regist
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, registry_client
 from cargohold.cli.scratch import Scratch, open_scratch, unpacked_bytes
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker
 from cargohold.errors import CargoholdError
@@ -54,7 +53,9 @@ from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import Fetcher, FetchEvents, FetchResult
+from cargohold.pull.sources import registry_client
 from cargohold.store.gcmark import LABEL_GC_ROOT
+from cargohold.store.open import LocalStore
 from cargohold.units import format_rate
 from cargohold.unpack.image import UnpackResult
 

@@ -35,7 +35,6 @@ import click
 from cargohold.bake.spec import parse_size
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output
-from cargohold.cli.resources import reserve_bytes
 from cargohold.cli.scratch import (
     Scratch,
     import_blobs,
@@ -50,6 +49,7 @@ from cargohold.imagebuild.entries import Dir, Entry, File, Hardlink, Symlink
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.store.gcmark import LABEL_GC_ROOT
+from cargohold.store.open import reserve_bytes
 from cargohold.unpack.image import UnpackEvents
 
 __all__ = ["CalibrateResult", "measure_unpack", "synthetic_image", "tiny_image"]

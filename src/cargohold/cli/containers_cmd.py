@@ -29,7 +29,6 @@ from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, open_embedded
 from cargohold.cli.unpack_cmd import parse_platform_option, unpack_lease
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker
 from cargohold.errors import (
@@ -51,6 +50,7 @@ from cargohold.store.embedded.containers import (
     snapshot_key,
 )
 from cargohold.store.embedded.metadata import now, ts
+from cargohold.store.open import LocalStore, open_embedded
 from cargohold.unpack.image import ResolvedImage, UnpackResult
 
 #: runc's state directory for cargohold's containers (runc's default is /run/runc).

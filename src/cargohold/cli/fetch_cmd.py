@@ -17,10 +17,11 @@ from cargohold.cli.fetching import (
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import TINY, FetchProgress
-from cargohold.cli.resources import open_store, registry_client
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.pull.sources import registry_client
+from cargohold.store.open import open_store
 
 
 @cli.command()

@@ -8,12 +8,12 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import LocalStore, open_store
 from cargohold.errors import NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import image_name
 from cargohold.store.interfaces import Image
+from cargohold.store.open import LocalStore, open_store
 
 
 def lookup_name(store: Any, text: str) -> str:

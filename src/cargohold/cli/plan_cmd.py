@@ -14,8 +14,7 @@ from cargohold.bake.spec import CacheSpec, load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import embedded_store_exists, open_store, registry_client
-from cargohold.cli.sources import content_source, from_options
+from cargohold.cli.sources import from_options
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -24,7 +23,9 @@ from cargohold.errors import (
     NotFoundError,
 )
 from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.pull.sources import content_source, registry_client
 from cargohold.settings import Settings
+from cargohold.store.open import embedded_store_exists, open_store
 
 _json_option = click.option("--json", "json_local", is_flag=True, default=False,
                             help="Machine-readable output on stdout (same as the global --json).")

@@ -27,7 +27,6 @@ from cargohold.cli.fetching import (
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import open_store, registry_client, reserve_bytes
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker, report_unpack
 from cargohold.errors import CargoholdError
 from cargohold.interrupts import held, shutdown, wait_until
@@ -37,6 +36,8 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.blobwait import FetchBoard, WaitingContent, current_ref
 from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.pull.sources import registry_client
+from cargohold.store.open import open_store, reserve_bytes
 from cargohold.unpack.image import (
     Unpacker,
     UnpackResult,

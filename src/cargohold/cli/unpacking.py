@@ -9,9 +9,9 @@ from typing import Protocol
 from cargohold.cli.main import App
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import reserve_bytes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.store.interfaces import Applier, ContentStore, Snapshotter
+from cargohold.store.open import reserve_bytes
 from cargohold.unpack.image import (
     STATE_EXISTS,
     STATE_FAILED,

@@ -16,7 +16,6 @@ from cargohold.bake.spec import load_spec
 from cargohold.cli.fetching import raise_failures
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
-from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.errors import InvalidInputError, UnavailableError
 from cargohold.leasing import leased
@@ -43,6 +42,7 @@ from cargohold.node.warm import (
 )
 from cargohold.oci.platform import parse_platform
 from cargohold.pull.fetch import FetchFailure
+from cargohold.store.open import LocalStore, open_store, reserve_bytes
 from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
 
 #: ``--wait`` without a value: how long to wait for containerd's socket.
