@@ -197,7 +197,7 @@ class StoreUnderTest:
         if self.kind == "embedded":
             shutil.rmtree(self.root, ignore_errors=True)
             return
-        from cargohold.cli.scratch import clear_namespace
+        from cargohold.measure.scratch import clear_namespace
         from cargohold.store.containerd.store import ContainerdStore
 
         with ContainerdStore(self.target.address, self.namespace) as s:

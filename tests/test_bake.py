@@ -273,7 +273,7 @@ def test_plain_list_spec_bakes_everything_pulled(registry: Registry, tmp_path: P
 def test_spec_globals_override_env_not_flags(tmp_path: Path) -> None:
     from cargohold import settings
     from cargohold.bake.spec import load_spec
-    from cargohold.cli.plan_cmd import apply_spec_settings
+    from cargohold.settings import apply_spec_settings
 
     spec_file = tmp_path / "s.toml"
     spec_file.write_text('store = "containerd"\nnamespace = "node"\njobs = 7\n'

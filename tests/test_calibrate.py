@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from cargohold.bake.plan import DEFAULT_MODEL
-from cargohold.cli.calibrate_cmd import synthetic_image
 from cargohold.cli.main import main
 from cargohold.errors import InvalidInputError
 from cargohold.imagebuild import samples
@@ -27,6 +26,7 @@ from cargohold.measure.calibration import (
     load_calibration,
     save_calibration,
 )
+from cargohold.measure.unpack_speed import synthetic_image
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd import ContainerdStore
 from cargohold.store.embedded import EmbeddedStore

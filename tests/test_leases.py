@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from cargohold import errors
-from cargohold.cli.resources import LocalStore
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
@@ -35,6 +34,7 @@ from cargohold.leasing import (
 from cargohold.store.containerd.store import ContainerdStore
 from cargohold.store.embedded.gc import collect
 from cargohold.store.interfaces import KIND_ACTIVE, KIND_COMMITTED, active_lease
+from cargohold.store.open import LocalStore
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.containerd import Containerd
 from tests.rig.images import Pushed, push

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.cli.resources import LocalStore
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.oci.descriptor import Descriptor
+from cargohold.store.open import LocalStore
 from cargohold.unpack.image import LayerOutcome, Unpacker, UnpackEvents
 from tests.rig.cli import CLI, TEST_ENV, run_cli
 from tests.rig.faultproxy import FaultProxy, Rule, running_proxy

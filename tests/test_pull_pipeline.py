@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import queue
@@ -10,14 +11,23 @@ import signal
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cargohold import interrupts
+from cargohold.errors import Interrupted, NotFoundError
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.platform import host_platform
+from cargohold.oci.reference import parse_reference
+from cargohold.pull.pipeline import PullPipeline
+from cargohold.registry.client import RegistryClient
+from cargohold.store.open import LocalStore
+from cargohold.unpack.image import UnpackEvents
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.faultproxy import FaultProxy, Rule, running_proxy
 from tests.rig.images import Pushed, push
@@ -137,3 +147,115 @@ def snapshot_keys(root: Path) -> list[str]:
         return [r[0] for r in c.execute("SELECT key FROM snapshots")]
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------- in process (the library)
+
+
+class _Events(UnpackEvents):
+    """Counts the layers started; ``on_layer`` runs (in an unpack worker) at the first."""
+
+    def __init__(self, on_layer: Callable[[], None] | None = None) -> None:
+        self.on_layer = on_layer
+        self.started: list[str] = []
+        self._lock = threading.Lock()
+
+    def layer_started(self, chain_id: str, layer: Descriptor) -> None:
+        with self._lock:
+            self.started.append(chain_id)
+            first = len(self.started) == 1
+        if first and self.on_layer is not None:
+            self.on_layer()
+
+
+def _two_layers(seed: int) -> ImageSpec:
+    return ImageSpec([
+        LayerSpec([Dir("base"), File("base/f", size=100_000, seed=seed)]),
+        LayerSpec([Dir("top"), File("top/f", size=300_000, seed=seed + 1)]),
+    ], cmd=["/bin/true"])
+
+
+def _pipeline(store: LocalStore, events: UnpackEvents | None = None) -> PullPipeline:
+    return PullPipeline(store, RegistryClient(plain_http=True), jobs=2, unpack_events=events)
+
+
+def _leftovers(root: Path) -> tuple[list[str], list[str]]:
+    """The ``extract-*`` snapshots and the leases left in the store at ``root``."""
+    with LocalStore(root) as store:
+        extract = [i.name for i in store.snapshots.walk() if i.name.startswith("extract-")]
+        return extract, [lease.id for lease in store.leases.list()]
+
+
+def test_library_pull_fetches_and_unpacks_two_images(registry: Registry, tmp_path: Path) -> None:
+    a = push(registry.host, _two_layers(931), tmp_path / "a")
+    b = push(registry.host, _two_layers(941), tmp_path / "b")
+    root = tmp_path / "store"
+    with LocalStore(root) as store:
+        result = _pipeline(store).run([a.ref, b.ref], platforms=[host_platform()])
+        assert [i.name for i in result.images] == [str(a.ref), str(b.ref)]
+        assert not result.failures and result.total == 2
+        assert [r.name for r in result.fetched] == [str(a.ref), str(b.ref)]
+        assert result.bytes_transferred == sum(r.bytes_total for r in result.fetched) > 0
+        for pulled, pushed in zip(result.images, (a, b), strict=True):
+            assert pulled.fetch.target.digest == pushed.built.root.digest
+            (unpack,) = pulled.unpacks
+            assert unpack.chains_unpacked == 2 and not unpack.already_unpacked
+            assert store.snapshots.stat(unpack.chain_id).kind.lower() == "committed"
+            assert pulled.to_json()["unpack"][0]["chain_id"] == unpack.chain_id
+    assert records(root) == {str(a.ref): str(a.built.root.digest),
+                             str(b.ref): str(b.built.root.digest)}
+    assert _leftovers(root) == ([], [])
+
+
+def test_library_pull_reports_a_failed_image_among_good_ones(registry: Registry,
+                                                            tmp_path: Path) -> None:
+    a = push(registry.host, _two_layers(951), tmp_path / "a")
+    b = push(registry.host, _two_layers(961), tmp_path / "b")
+    missing = parse_reference(f"{registry.host}/{a.ref.path}:no-such-tag")
+    root = tmp_path / "store"
+    with LocalStore(root) as store:
+        result = _pipeline(store).run([a.ref, missing, b.ref], platforms=[host_platform()])
+    assert [i.name for i in result.images] == [str(a.ref), str(b.ref)]
+    (failure,) = result.failures
+    assert str(failure.ref) == str(missing) and isinstance(failure.error, NotFoundError)
+    assert result.total == 3
+    assert set(records(root)) == {str(a.ref), str(b.ref)}
+    assert _leftovers(root) == ([], [])
+
+
+@pytest.mark.parametrize("how", ["abort", "interrupt"])
+def test_library_pull_stopped_leaves_no_extract_snapshot_or_lease(
+        registry: Registry, tmp_path: Path, how: str) -> None:
+    """Stopped while the first layer is being applied: by :meth:`PullPipeline.abort` from an
+    unpack worker (Interrupted), or by Ctrl-C in the calling thread (KeyboardInterrupt, as
+    the CLI's signal handler raises it). Either way every thread has ended when the call
+    returns, and the half-applied snapshot and the leases are gone; a second pull completes."""
+    pushed = push(registry.host, _two_layers(971), tmp_path / "img")
+    root = tmp_path / "store"
+    previous = signal.signal(signal.SIGINT, interrupts.handle)
+    try:
+        with LocalStore(root) as store:
+            pipeline: PullPipeline | None = None
+
+            def stop() -> None:
+                assert pipeline is not None
+                if how == "abort":
+                    pipeline.abort()
+                else:
+                    _thread.interrupt_main(signal.SIGINT)
+
+            pipeline = _pipeline(store, _Events(stop))
+            expected = Interrupted if how == "abort" else KeyboardInterrupt
+            before = set(threading.enumerate())
+            with pytest.raises(expected):
+                pipeline.run([pushed.ref], platforms=[host_platform()])
+            assert pipeline.aborted == (how == "abort")
+            assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert _leftovers(root) == ([], [])
+    with LocalStore(root) as store:
+        result = _pipeline(store).run([pushed.ref], platforms=[host_platform()])
+    assert not result.failures and result.images[0].unpacks[0].chains_total == 2
+    assert records(root) == {str(pushed.ref): str(pushed.built.root.digest)}
+    assert _leftovers(root) == ([], [])

@@ -178,8 +178,8 @@ def test_du_counts_ingests(registry: Registry, tmp_path: Path) -> None:
 def test_verify_trusted_blobs_are_size_checked_only(registry: Registry, tmp_path: Path) -> None:
     """``trusted`` (blobs the store verified on commit moments before, as bake passes them)
     skips the re-hash, not the size check."""
-    from cargohold.cli.resources import LocalStore
     from cargohold.maintain.verify import verify
+    from cargohold.store.open import LocalStore
 
     img = push(registry.host, one_layer(300), tmp_path / "i")
     root = tmp_path / "store"

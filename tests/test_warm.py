@@ -269,8 +269,8 @@ def test_an_image_another_unpack_is_applying_is_put_back_once(
 ) -> None:
     """CRI unpacking image A for a waiting container (here: an active snapshot under
     containerd's unpack key for A's chain): warm does B first, then A."""
-    from cargohold.cli.resources import LocalStore
     from cargohold.oci.chainid import chain_ids
+    from cargohold.store.open import LocalStore
 
     a = push(registry.host, random_image(51, 200_000), tmp_path / "a")
     b = push(registry.host, random_image(52, 200_000), tmp_path / "b")

@@ -12,9 +12,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from cargohold.bake.spec import CacheSpec
 
 SYSTEM_CONFIG = Path("/etc/cargohold/config.toml")
 ENV_PREFIX = "CARGOHOLD_"
@@ -158,3 +161,23 @@ def load(
         setattr(s, k, _coerce(k, value, getattr(s, k), f"--{k.replace('_', '-')}"))
         s.sources[k] = "flag"
     return s
+
+
+#: Spec globals that become settings (unless the same setting was given as a flag).
+SPEC_SETTINGS = ("store", "namespace", "platforms", "reserve", "jobs")
+
+
+def apply_spec_settings(s: Settings, spec: CacheSpec) -> None:
+    """The spec's globals override the environment and config files, not flags."""
+    values: dict[str, Any] = {
+        "store": spec.store,
+        "namespace": spec.namespace,
+        "platforms": [str(p) for p in spec.platforms] or None,
+        "reserve": str(spec.reserve) if spec.reserve is not None else None,
+        "jobs": spec.jobs,
+    }
+    for key in SPEC_SETTINGS:
+        value = values[key]
+        if value is not None and s.source_of(key) != "flag":
+            setattr(s, key, value)
+            s.sources[key] = f"spec {spec.path}"

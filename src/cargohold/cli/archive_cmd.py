@@ -1,6 +1,6 @@
 """`cargohold import` and `cargohold export`: image archives for air-gapped nodes.
 
-(``bake`` / ``plan --from`` take their archives through :mod:`cargohold.cli.sources`.)
+(``bake`` / ``plan --from`` take their archives through :mod:`cargohold.pull.sources`.)
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from cargohold.cli.fetching import (
     apply_registry_options,
     print_failures,
     raise_failures,
-    record_policy,
     registry_options,
 )
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import open_store, registry_client
-from cargohold.cli.sources import space_check
 from cargohold.cli.unpacking import make_unpacker, report_unpack
 from cargohold.errors import InvalidInputError, NotFoundError
 from cargohold.leasing import leased
@@ -30,7 +27,10 @@ from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import FetchFailure, FetchResult
+from cargohold.pull.records import record_policy
+from cargohold.pull.sources import registry_client, space_check
 from cargohold.settings import Settings
+from cargohold.store.open import open_store
 
 if TYPE_CHECKING:
     from cargohold.store.interfaces import Store
@@ -82,7 +82,7 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
     out = app.out
     plats, given = _platforms(s, platforms)
     base = parse_reference(base_name, default_tag=False) if base_name else None
-    records = record_policy(app, cri, pin)
+    records = record_policy(app.settings.store, cri, pin)
     start = time.monotonic()
     with open_store(s) as store, FetchProgress(out) as progress:
         cache = None if force else ImportCache(
@@ -238,7 +238,7 @@ def _fetch_missing(app: App, store: Store, wanted: list[Reference], plats: list[
     client = registry_client(s)
     with FetchProgress(app.out) as progress:
         fetcher = Fetcher(store, client, jobs=s.jobs, events=progress,
-                          records=record_policy(app, None, False))
+                          records=record_policy(app.settings.store, None, False))
         try:
             results = fetcher.fetch_all(missing, platforms=plats, all_platforms=all_platforms)
         finally:

@@ -23,13 +23,10 @@ from cargohold.bake.spec import format_size, load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
-from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resolve_progress import ResolveProgress
-from cargohold.cli.resources import open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
-from cargohold.cli.sources import content_source, from_options
-from cargohold.cli.unpack_cmd import unpack_lease
+from cargohold.cli.sources import from_options
 from cargohold.cli.unpacking import UnpackProgress, summary_line
 from cargohold.errors import (
     BudgetError,
@@ -38,7 +35,12 @@ from cargohold.errors import (
     PartialFailureError,
     batch_error,
 )
+from cargohold.measure.calibration import cost_model_for
 from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.pull.pipeline import unpack_lease
+from cargohold.pull.sources import content_source
+from cargohold.settings import apply_spec_settings
+from cargohold.store.open import open_store, reserve_bytes
 from cargohold.unpack.image import UnpackResult
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ took is reported) and, where permitted (root, a writable ``/proc/sys/vm/drop_cac
 step reads and writes cold, as a node's first start does.
 
 1. **fetch**: a cold ``fetch`` of REF (compressed content + image record) into a fresh
-   scratch store (:mod:`cargohold.cli.scratch`): wall seconds, bytes, MB/s; then its disk
+   scratch store (:mod:`cargohold.measure.scratch`): wall seconds, bytes, MB/s; then its disk
    use (content only).
 2. **first create**: what the first container of a fetched-only image pays, in that store.
    Embedded: ``cargohold create``'s own code (unpack through the store's Unpacker, container
@@ -40,21 +40,23 @@ from typing import Any
 
 import click
 
-from cargohold.cli.fetching import apply_registry_options, record_policy, registry_options
+from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, registry_client
-from cargohold.cli.scratch import Scratch, open_scratch, unpacked_bytes
-from cargohold.cli.unpacking import UnpackProgress, make_unpacker
+from cargohold.cli.unpacking import UnpackProgress, create_with_progress, make_unpacker
 from cargohold.errors import CargoholdError
 from cargohold.maintain.du import disk_usage
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
+from cargohold.measure.scratch import Scratch, open_scratch, unpacked_bytes
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import Fetcher, FetchEvents, FetchResult
+from cargohold.pull.records import record_policy
+from cargohold.pull.sources import registry_client
 from cargohold.store.gcmark import LABEL_GC_ROOT
+from cargohold.store.open import LocalStore
 from cargohold.units import format_rate
 from cargohold.unpack.image import UnpackResult
 
@@ -237,7 +239,7 @@ def _fetch(app: App, scratch: Scratch, ref: Reference, plats: list[Platform],
     events: FetchEvents = progress if progress is not None else FetchEvents()
     with progress if progress is not None else contextlib.nullcontext():
         fetcher = Fetcher(scratch.store, registry_client(app.settings), jobs=jobs,
-                          events=events, records=record_policy(app, None, False))
+                          events=events, records=record_policy(app.settings.store, None, False))
         try:
             return fetcher.fetch(ref, platforms=plats)
         finally:
@@ -249,10 +251,8 @@ def _first_create(app: App, scratch: Scratch, name: str, plat: Platform | None,
     """The first create of a fetched-only image: (wall seconds, its unpack)."""
     store = scratch.store
     if isinstance(store, LocalStore):
-        from cargohold.cli.containers_cmd import create_container
-
         t0 = time.monotonic()
-        made = create_container(app, store, name, BENCH_CONTAINER, plat, jobs)
+        made = create_with_progress(app, store, name, BENCH_CONTAINER, plat, jobs)
         return time.monotonic() - t0, made.unpack
     events = UnpackProgress(app.out, events=False)
     t0 = time.monotonic()

@@ -19,39 +19,29 @@ import sys
 import tempfile
 import time
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import click
 
-from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import LocalStore, open_embedded
-from cargohold.cli.unpack_cmd import parse_platform_option, unpack_lease
-from cargohold.cli.unpacking import UnpackProgress, make_unpacker
+from cargohold.cli.unpacking import create_with_progress, parse_platform_option
 from cargohold.errors import (
-    AlreadyExistsError,
     CargoholdError,
     ConflictError,
     NotFoundError,
     UnsupportedError,
 )
 from cargohold.mount import is_mountpoint, mount_all, unmount_all
-from cargohold.oci.descriptor import Platform
 from cargohold.runtime.spec import runtime_spec
 from cargohold.runtime.users import resolve_user
 from cargohold.store.embedded.containers import (
-    LABEL_CONTAINER,
-    LABEL_GC_ROOT,
-    Container,
     check_name,
     snapshot_key,
 )
-from cargohold.store.embedded.metadata import now, ts
-from cargohold.unpack.image import ResolvedImage, UnpackResult
+from cargohold.store.open import LocalStore, open_embedded
+from cargohold.unpack.image import UnpackResult
 
 #: runc's state directory for cargohold's containers (runc's default is /run/runc).
 RUNC_ROOT = "/run/cargohold/runc"
@@ -60,66 +50,11 @@ RUNC_PACKAGE = "runc"
 # ---------------------------------------------------------------- create
 
 
-@dataclass
-class Created:
-    container: Container
-    image: ResolvedImage
-    unpack: UnpackResult
-
-
 def lazy_line(r: UnpackResult) -> str:
     """``unpacked N layers in X.XX s (lazy)`` or ``already unpacked``."""
     if r.already_unpacked:
         return "already unpacked"
     return f"unpacked {r.chains_unpacked + r.chains_shared} layers in {r.seconds:.2f} s (lazy)"
-
-
-def create_container(app: App, store: LocalStore, ref: str, name: str,
-                     platform: Platform | None, jobs: int | None) -> Created:
-    """Unpack the image if needed, record the container, prepare its snapshot."""
-    check_name(name)
-    image_name = lookup_name(store, ref)
-    image = store.images.get(image_name)
-    try:
-        store.containers.get(name)
-    except NotFoundError:
-        pass
-    else:
-        raise ConflictError(
-            f"container {name!r} already exists",
-            hint="choose another name, or remove it with `cargohold containers rm`",
-        )
-    with (
-        FetchProgress(app.out) as display,  # the layers live on a TTY
-        make_unpacker(app, store, jobs=jobs,
-                      events=UnpackProgress(app.out, events=False, display=display)) as unpacker,
-        unpack_lease(store),
-    ):
-        resolved = unpacker.resolve(image.target, platform)
-        result = unpacker.unpack(image.target, platform)
-    sn = store.snapshots
-    key = snapshot_key(name)
-    rec = store.containers.create(Container(
-        name=name,
-        image=image_name,
-        image_digest=str(image.target.digest),
-        snapshotter=sn.name,
-        snapshot_key=key,
-        platform=result.platform,
-    ))
-    try:
-        sn.prepare(key, result.chain_id,
-                   labels={LABEL_GC_ROOT: ts(now()), LABEL_CONTAINER: name})
-    except AlreadyExistsError:
-        store.containers.delete(name)
-        raise ConflictError(
-            f"snapshot {key!r} exists without a container record",
-            hint=f"remove it with `cargohold containers rm {name}`",
-        ) from None
-    except BaseException:
-        store.containers.delete(name)
-        raise
-    return Created(rec, resolved, result)
 
 
 @cli.command()
@@ -134,7 +69,7 @@ def create(app: App, ref: str, name: str, platform: str | None, jobs: int | None
     """Create container NAME from image REF (unpacking the image first when needed)."""
     plat = parse_platform_option(platform)
     with open_embedded(app.settings, must_exist=True) as store:
-        made = create_container(app, store, ref, name, plat, jobs)
+        made = create_with_progress(app, store, ref, name, plat, jobs)
     out = app.out
     if out.json_mode:
         out.json({
@@ -353,7 +288,7 @@ def run(app: App, remove: bool, name: str | None, platform: str | None, jobs: in
     out = app.out
     t0 = time.monotonic()
     with open_embedded(app.settings, must_exist=True) as store:
-        made = create_container(app, store, ref, cid, plat, jobs)
+        made = create_with_progress(app, store, ref, cid, plat, jobs)
         mounts = store.snapshots.mounts(made.container.snapshot_key)
     out.info(lazy_line(made.unpack))
     out.debug(f"container {cid} ready in {time.monotonic() - t0:.2f} s")

@@ -6,8 +6,8 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import open_store
 from cargohold.oci.digest import Digest
+from cargohold.store.open import open_store
 
 
 @cli.group()

@@ -9,18 +9,20 @@ import click
 
 from cargohold.cli.fetching import (
     apply_registry_options,
+    fetched_line,
     print_failures,
     raise_failures,
-    record_policy,
     registry_options,
 )
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import TINY, FetchProgress
-from cargohold.cli.resources import open_store, registry_client
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.pull.records import record_policy
+from cargohold.pull.sources import registry_client
+from cargohold.store.open import open_store
 
 
 @cli.command()
@@ -49,7 +51,7 @@ def fetch(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], all_platf
     start = time.monotonic()
     with open_store(s) as store, FetchProgress(out) as progress:
         fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=progress,
-                          records=record_policy(app, cri, pin))
+                          records=record_policy(s.store, cri, pin))
         try:
             results = fetcher.fetch_all(parsed, platforms=plats, all_platforms=all_platforms)
         finally:
@@ -85,9 +87,3 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
         out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)}{rate}")
     raise_failures(failed, total=len(results))
 
-
-def fetched_line(r: FetchResult) -> str:
-    """``NAME  DIGEST  N blobs  SIZE  (what was transferred)``: a fetched image, as text."""
-    what = ("already present, nothing transferred" if r.transferred_nothing
-            else f"{human_bytes(r.bytes_transferred)} transferred")
-    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {human_bytes(r.bytes_total)}  ({what})"

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import click
 
 from cargohold.cli.main import App
-from cargohold.cli.output import Output
+from cargohold.cli.output import Output, human_bytes
 from cargohold.errors import batch_error
-from cargohold.pull.fetch import FetchFailure, RecordPolicy
+from cargohold.pull.fetch import FetchFailure, FetchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,13 +40,6 @@ def apply_registry_options(app: App, **kw: object) -> None:
             app.settings.sources[k] = "flag"
 
 
-def record_policy(app: App, cri: bool | None, pin: bool) -> RecordPolicy:
-    """CRI records default on for containerd (kubelet's view), off for the embedded store."""
-    if cri is None:
-        cri = app.settings.store == "containerd"
-    return RecordPolicy(cri=cri or pin, pin=pin)
-
-
 def print_failures(out: Output, failures: list[FetchFailure], *, total: int,
                    shown: Collection[str]) -> None:
     """Each failed image of a batch once: those the progress lines did not show (e.g. with
@@ -62,3 +55,10 @@ def raise_failures(failures: list[FetchFailure], *, total: int) -> None:
     err = batch_error([(str(f.ref), f.error) for f in failures], total)
     if err is not None:
         raise err
+
+
+def fetched_line(r: FetchResult) -> str:
+    """``NAME  DIGEST  N blobs  SIZE  (what was transferred)``: a fetched image, as text."""
+    what = ("already present, nothing transferred" if r.transferred_nothing
+            else f"{human_bytes(r.bytes_transferred)} transferred")
+    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {human_bytes(r.bytes_total)}  ({what})"

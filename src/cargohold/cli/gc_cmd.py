@@ -6,7 +6,7 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import open_embedded
+from cargohold.store.open import open_embedded
 
 
 @cli.command()

@@ -6,24 +6,13 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import LocalStore, open_store
 from cargohold.errors import NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import image_name
-from cargohold.store.interfaces import Image, Store
-
-
-def lookup_name(store: Store, text: str) -> str:
-    """An image record name from what the user typed (normalised ref, or the exact name)."""
-    try:
-        store.images.get(text)
-        return text
-    except NotFoundError:
-        pass
-    name = image_name(parse_reference(text))
-    store.images.get(name)  # NotFoundError naming the normalised ref
-    return name
+from cargohold.pull.records import lookup_name
+from cargohold.store.interfaces import Image
+from cargohold.store.open import LocalStore, open_store
 
 
 @cli.group()
@@ -72,7 +61,7 @@ def images_ls(app: App) -> None:
 def images_inspect(app: App, ref: str) -> None:
     """Show an image record and the blobs it references."""
     with open_store(app.settings, must_exist=True) as store:
-        name = lookup_name(store, ref)
+        name = lookup_name(store.images, ref)
         img = store.images.get(name)
         c = image_contents(store.content, img.target)
     doc = {
@@ -98,7 +87,7 @@ def images_rm(app: App, refs: tuple[str, ...]) -> None:
     """Remove image records (content goes at the next `cargohold gc`)."""
     with open_store(app.settings, must_exist=True) as store:
         for r in refs:
-            name = lookup_name(store, r)
+            name = lookup_name(store.images, r)
             store.images.delete(name)
             app.out.data(name)
 
@@ -110,7 +99,7 @@ def images_rm(app: App, refs: tuple[str, ...]) -> None:
 def images_tag(app: App, source: str, targets: tuple[str, ...]) -> None:
     """Create new records pointing at SOURCE's target."""
     with open_store(app.settings, must_exist=True) as store:
-        img = store.images.get(lookup_name(store, source))
+        img = store.images.get(lookup_name(store.images, source))
         for t in targets:
             name = image_name(parse_reference(t))
             try:

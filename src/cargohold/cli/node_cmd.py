@@ -9,7 +9,6 @@ import click
 
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import LocalStore, open_store, open_store_and_snapshots
 from cargohold.cli.run_metrics import RunCounters, recorded_run, textfile_option
 from cargohold.errors import (
     CargoholdError,
@@ -18,6 +17,7 @@ from cargohold.errors import (
     PartialFailureError,
     TargetNotReachedError,
 )
+from cargohold.store.open import LocalStore, open_store, open_store_and_snapshots
 
 if TYPE_CHECKING:
     from cargohold.store.interfaces import Snapshotter, Store
@@ -205,9 +205,9 @@ def _collect(app: App, deleted_content: list[int]) -> int:
         return sum(deleted_content)
     if not deleted_content:
         return 0
-    from cargohold.cli.resources import open_embedded
     from cargohold.store.embedded.containers import ContainerRoots
     from cargohold.store.embedded.gc import collect
+    from cargohold.store.open import open_embedded
 
     try:
         with open_embedded(s, exclusive=True) as store:

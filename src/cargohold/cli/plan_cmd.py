@@ -9,22 +9,22 @@ from typing import Any
 
 import click
 
-from cargohold.bake.plan import CostModel
-from cargohold.bake.spec import CacheSpec, load_spec, parse_size
+from cargohold.bake.spec import load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import human_bytes
-from cargohold.cli.resources import embedded_store_exists, open_store, registry_client
-from cargohold.cli.sources import content_source, from_options
+from cargohold.cli.sources import from_options
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
     DigestMismatchError,
-    InvalidInputError,
     NotFoundError,
 )
+from cargohold.measure.calibration import cost_model_for
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.settings import Settings
+from cargohold.pull.sources import content_source, registry_client
+from cargohold.settings import apply_spec_settings
+from cargohold.store.open import embedded_store_exists, open_store
 
 _json_option = click.option("--json", "json_local", is_flag=True, default=False,
                             help="Machine-readable output on stdout (same as the global --json).")
@@ -75,41 +75,6 @@ def _existing_store(app: App) -> Iterator[Any | None]:
         return
     with open_store(s, must_exist=True) as store:
         yield store
-
-
-#: Spec globals that become settings (unless the same setting was given as a flag).
-SPEC_SETTINGS = ("store", "namespace", "platforms", "reserve", "jobs")
-
-
-def apply_spec_settings(s: Settings, spec: CacheSpec) -> None:
-    """The spec's globals override the environment and config files, not flags."""
-    values: dict[str, Any] = {
-        "store": spec.store,
-        "namespace": spec.namespace,
-        "platforms": [str(p) for p in spec.platforms] or None,
-        "reserve": str(spec.reserve) if spec.reserve is not None else None,
-        "jobs": spec.jobs,
-    }
-    for key in SPEC_SETTINGS:
-        value = values[key]
-        if value is not None and s.source_of(key) != "flag":
-            setattr(s, key, value)
-            s.sources[key] = f"spec {spec.path}"
-
-
-def cost_model_for(root: Path) -> tuple[CostModel, str]:
-    """The planner's cost model: the last `calibrate` / `bench` on this root, else defaults."""
-    from cargohold.bake.plan import DEFAULT_MODEL
-    from cargohold.measure.calibration import cost_model
-
-    try:
-        model, cal = cost_model(root)
-    except InvalidInputError as e:  # a damaged calibration must not stop a build
-        return DEFAULT_MODEL, f"default unpack throughput ({e.message}; run `cargohold calibrate`)"
-    if cal is None:
-        return model, "default unpack throughput (run `cargohold calibrate` to measure it)"
-    return model, (f"unpack throughput {model.unpack_throughput / 1e6:.0f} MB/s "
-                   f"(measured by {cal.source} on {cal.measured_at})")
 
 
 @cli.command("plan")

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from cargohold.cli.main import App
-from cargohold.cli.resources import open_store_and_snapshots
 from cargohold.errors import CargoholdError
+from cargohold.store.open import open_store_and_snapshots
 
 textfile_option = click.option(
     "--metrics-textfile", "metrics_dir", type=click.Path(path_type=Path), default=None,

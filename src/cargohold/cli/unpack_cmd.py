@@ -6,58 +6,32 @@ and listed); ``pull`` is ``fetch`` followed by ``unpack`` (what ``ctr images pul
 
 from __future__ import annotations
 
-import contextvars
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import click
 
-from cargohold.cli.fetch_cmd import fetched_line
 from cargohold.cli.fetching import (
     apply_registry_options,
+    fetched_line,
     print_failures,
     raise_failures,
-    record_policy,
     registry_options,
 )
-from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import open_store, registry_client, reserve_bytes
-from cargohold.cli.unpacking import UnpackProgress, make_unpacker, report_unpack
-from cargohold.errors import CargoholdError
-from cargohold.interrupts import held, shutdown, wait_until
-from cargohold.leasing import leased
+from cargohold.cli.unpacking import (
+    UnpackProgress,
+    make_unpacker,
+    parse_platform_option,
+    report_unpack,
+)
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
-from cargohold.oci.reference import Reference, parse_reference
-from cargohold.pull.blobwait import FetchBoard, WaitingContent, current_ref
-from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
-from cargohold.unpack.image import (
-    Unpacker,
-    UnpackResult,
-)
-
-if TYPE_CHECKING:
-    from cargohold.store.interfaces import Store
-
-
-@contextmanager
-def unpack_lease(store: Store) -> Iterator[None]:
-    """Unpack under a lease, as containerd's unpacker does: a garbage collector cannot take
-    snapshots half-way, and the ``extract-*`` snapshots of a killed unpack are found (its
-    lease's owner is dead) and removed by the next command. The lease goes afterwards: the
-    config label keeps the committed snapshots."""
-    with leased(store, "unpack"):
-        yield
-
-
-def parse_platform_option(text: str | None) -> Platform | None:
-    return parse_platform(text) if text else None
+from cargohold.oci.reference import parse_reference
+from cargohold.pull.pipeline import pull_images, unpack_lease
+from cargohold.pull.records import lookup_name, record_policy
+from cargohold.pull.sources import registry_client
+from cargohold.store.open import open_store, reserve_bytes
 
 
 @cli.command()
@@ -73,7 +47,7 @@ def unpack(app: App, ref: str, platform: str | None, jobs: int | None) -> None:
     plat = parse_platform_option(platform)
     out = app.out
     with open_store(app.settings, must_exist=True) as store:
-        name = lookup_name(store, ref)
+        name = lookup_name(store.images, ref)
         img = store.images.get(name)
         with (
             FetchProgress(out) as display,  # the layers live on a TTY
@@ -111,105 +85,29 @@ def pull(app: App, refs: tuple[str, ...], platforms: tuple[str, ...], jobs: int 
     unpack_plats: list[Platform | None] = list(given) or [None]
     out = app.out
     start = time.monotonic()
-    unpacked: dict[str, list[UnpackResult]] = {}
-    unpack_errors: dict[str, CargoholdError] = {}
-    fetched: list[FetchResult | FetchFailure] = []
-    cancel = threading.Event()
     with open_store(s) as store, FetchProgress(out) as progress:
-        # Fetch in one thread; unpack each image as soon as it is resolved, each layer as
-        # soon as its blob is in (cargohold.pull.blobwait), as containerd's pull does.
-        board = FetchBoard(progress)
-        fetcher = Fetcher(store, registry_client(s), jobs=jobs or s.jobs, events=board,
-                          records=record_policy(app, None, False), cancel=cancel)
-
-        fetch_crash: list[BaseException] = []
-
-        def run_fetch() -> None:
-            try:
-                fetched.extend(fetcher.fetch_all(parsed, platforms=plats))
-            except BaseException as e:  # re-raised in the main thread after the join
-                fetch_crash.append(e)
-            finally:
-                board.finish()
-
-        fetch_thread = threading.Thread(target=contextvars.copy_context().run,
-                                        args=(run_fetch,), name="pull-fetch", daemon=True)
-
-        def fetch_ended() -> bool:
-            return not fetch_thread.is_alive()
-
-        # On a TTY the layers show in the live display with the downloads.
-        unpack_progress = UnpackProgress(out, display=progress)
-        # Ctrl-C / SIGTERM raise KeyboardInterrupt in this thread: every wait here polls
-        # and every thread start is held (cargohold.interrupts), so it is never a
-        # RuntimeError, and no thread outlives the store.
-        try:
-            with held():  # Thread.start waits for the thread: not interruptible
-                fetch_thread.start()
-            content = WaitingContent(store.content, board, cancel)
-            with (
-                Unpacker(content, store.snapshots, store.applier, jobs=jobs or s.jobs,
-                         reserve_bytes=reserve_bytes(s), events=unpack_progress,
-                         cancel=cancel, check_blobs=False) as unpacker,
-                unpack_lease(store),
-            ):
-
-                def one(ref: Reference) -> list[UnpackResult]:
-                    current_ref.set(str(ref))  # this worker's own context (copied at submit)
-                    target = board.wait_resolved(ref, cancel)
-                    return [unpacker.unpack(target, p) for p in unpack_plats]
-
-                pool = ThreadPoolExecutor(max_workers=max(1, min(len(parsed), jobs or s.jobs)),
-                                          thread_name_prefix="pull")
-                try:
-                    futs = []
-                    for ref in parsed:
-                        with held():
-                            futs.append((ref, pool.submit(contextvars.copy_context().run,
-                                                          one, ref)))
-                    for ref, fut in futs:
-                        wait_until(fut.done)
-                        try:
-                            unpacked[str(ref)] = fut.result()
-                        except CargoholdError as e:
-                            unpack_errors[str(ref)] = e
-                except BaseException:
-                    fetcher.abort()  # now, before the pool waits for its workers
-                    raise
-                finally:
-                    shutdown(pool, fetcher.abort)
-                wait_until(fetch_ended, fetcher.abort)
-        except BaseException:
-            fetcher.abort()  # the fetch and the unpacks stop and clean up
-            wait_until(fetch_ended, fetcher.abort)
-            raise
-        finally:
-            fetcher.close()
-    if fetch_crash:
-        raise fetch_crash[0]
-    ok = [r for r in fetched if isinstance(r, FetchResult)]
-    failures = [r for r in fetched if isinstance(r, FetchFailure)]
-    fetch_failed = {str(f.ref) for f in failures}
-    # An image whose fetch failed fails for that reason; the others for their unpack's.
-    failures += [FetchFailure(name, e) for name, e in unpack_errors.items()
-                 if name not in fetch_failed]
-    unpacked = {r.name: unpacked[str(r.ref)] for r in ok if str(r.ref) in unpacked}
+        # The fetch overlapped with the unpack (cargohold.pull.pipeline); on a TTY the
+        # layers show in the live display with the downloads.
+        result = pull_images(
+            store, registry_client(s), parsed, platforms=plats, unpack_platforms=unpack_plats,
+            jobs=jobs or s.jobs, reserve_bytes=reserve_bytes(s),
+            records=record_policy(s.store, None, False), fetch_events=progress,
+            unpack_events=UnpackProgress(out, display=progress),
+        )
     elapsed = time.monotonic() - start
-    done = [r for r in ok if r.name in unpacked]
     if out.json_mode:
         out.json({
             "event": "summary",
-            "images": [{**r.to_json(), "unpack": [u.to_json() for u in unpacked[r.name]]}
-                       for r in done],
-            "failed": [f.to_json() for f in failures],
-            "bytes_transferred": sum(r.bytes_transferred for r in ok),
+            "images": [i.to_json() for i in result.images],
+            "failed": [f.to_json() for f in result.failures],
+            "bytes_transferred": result.bytes_transferred,
             "seconds": round(elapsed, 3),
         })
     else:
-        for r in done:
-            out.data(fetched_line(r))
-            for u in unpacked[r.name]:
-                report_unpack(out, r.name, u)
-        print_failures(out, failures, total=len(parsed), shown=progress.failures_shown)
+        for i in result.images:
+            out.data(fetched_line(i.fetch))
+            for u in i.unpacks:
+                report_unpack(out, i.name, u)
+        print_failures(out, result.failures, total=len(parsed), shown=progress.failures_shown)
         out.info(f"elapsed: {elapsed:.1f} s")
-    raise_failures(failures, total=len(parsed))
+    raise_failures(result.failures, total=len(parsed))

@@ -1,15 +1,21 @@
 """Unpack helpers shared by the commands that unpack (unpack, pull, create, run, bake,
-import, bench, calibrate): the unpacker of the settings, per-layer progress, result lines.
+import, bench, calibrate): the unpacker of the settings with its progress, a container
+created with its lazy unpack shown, result lines, the ``--platform`` option.
 Not a command module: command modules import these helpers from here, not from each other."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from cargohold.cli.main import App
 from cargohold.cli.output import Output, human_bytes
 from cargohold.cli.progress import FetchProgress
-from cargohold.cli.resources import reserve_bytes
-from cargohold.oci.descriptor import Descriptor
-from cargohold.store.interfaces import Store
+from cargohold.oci.descriptor import Descriptor, Platform
+from cargohold.oci.platform import parse_platform
+from cargohold.pull.pipeline import UnpackStore, store_unpacker
+from cargohold.runtime.containers import Created, create_container
+from cargohold.store.open import LocalStore
 from cargohold.unpack.image import (
     STATE_EXISTS,
     STATE_FAILED,
@@ -57,16 +63,32 @@ class UnpackProgress(UnpackEvents):
             self.out.debug(f"layer {o.layer.digest} (chain {o.chain_id}) failed")
 
 
-def make_unpacker(app: App, store: Store, *, jobs: int | None = None,
+def make_unpacker(app: App, store: UnpackStore, *, jobs: int | None = None,
                   events: UnpackEvents | None = None) -> Unpacker:
-    return Unpacker(
-        store.content,
-        store.snapshots,
-        store.applier,
-        jobs=jobs or app.settings.jobs,
-        reserve_bytes=reserve_bytes(app.settings),
-        events=events or UnpackProgress(app.out),
-    )
+    """The store's unpacker with the settings' jobs and reserve; per-layer lines by default."""
+    return store_unpacker(store, app.settings, jobs=jobs, events=events or UnpackProgress(app.out))
+
+
+@contextmanager
+def live_unpacker(app: App, store: UnpackStore, *, jobs: int | None = None) -> Iterator[Unpacker]:
+    """An unpacker whose layers show live on a TTY (and as lines off it, no JSON events)."""
+    with (
+        FetchProgress(app.out) as display,
+        make_unpacker(app, store, jobs=jobs,
+                      events=UnpackProgress(app.out, events=False, display=display)) as unpacker,
+    ):
+        yield unpacker
+
+
+def create_with_progress(app: App, store: LocalStore, ref: str, name: str,
+                         platform: Platform | None, jobs: int | None) -> Created:
+    """:func:`~cargohold.runtime.containers.create_container`, its lazy unpack shown."""
+    return create_container(store, ref, name, platform,
+                            lambda: live_unpacker(app, store, jobs=jobs))
+
+
+def parse_platform_option(text: str | None) -> Platform | None:
+    return parse_platform(text) if text else None
 
 
 def summary_line(name: str, r: UnpackResult) -> str:

@@ -16,10 +16,8 @@ from cargohold.bake.spec import load_spec
 from cargohold.cli.fetching import raise_failures
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output, human_bytes
-from cargohold.cli.resources import LocalStore, open_store, reserve_bytes
 from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.errors import InvalidInputError, UnavailableError
-from cargohold.leasing import leased
 from cargohold.node.disk import (
     free_target,
     fs_space,
@@ -43,6 +41,8 @@ from cargohold.node.warm import (
 )
 from cargohold.oci.platform import parse_platform
 from cargohold.pull.fetch import FetchFailure
+from cargohold.pull.pipeline import unpack_lease
+from cargohold.store.open import LocalStore, open_store, reserve_bytes
 from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def _warm(app: App, store: Store, spec: Any, plats: list[Any], jobs: int,
         WarmOptions(jobs=jobs, reserve=reserve_bytes(app.settings), floor=floor,
                     floor_path=floor_path, model=model),
         events=progress, layer_events=progress,
-        unpack_scope=lambda: leased(store, "unpack"),
+        unpack_scope=lambda: unpack_lease(store),
     )
     with progress:
         return warmer.run()

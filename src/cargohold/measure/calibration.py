@@ -34,6 +34,7 @@ __all__ = [
     "Calibration",
     "calibration_path",
     "cost_model",
+    "cost_model_for",
     "load_calibration",
     "now_iso",
     "save_calibration",
@@ -200,3 +201,16 @@ def cost_model(root: Path) -> tuple[CostModel, Calibration | None]:
     if cal is None:
         return DEFAULT_MODEL, None
     return cal.cost_model(), cal
+
+
+def cost_model_for(root: Path) -> tuple[CostModel, str]:
+    """The planner's cost model and a note saying where it comes from: the last `calibrate` /
+    `bench` on this root, else the defaults (also when the calibration is damaged)."""
+    try:
+        model, cal = cost_model(root)
+    except InvalidInputError as e:  # a damaged calibration must not stop a build
+        return DEFAULT_MODEL, f"default unpack throughput ({e.message}; run `cargohold calibrate`)"
+    if cal is None:
+        return model, "default unpack throughput (run `cargohold calibrate` to measure it)"
+    return model, (f"unpack throughput {model.unpack_throughput / 1e6:.0f} MB/s "
+                   f"(measured by {cal.source} on {cal.measured_at})")

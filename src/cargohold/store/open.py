@@ -1,4 +1,5 @@
-"""Opening what commands work on (the store, the registry client) from resolved settings."""
+"""Opening the store the settings name: the embedded one (:class:`LocalStore`, under its root
+lock) or a containerd namespace (:func:`open_store`), for commands and library callers alike."""
 
 from __future__ import annotations
 
@@ -167,15 +168,3 @@ def open_embedded(
             reap_dead_leases(store)
         yield store
 
-
-def registry_client(s: Settings):  # type: ignore[no-untyped-def]
-    from cargohold.registry.client import RegistryClient
-
-    return RegistryClient(
-        hosts_dir=s.hosts_dir,
-        authfile=s.authfile or None,
-        plain_http=True if s.plain_http else None,
-        insecure=s.insecure_skip_verify,
-        retries=s.retries,
-        backoff=s.backoff,
-    )

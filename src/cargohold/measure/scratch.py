@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cargohold.bake.catalog import chain_layer_sizes
-from cargohold.cli.resources import LocalStore, reserve_bytes
 from cargohold.errors import AlreadyExistsError, CargoholdError, ConflictError, NotFoundError
 from cargohold.settings import Settings
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.gcmark import LABEL_GC_EXPIRE
 from cargohold.store.interfaces import ContentStore, Snapshotter, active_lease
+from cargohold.store.open import LocalStore, reserve_bytes
 
 if TYPE_CHECKING:
     from cargohold.imagebuild.image import BuiltImage
@@ -86,7 +86,7 @@ def _no_warn(msg: str) -> None:
 @dataclass
 class Scratch:
     """An open scratch store; ``store`` has ``content``, ``images``, ``leases``,
-    ``snapshots`` and ``applier`` like :func:`~cargohold.cli.resources.open_store`'s."""
+    ``snapshots`` and ``applier`` like :func:`~cargohold.store.open.open_store`'s."""
 
     kind: str
     store: LocalStore | ContainerdStore
