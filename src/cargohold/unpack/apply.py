@@ -31,38 +31,9 @@ are directories, in which case only the metadata is applied (containerd's rule).
 whiteouts other than the opaque marker (``.wh..wh.plnk``...) are skipped; ``.wh.``, ``.wh..``,
 and ``.wh...`` refuse the layer.  The root entry (``./``) is skipped, as containerd does.
 
-Containment: nothing is ever written outside ``target``
---------------------------------------------------------
-Every path is opened component by component with ``openat(O_NOFOLLOW|O_DIRECTORY)`` from a
-file descriptor of ``target``; nothing is created through a path string.
-
-=====================================  ====================================================
-entry                                  what happens
-=====================================  ====================================================
-absolute name ``/etc/x``               made relative: ``target/etc/x`` (containerd does this)
-``a/../b``                             cleaned lexically to ``b``
-``../x``, ``a/../../x``                refused: UnsafeContentError (containerd clamps)
-symlink met as a *parent* component    followed *within* target, like containerd's
-                                       ``fs.RootPath`` / ``openat2(RESOLVE_IN_ROOT)``: an
-                                       absolute link target starts at ``target``, ``..``
-                                       stops at ``target``; so ``evil -> /etc`` then
-                                       ``evil/passwd`` writes ``target/etc/passwd``.  More
-                                       than 40 links on one path: UnsafeContentError
-symlink as the *last* component        never followed: it is replaced (removed) by the entry
-symlink targets (``ln -s /etc/x``)     stored verbatim (absolute links are normal)
-hardlink name                          cleaned like any name (absolute -> relative, escaping
-                                       ``..`` refused); its parents resolved within target
-hardlink to a missing path, to a dir,  UnsafeContentError (a hardlink only ever joins two
-or to ``..``-escaping path             paths inside target; the final component is linked,
-                                       not followed: ``linkat`` without FOLLOW)
-parent component is a file             InvalidInputError (containerd: ENOTDIR)
-name with a NUL byte / bad header      InvalidInputError (also: a NUL in an xattr name or
-                                       a link target, a negative size, a uid/gid, time or
-                                       device number out of range, a PAX record whose
-                                       length or number is not plain decimal digits)
-whiteout ``.wh.``/``.wh..``/``.wh...`` UnsafeContentError (containerd: invalid whiteout)
-``trusted.overlay.*`` xattrs           dropped (a layer must not forge overlayfs metadata)
-=====================================  ====================================================
+Containment: nothing is ever written outside ``target``; every name is resolved inside it
+by :mod:`.confined` (its docstring tells what happens to absolute names, ``..``, symlinks,
+hardlinks, NUL bytes and bad whiteouts).
 
 Ownership and permissions: as root, ``lchown`` to the header's uid/gid, then xattrs, then
 ``chmod`` with the full mode (setuid/setgid/sticky: chown clears setuid and file capabilities,
@@ -104,7 +75,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -119,6 +90,7 @@ from cargohold.errors import (
 )
 from cargohold.interrupts import held, wait_until
 from cargohold.oci.digest import Digest
+from cargohold.unpack.confined import DIR_FLAGS, Tree, clean_name, show_name
 from cargohold.unpack.decompress import CHUNK, Reader
 
 Mode = Literal["overlay", "flat"]
@@ -127,24 +99,16 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 #: Largest PAX / GNU long-name payload accepted (a hostile layer could claim gigabytes).
 MAX_EXTENDED_HEADER = 16 << 20
-#: Longest entry or link name accepted (PATH_MAX; also bounds the directory depth).
-MAX_NAME = 4096
 #: Largest uid / gid a layer may set ((uid_t)-1 means "unchanged" to chown).
 MAX_ID = (1 << 32) - 2
 #: Entry times must fit a 64-bit time_t (seconds).
 _TIME_RANGE = range(-(1 << 63), 1 << 63)
 #: Largest device major / minor number (Linux: 12 / 20 bits, glibc makedev: 32 each).
 MAX_DEV = (1 << 32) - 1
-#: Symlinks followed while resolving one path (the kernel's limit).
-MAX_SYMLINKS = 40
 #: Files at least this big get a free-space check of their own before they are written.
 BIG_FILE = 4 << 20
 MAX_CHECK_INTERVAL = 64 << 20
 MIN_CHECK_INTERVAL = 1 << 20
-#: Directory fds kept open between entries.
-_FD_CACHE = 64
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SKIPPABLE_XATTR_ERRNOS = frozenset(
     {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG, errno.ERANGE, errno.EINVAL}
@@ -591,7 +555,7 @@ def _entries(src: _Source, stats: ApplyStats) -> Iterator[_Entry]:
 
 def _check_entry(e: _Entry) -> None:
     """Header values the file system calls would choke on (OverflowError, ValueError)."""
-    what = f"layer tar: entry {_show(e.name)}"
+    what = f"layer tar: entry {show_name(e.name)}"
     if not (0 <= e.uid <= MAX_ID and 0 <= e.gid <= MAX_ID):
         raise InvalidInputError(f"{what}: uid/gid {e.uid}/{e.gid} out of range")
     if not (e.mtime_ns // 1_000_000_000 in _TIME_RANGE
@@ -633,152 +597,6 @@ def _apply_pax(entry: _Entry, pax: dict[bytes, bytes]) -> None:
         raise InvalidInputError("layer tar: malformed PAX value") from None
     if entry.size < 0:
         raise InvalidInputError("layer tar: negative entry size")
-
-
-def _clean(name: bytes) -> tuple[bytes, ...]:
-    """Path components relative to the root; absolute names are made relative."""
-    if len(name) > MAX_NAME:
-        raise InvalidInputError(f"layer tar: entry name of {len(name)} bytes (limit {MAX_NAME})")
-    if b"\0" in name:
-        raise InvalidInputError(f"layer tar: entry name {name!r} contains a NUL byte")
-    parts: list[bytes] = []
-    for comp in name.split(b"/"):
-        if not comp or comp == b".":
-            continue
-        if comp == b"..":
-            if not parts:
-                raise UnsafeContentError(
-                    f"layer entry {_show(name)} escapes the layer root with '..'"
-                )
-            parts.pop()
-        else:
-            parts.append(comp)
-    return tuple(parts)
-
-
-def _show(name: bytes | tuple[bytes, ...]) -> str:
-    if isinstance(name, tuple):
-        name = b"/".join(name)
-    return repr(name.decode("utf-8", "backslashreplace"))
-
-
-# ---------------------------------------------------------------- the target tree
-
-#: Called to create a missing directory: (parent fd, name, resolved path).
-_MkdirHook = Callable[[int, bytes, tuple[bytes, ...]], None]
-#: Whether a non-directory met as a parent may be replaced by a directory (a whiteout this
-#: layer created: ``.wh.a`` then ``a/b``).
-_ReplaceableHook = Callable[[tuple[bytes, ...]], bool]
-
-
-class _Tree:
-    """Directory fds of the target, opened component by component without following links.
-
-    ``opendir`` resolves a path within the root (symlinks among the parents are followed with
-    the root as ``/``), optionally creating missing directories, and caches the result.
-    """
-
-    def __init__(self, target: Path, on_mkdir: _MkdirHook, replaceable: _ReplaceableHook) -> None:
-        self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.cache: dict[tuple[bytes, ...], int] = {}
-        self.on_mkdir = on_mkdir
-        self.replaceable = replaceable
-
-    def close(self) -> None:
-        for fd in self.cache.values():
-            os.close(fd)
-        self.cache.clear()
-        os.close(self.root_fd)
-
-    def trim(self) -> None:
-        if len(self.cache) > _FD_CACHE:
-            for key in list(self.cache)[: len(self.cache) - _FD_CACHE // 2]:  # oldest first
-                os.close(self.cache.pop(key))
-
-    def invalidate(self, path: tuple[bytes, ...]) -> None:
-        """Forget cached fds at or below ``path`` (it was removed or replaced)."""
-        n = len(path)
-        for key in [k for k in self.cache if k[:n] == path]:
-            os.close(self.cache.pop(key))
-
-    def opendir(
-        self, parts: tuple[bytes, ...], *, create: bool, follow: bool = True
-    ) -> tuple[int, tuple[bytes, ...]] | None:
-        """(fd, resolved path) of the directory ``parts``; the fd belongs to the cache.
-
-        None when it does not exist (and ``create`` is false) or, with ``follow`` false, when
-        a component is a symlink.  Every directory opened on the way is cached (least
-        recently used first out, between entries only: see ``trim``).
-        """
-        cache = self.cache
-        if not parts:
-            return self.root_fd, parts
-        fd = cache.pop(parts, None)
-        if fd is not None:
-            cache[parts] = fd  # most recently used
-            return fd, parts
-        i = len(parts) - 1
-        while i > 0 and parts[:i] not in cache:
-            i -= 1
-        cur = list(parts[:i])
-        fd = cache[parts[:i]] if i else self.root_fd
-        todo = list(reversed(parts[i:]))
-        links = 0
-        while todo:
-            comp = todo.pop()
-            if comp == b"..":
-                if cur:
-                    cur.pop()
-                up = tuple(cur)
-                res = self.opendir(up, create=False, follow=False)
-                if res is None:
-                    raise InvalidInputError(f"layer: {_show(up)} changed while applying")
-                fd = res[0]
-                continue
-            cur.append(comp)
-            key = tuple(cur)
-            cfd = cache.get(key)
-            if cfd is not None:
-                fd = cfd
-                continue
-            try:
-                fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    return None
-                self.on_mkdir(fd, comp, key)
-                fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode) and create and self.replaceable(key):
-                    os.unlink(comp, dir_fd=fd)
-                    self.on_mkdir(fd, comp, key)
-                    fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                    cache[key] = fd
-                    continue
-                if not stat.S_ISLNK(st.st_mode):
-                    raise InvalidInputError(
-                        f"layer: {_show(key)} is not a directory but the layer puts entries "
-                        "below it"
-                    ) from None
-                if not follow:
-                    return None
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise UnsafeContentError(
-                        f"layer: too many levels of symbolic links resolving {_show(parts)}"
-                    ) from None
-                link = os.readlink(comp, dir_fd=fd)
-                cur.pop()
-                if link.startswith(b"/"):
-                    cur = []
-                    fd = self.root_fd
-                todo.extend(reversed([c for c in link.split(b"/") if c and c != b"."]))
-                continue
-            cache[key] = fd
-        return fd, tuple(cur)
 
 
 # ---------------------------------------------------------------- lower layers
@@ -834,7 +652,7 @@ def lower_dir_meta(
             continue
         try:
             for comp in path:
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
             return os.fstat(fd), _copy_up_xattrs(fd)
@@ -867,7 +685,7 @@ def copy_lower_dir_metadata(
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for comp in comps:
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
             if is_root:
@@ -919,7 +737,7 @@ class _Applier:
         self.whiteout_devs: set[tuple[bytes, ...]] = set()
         #: Overlay mode: implicit directories no parent gave metadata to (ordered set).
         self.implicit: dict[tuple[bytes, ...], None] = {}
-        self.tree = _Tree(target, self._mkdir_implicit, self.whiteout_devs.__contains__)
+        self.tree = Tree(target, self._mkdir_implicit, self.whiteout_devs.__contains__)
         #: (path, atime_ns, mtime_ns, mode or -1 when already set) for the final pass.
         self.dirs: list[tuple[tuple[bytes, ...], int, int, int]] = []
         self.accounted = 0
@@ -1021,7 +839,7 @@ class _Applier:
         if self.is_root:
             os.chown(name, st.st_uid, st.st_gid, dir_fd=parent_fd, follow_symlinks=False)
         if xattrs:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             try:
                 _set_copied_xattrs(fd, xattrs)
             finally:
@@ -1039,7 +857,7 @@ class _Applier:
             self.current = e.name
             stats.entries += 1
             tree.trim()
-            parts = _clean(e.name)
+            parts = clean_name(e.name)
             has_data = e.type in _DATA_TYPES or e.type not in _KNOWN_TYPES
             if not parts:  # the root itself: containerd skips it
                 stats.entries_skipped += 1
@@ -1055,7 +873,7 @@ class _Applier:
             t = e.type
             if t not in _KNOWN_TYPES:
                 raise UnsupportedError(
-                    f"layer entry {_show(e.name)} has unsupported tar type {t!r}"
+                    f"layer entry {show_name(e.name)} has unsupported tar type {t!r}"
                 )
             res = tree.opendir(parts[:-1], create=True)
             assert res is not None
@@ -1131,7 +949,7 @@ class _Applier:
         self.whiteout_devs.discard(path)
         self.implicit.pop(path, None)
         cached = self.tree.cache.pop(path, None)
-        fd = cached if cached is not None else os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        fd = cached if cached is not None else os.open(name, DIR_FLAGS, dir_fd=pfd)
         try:
             self._chown(e, fd, name, pfd)
             if e.xattrs:
@@ -1152,9 +970,9 @@ class _Applier:
 
     def _symlink(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
         if not e.linkname:
-            raise InvalidInputError(f"layer symlink {_show(e.name)} has an empty target")
+            raise InvalidInputError(f"layer symlink {show_name(e.name)} has an empty target")
         if b"\0" in e.linkname:
-            raise InvalidInputError(f"layer symlink {_show(e.name)} target contains a NUL byte")
+            raise InvalidInputError(f"layer symlink {show_name(e.name)} target contains a NUL byte")
         try:
             os.symlink(e.linkname, name, dir_fd=pfd)
         except FileExistsError:
@@ -1168,15 +986,15 @@ class _Applier:
         self.stats.symlinks += 1
 
     def _hardlink(self, e: _Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
-        lparts = _clean(e.linkname)
+        lparts = clean_name(e.linkname)
         if not lparts:
             raise UnsafeContentError(
-                f"layer hardlink {_show(e.name)} points at the layer root ({_show(e.linkname)})"
+                f"layer hardlink {show_name(e.name)} points at the layer root ({show_name(e.linkname)})"
             )
         res = self.tree.opendir(lparts[:-1], create=False)
         if res is None:
             raise UnsafeContentError(
-                f"layer hardlink {_show(e.name)} points at {_show(e.linkname)}, "
+                f"layer hardlink {show_name(e.name)} points at {show_name(e.linkname)}, "
                 "which does not exist in the layer"
             )
         lfd, lresolved = res
@@ -1189,12 +1007,12 @@ class _Applier:
             lst = os.stat(lname, dir_fd=lfd, follow_symlinks=False)
         except FileNotFoundError:
             raise UnsafeContentError(
-                f"layer hardlink {_show(e.name)} points at {_show(e.linkname)}, "
+                f"layer hardlink {show_name(e.name)} points at {show_name(e.linkname)}, "
                 "which does not exist in the layer"
             ) from None
         if stat.S_ISDIR(lst.st_mode):
             raise UnsafeContentError(
-                f"layer hardlink {_show(e.name)} points at the directory {_show(e.linkname)}"
+                f"layer hardlink {show_name(e.name)} points at the directory {show_name(e.linkname)}"
             )
         # Both fds belong to the cache, which is trimmed only between entries.
         try:
@@ -1255,7 +1073,7 @@ class _Applier:
             return
         orig = base[len(WHITEOUT_PREFIX) :]
         if orig in (b"", b".", b".."):
-            raise UnsafeContentError(f"layer has an invalid whiteout name {_show(e.name)}")
+            raise UnsafeContentError(f"layer has an invalid whiteout name {show_name(e.name)}")
         self.stats.whiteouts += 1
         res = self.tree.opendir(parts[:-1], create=self.overlay)
         if res is None:  # flat: nothing there to delete
@@ -1299,7 +1117,7 @@ class _Applier:
                             self._remove(dfd, name, path)
                             continue
                         try:
-                            cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                            cfd = os.open(name, DIR_FLAGS, dir_fd=dfd)
                         except OSError:
                             continue  # not a directory (or a symlink): nothing below
                         stack.append((cfd, path, True))
@@ -1392,7 +1210,7 @@ def apply_layer(
     except OSError as e:
         if e.errno in _SPACE_ERRNOS:
             raise OutOfSpaceError(f"no space left applying the layer onto {target}: {e}") from e
-        where = f" at entry {_show(applier.current)}" if applier.current else ""
+        where = f" at entry {show_name(applier.current)}" if applier.current else ""
         raise CargoholdError(f"applying the layer onto {target} failed{where}: {e}") from e
     finally:
         try:
