@@ -69,7 +69,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -85,6 +85,15 @@ from cargohold.errors import (
 from cargohold.oci.digest import Digest
 from cargohold.unpack import tarstream as tar
 from cargohold.unpack.confined import DIR_FLAGS, Tree, clean_name, show_name
+from cargohold.unpack.copyup import (
+    OPAQUE_XATTR,
+    SKIPPABLE_XATTR_ERRNOS,
+    WHITEOUT_META_PREFIX,
+    WHITEOUT_OPAQUE,
+    WHITEOUT_PREFIX,
+    lower_dir_meta,
+    set_copied_xattrs,
+)
 from cargohold.unpack.decompress import Reader
 
 Mode = Literal["overlay", "flat"]
@@ -94,15 +103,7 @@ BIG_FILE = 4 << 20
 MAX_CHECK_INTERVAL = 64 << 20
 MIN_CHECK_INTERVAL = 1 << 20
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_SKIPPABLE_XATTR_ERRNOS = frozenset(
-    {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG, errno.ERANGE, errno.EINVAL}
-)
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-OPAQUE_XATTR = b"trusted.overlay.opaque"
-WHITEOUT_PREFIX = b".wh."
-WHITEOUT_META_PREFIX = b".wh..wh."
-WHITEOUT_OPAQUE = b".wh..wh..opq"
 
 
 @dataclass
@@ -145,108 +146,6 @@ class ApplyStats:
     @property
     def mb_per_s(self) -> float:
         return self.tar_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
-
-
-# ---------------------------------------------------------------- lower layers
-
-
-def _copy_up_xattrs(fd: int) -> dict[str, bytes]:
-    """The xattrs of a lower directory that containerd's ``copyUpXAttrs`` gives a directory
-    it creates implicitly: all but ``trusted.*`` (overlayfs's own metadata among them)."""
-    out: dict[str, bytes] = {}
-    try:
-        names = os.listxattr(fd)
-    except OSError:
-        return out
-    for name in names:
-        if name.startswith("trusted."):
-            continue
-        try:
-            out[name] = os.getxattr(fd, name)
-        except OSError:
-            continue
-    return out
-
-
-def _set_copied_xattrs(fd: int, xattrs: dict[str, bytes]) -> None:
-    """Set xattrs copied up from a lower directory (never replacing one already there)."""
-    for name, value in xattrs.items():
-        try:
-            os.setxattr(fd, name, value, os.XATTR_CREATE)
-        except OSError as err:
-            if err.errno != errno.EEXIST and err.errno not in _SKIPPABLE_XATTR_ERRNOS:
-                raise
-
-
-def lower_dir_stat(parents: Sequence[Path], path: Sequence[bytes]) -> os.stat_result | None:
-    """The stat of directory ``path`` as the overlay of ``parents`` (top first) shows it.
-
-    The first lower layer where ``path`` is a chain of real directories wins; a component
-    that exists but is not a directory (a file, a whiteout, a symlink) hides the layers
-    below, so the search stops there.  Nothing is followed.
-    """
-    meta = lower_dir_meta(parents, path)
-    return None if meta is None else meta[0]
-
-
-def lower_dir_meta(
-    parents: Sequence[Path], path: Sequence[bytes]
-) -> tuple[os.stat_result, dict[str, bytes]] | None:
-    """:func:`lower_dir_stat` and the xattrs to copy up from that directory."""
-    for lower in parents:
-        try:
-            fd = os.open(lower, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            for comp in path:
-                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-            return os.fstat(fd), _copy_up_xattrs(fd)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-    return None
-
-
-def copy_lower_dir_metadata(
-    target: Path, paths: Iterable[bytes], parents: Sequence[Path], *, is_root: bool = True
-) -> int:
-    """Give directories of the layer ``target`` the mode, owner, times and xattrs they have in
-    ``parents`` (top first); returns how many were changed.
-
-    For layers applied without their parents (parallel unpack): the directories the layer
-    created implicitly get, once the parents are known, what ``apply_layer`` would have
-    given them with ``parents``.
-    """
-    done = 0
-    for rel in paths:
-        comps = [c for c in rel.split(b"/") if c]
-        meta = lower_dir_meta(parents, comps)
-        if meta is None:
-            continue
-        st, xattrs = meta
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for comp in comps:
-                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-            if is_root:
-                os.fchown(fd, st.st_uid, st.st_gid)
-            _set_copied_xattrs(fd, xattrs)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-            done += 1
-        except OSError:
-            continue  # replaced meanwhile: nothing to fix
-        finally:
-            os.close(fd)
-    return done
 
 
 # ---------------------------------------------------------------- applying
@@ -347,7 +246,7 @@ class _Applier:
                 else:
                     os.setxattr(target, key, value, follow_symlinks=False)
             except OSError as err:
-                if err.errno in _SKIPPABLE_XATTR_ERRNOS:
+                if err.errno in SKIPPABLE_XATTR_ERRNOS:
                     self.stats.xattrs_skipped += 1
                     continue
                 raise
@@ -389,7 +288,7 @@ class _Applier:
         if xattrs:
             fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             try:
-                _set_copied_xattrs(fd, xattrs)
+                set_copied_xattrs(fd, xattrs)
             finally:
                 os.close(fd)
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=parent_fd)
