@@ -81,8 +81,8 @@ from cargohold.store.interfaces import (
     Image,
     Snapshotter,
 )
-from cargohold.unpack.apply import ApplyStats
 from cargohold.unpack.damaged import stored_blob_check
+from cargohold.unpack.layerwriter import ApplyStats
 
 #: Label on an active extract snapshot: the chain ID it will be committed as.
 LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
