@@ -51,7 +51,8 @@ from cargohold.store.embedded.containers import (
     snapshot_key,
 )
 from cargohold.store.embedded.metadata import now, ts
-from cargohold.unpack.image import ResolvedImage, UnpackResult
+from cargohold.unpack.image import UnpackResult
+from cargohold.unpack.resolve import ResolvedImage
 
 #: runc's state directory for cargohold's containers (runc's default is /run/runc).
 RUNC_ROOT = "/run/cargohold/runc"

@@ -65,7 +65,7 @@ from cargohold.store.interfaces import (
     ImageStore,
     LeaseResource,
 )
-from cargohold.unpack.image import is_committed
+from cargohold.unpack.resolve import is_committed
 
 __all__ = [
     "BLOB_KINDS",
