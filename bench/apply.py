@@ -34,8 +34,9 @@ from isal import igzip
 
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.digest import Digest
-from cargohold.unpack.apply import ApplyStats, apply_layer
+from cargohold.unpack.apply import apply_layer
 from cargohold.unpack.decompress import open_decompressed
+from cargohold.unpack.layerwriter import ApplyStats
 
 
 def build_tar(src: Path, limit: int, out: Path) -> int:

@@ -31,9 +31,9 @@ from cargohold.errors import (
 )
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.digest import Digest
-from cargohold.unpack import apply as apply_mod
-from cargohold.unpack.apply import ApplyStats, apply_layer
+from cargohold.unpack.apply import apply_layer
 from cargohold.unpack.decompress import open_decompressed
+from cargohold.unpack.layerwriter import ApplyStats, LayerWriter
 from tests.rig.needs import needs_root, require_root
 
 # ---------------------------------------------------------------- building layers
@@ -824,7 +824,7 @@ def test_reserve_already_crossed(small_fs: Path) -> None:
 
 
 def test_real_enospc_is_out_of_space(small_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(apply_mod._Applier, "_space", lambda self, upcoming=0: None)
+    monkeypatch.setattr(LayerWriter, "_space", lambda self, upcoming=0: None)
     with pytest.raises(OutOfSpaceError):
         apply_bytes(_zeros_layer(100 << 20, files=10), small_fs / "t", media_type=mt.OCI_LAYER_GZIP)
 

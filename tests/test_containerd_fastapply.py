@@ -319,7 +319,7 @@ def test_staged_parallel_layers_commit_as_a_chain(containerd: Containerd) -> Non
 
     from cargohold.oci.chainid import chain_ids
     from cargohold.store.containerd.staged import StagedSnapshotter
-    from cargohold.unpack.apply import OPAQUE_XATTR
+    from cargohold.unpack.copyup import OPAQUE_XATTR
 
     require_root("containerd's root")
     layers = [

@@ -66,7 +66,7 @@ from cargohold.store.containerd.store import ContainerdStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
 from cargohold.unpack import chain_ids, unpack_layer
 from cargohold.unpack.applier import EmbeddedApplier
-from cargohold.unpack.image import resolve_image
+from cargohold.unpack.resolve import resolve_image
 from tests.rig.containerd import Containerd
 from tests.rig.images import Pushed, push, rootfs_images
 from tests.rig.services import Registry

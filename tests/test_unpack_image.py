@@ -35,8 +35,9 @@ from cargohold.store.embedded import EmbeddedStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
 from cargohold.store.interfaces import KIND_ACTIVE, KIND_COMMITTED, Mount
 from cargohold.unpack.applier import EmbeddedApplier
-from cargohold.unpack.apply import ApplyStats
-from cargohold.unpack.image import Unpacker, is_unpacked, unpacked_size
+from cargohold.unpack.image import Unpacker
+from cargohold.unpack.layerwriter import ApplyStats
+from cargohold.unpack.resolve import is_unpacked, unpacked_size
 from tests.rig.images import Pushed, push, push_index
 from tests.rig.needs import needs_root, require_root
 from tests.rig.services import Registry

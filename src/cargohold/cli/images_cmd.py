@@ -28,7 +28,7 @@ def images_ls(app: App) -> None:
     UNPACKED: the top layer snapshot of a platform of the image is committed; UNPACKED-SIZE:
     disk use of its layer snapshots (each shared layer counted in every image using it).
     """
-    from cargohold.unpack.image import is_unpacked, unpacked_size
+    from cargohold.unpack.resolve import is_unpacked, unpacked_size
 
     with open_store(app.settings, must_exist=True) as store:
         check = not isinstance(store, LocalStore) or store.has_snapshots

@@ -68,7 +68,7 @@ from cargohold.store.interfaces import (
     Snapshotter,
     Store,
 )
-from cargohold.unpack.image import is_committed
+from cargohold.unpack.resolve import is_committed
 
 __all__ = [
     "BLOB_KINDS",

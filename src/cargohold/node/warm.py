@@ -69,9 +69,8 @@ from cargohold.unpack.image import (
     Unpacker,
     UnpackEvents,
     UnpackResult,
-    highest_committed,
-    resolve_image,
 )
+from cargohold.unpack.resolve import highest_committed, resolve_image
 
 __all__ = [
     "WarmEvents",

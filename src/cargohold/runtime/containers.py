@@ -21,7 +21,8 @@ from cargohold.store.embedded.containers import (
 )
 from cargohold.store.embedded.metadata import now, ts
 from cargohold.store.open import LocalStore
-from cargohold.unpack.image import ResolvedImage, Unpacker, UnpackResult
+from cargohold.unpack.image import Unpacker, UnpackResult
+from cargohold.unpack.resolve import ResolvedImage
 
 __all__ = ["Created", "create_container"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold.errors import CargoholdError, InvalidInputError
-from cargohold.unpack.apply import MAX_SYMLINKS, _Tree
+from cargohold.unpack.confined import MAX_SYMLINKS, Tree
 
 
 def _no_mkdir(fd: int, name: bytes, key: tuple[bytes, ...]) -> None:
@@ -28,7 +28,7 @@ def read_in_root(root: Path, path: str, limit: int = 4 << 20) -> bytes | None:
     if not parts:
         return None
     try:
-        tree = _Tree(root, _no_mkdir, lambda key: False)
+        tree = Tree(root, _no_mkdir, lambda key: False)
     except OSError:
         return None
     try:

@@ -1,7 +1,10 @@
 """Unpacking layers into snapshots: decompress, apply (the differ), and the glue around them.
 
 * :mod:`.decompress` -- ``open_decompressed(blob, media_type)``: the uncompressed tar stream.
-* :mod:`.apply` -- ``apply_layer(tar, target, mode=..., diff_id=...)``: the tar onto a dir.
+* :mod:`.apply` -- ``apply_layer(tar, target, mode=..., diff_id=...)``: the tar onto a dir,
+  built from :mod:`.tarstream` (the hashed tar reader), :mod:`.layerwriter` (the entries
+  written), :mod:`.confined` (paths kept inside the target) and :mod:`.copyup` (whiteouts
+  and lower-layer directory metadata).
 * :mod:`.applier` -- ``EmbeddedApplier``: the ``Applier`` protocol over snapshot mounts.
 
 This module adds the two small pieces every caller needs: chain IDs (the names of committed

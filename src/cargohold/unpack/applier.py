@@ -32,8 +32,9 @@ from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.mediatypes import OCI_LAYER
 from cargohold.store.interfaces import Mount
-from cargohold.unpack.apply import ApplyStats, Mode, apply_layer
+from cargohold.unpack.apply import apply_layer
 from cargohold.unpack.decompress import open_decompressed
+from cargohold.unpack.layerwriter import ApplyStats, Mode
 
 WHITEOUT_OVERLAY_OPTION = "x-cargohold.whiteout=overlay"
 #: Where to record the directories a layer created implicitly (NUL-separated paths), for the

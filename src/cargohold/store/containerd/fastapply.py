@@ -49,7 +49,7 @@ from cargohold.unpack.applier import (
     Plan,
     plan,
 )
-from cargohold.unpack.apply import ApplyStats
+from cargohold.unpack.layerwriter import ApplyStats
 
 #: Next to a staged layer's implicit-dirs log: the layer wrote overlay whiteouts / opaques.
 OVERLAY_MARKS_SUFFIX = ".marks"

@@ -40,7 +40,7 @@ from cargohold.store.containerd.fastapply import OVERLAY_MARKS_SUFFIX
 from cargohold.store.containerd.snapshots import ContainerdSnapshotter
 from cargohold.store.interfaces import Mount, SnapshotInfo, Usage
 from cargohold.unpack.applier import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
-from cargohold.unpack.apply import OPAQUE_XATTR, copy_lower_dir_metadata
+from cargohold.unpack.copyup import OPAQUE_XATTR, copy_lower_dir_metadata
 
 #: Next to a staged snapshot's ``fs`` directory (in containerd's snapshot directory, which
 #: containerd removes with the snapshot): the implicit directories the applier logged, and

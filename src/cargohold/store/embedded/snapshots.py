@@ -93,7 +93,7 @@ from cargohold.store.interfaces import (
     Usage,
     active_lease,
 )
-from cargohold.unpack.apply import copy_lower_dir_metadata
+from cargohold.unpack.copyup import copy_lower_dir_metadata
 
 if TYPE_CHECKING:
     from cargohold.store.embedded.gc import Removed
