@@ -48,13 +48,13 @@ from cargohold.cli.resources import LocalStore, registry_client
 from cargohold.cli.scratch import Scratch, open_scratch, unpacked_bytes
 from cargohold.cli.unpacking import UnpackProgress, make_unpacker
 from cargohold.errors import CargoholdError
+from cargohold.labels import LABEL_GC_ROOT
 from cargohold.maintain.du import disk_usage
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import Fetcher, FetchEvents, FetchResult
-from cargohold.store.gcmark import LABEL_GC_ROOT
 from cargohold.units import format_rate
 from cargohold.unpack.image import UnpackResult
 

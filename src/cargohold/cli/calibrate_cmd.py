@@ -48,8 +48,8 @@ from cargohold.cli.unpacking import make_unpacker
 from cargohold.errors import InvalidInputError, OutOfSpaceError
 from cargohold.imagebuild.entries import Dir, Entry, File, Hardlink, Symlink
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.labels import LABEL_GC_ROOT
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
-from cargohold.store.gcmark import LABEL_GC_ROOT
 from cargohold.unpack.image import UnpackEvents
 
 __all__ = ["CalibrateResult", "measure_unpack", "synthetic_image", "tiny_image"]

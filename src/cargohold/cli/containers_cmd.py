@@ -39,13 +39,12 @@ from cargohold.errors import (
     NotFoundError,
     UnsupportedError,
 )
+from cargohold.labels import LABEL_CONTAINER, LABEL_GC_ROOT
 from cargohold.mount import is_mountpoint, mount_all, unmount_all
 from cargohold.oci.descriptor import Platform
 from cargohold.runtime.spec import runtime_spec
 from cargohold.runtime.users import resolve_user
 from cargohold.store.embedded.containers import (
-    LABEL_CONTAINER,
-    LABEL_GC_ROOT,
     Container,
     check_name,
     snapshot_key,

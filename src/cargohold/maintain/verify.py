@@ -51,6 +51,7 @@ from typing import Any
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.labels import GC_REF_SNAPSHOT, LABEL_GC_EXPIRE, LABEL_PURPOSE, snapshot_gc_label
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -59,7 +60,6 @@ from cargohold.oci.manifest import Index, Manifest, parse_config, parse_manifest
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, lookup_by_name, parse_reference
 from cargohold.store.interfaces import (
-    GC_REF_SNAPSHOT,
     ContentStore,
     Image,
     ImageStore,
@@ -291,7 +291,7 @@ class _Checker:
             top = _top_chain(self.content, config.digest)
         except CargoholdError:
             return  # a missing or unreadable config is reported as such
-        key = _snapshot_label(self.snapshots)
+        key = snapshot_gc_label(self.snapshots.name)
         name = key.removeprefix(GC_REF_SNAPSHOT + ".")
         chain = labels.get(key)
         if top and is_committed(self.snapshots, top) and chain != top:
@@ -308,11 +308,6 @@ class _Checker:
                 f"snapshot {chain} ({name}) of config {config.digest} is missing",
                 chain,
             ))
-
-
-def _snapshot_label(snapshots: Any) -> str:
-    """The config label that keeps an image's snapshots in ``snapshots``."""
-    return f"{GC_REF_SNAPSHOT}.{snapshots.name}"
 
 
 def _top_chain(content: ContentStore, config: Digest) -> str:
@@ -355,8 +350,8 @@ def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> It
         yield
         return
     expire = datetime.now(UTC) + timedelta(hours=1)  # if this process dies meanwhile
-    lease = leases.create(labels={"containerd.io/gc.expire": expire.isoformat(),
-                                  "cargohold/purpose": "verify-repair"})
+    lease = leases.create(labels={LABEL_GC_EXPIRE: expire.isoformat(),
+                                  LABEL_PURPOSE: "verify-repair"})
     try:
         for r in sorted(refs, key=lambda r: (r.type, r.id)):
             leases.add_resource(lease.id, r)
@@ -369,7 +364,7 @@ def _holding_snapshots(store: Any, saved: Mapping[str, Mapping[str, str]]) -> It
 def _relabel(content: ContentStore, snapshots: Any, images: Iterable[Image]) -> None:
     """Give each unpacked image's config its snapshot label back."""
     checker = _Checker(content, snapshots)
-    key = _snapshot_label(snapshots)
+    key = snapshot_gc_label(snapshots.name)
     for img in images:
         for p in checker.image(img)[0]:
             if p.kind == SNAPSHOT_UNREFERENCED:

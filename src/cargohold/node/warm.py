@@ -53,6 +53,7 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnavailableError,
 )
+from cargohold.labels import LABEL_SNAPSHOT_REF
 from cargohold.node.disk import fs_space
 from cargohold.node.warmorder import expected_seconds, parse_record_labels, wspt_order
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -64,7 +65,6 @@ from cargohold.store.interfaces import (
 )
 from cargohold.unpack.image import (
     EXTRACT_PREFIX,
-    LABEL_SNAPSHOT_REF,
     Unpacker,
     UnpackEvents,
     UnpackResult,

@@ -35,8 +35,15 @@ from cargohold.errors import (
 )
 from cargohold.images.walk import read_blob
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.labels import (
+    GC_REF_CONTENT,
+    LABEL_CRI_MANAGED,
+    LABEL_CRI_PINNED,
+    LABEL_DISTRIBUTION_SOURCE,
+    MANAGED,
+    PINNED,
+)
 from cargohold.leasing import leased
-from cargohold.node.labels import LABEL_CRI_PINNED
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.manifest import (
@@ -50,8 +57,6 @@ from cargohold.oci.manifest import (
 from cargohold.oci.reference import Reference
 from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
-    GC_REF_CONTENT,
-    LABEL_DISTRIBUTION_SOURCE,
     ContentStore,
     ContentWriter,
     Image,
@@ -229,9 +234,6 @@ def child_labels(desc: Descriptor, children: Sequence[Descriptor]) -> dict[str, 
     return labels
 
 
-LABEL_CRI_MANAGED = "io.cri-containerd.image"
-
-
 @dataclass(frozen=True)
 class RecordPolicy:
     """Which image records a fetch writes.
@@ -248,9 +250,9 @@ class RecordPolicy:
     def labels(self) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.cri:
-            out[LABEL_CRI_MANAGED] = "managed"
+            out[LABEL_CRI_MANAGED] = MANAGED
         if self.pin:
-            out[LABEL_CRI_PINNED] = "pinned"
+            out[LABEL_CRI_PINNED] = PINNED
         return out
 
 

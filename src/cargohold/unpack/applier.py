@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cargohold.errors import InvalidInputError
+from cargohold.labels import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
 from cargohold.mount import mounted
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
@@ -34,11 +35,6 @@ from cargohold.oci.mediatypes import OCI_LAYER
 from cargohold.store.interfaces import Mount
 from cargohold.unpack.apply import ApplyStats, Mode, apply_layer
 from cargohold.unpack.decompress import open_decompressed
-
-WHITEOUT_OVERLAY_OPTION = "x-cargohold.whiteout=overlay"
-#: Where to record the directories a layer created implicitly (NUL-separated paths), for the
-#: snapshotter to give them their parents' metadata at commit (see ``snapshots``).
-IMPLICIT_DIRS_OPTION = "x-cargohold.implicit-dirs="
 
 
 @dataclass(frozen=True)

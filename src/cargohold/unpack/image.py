@@ -56,6 +56,11 @@ from cargohold.errors import (
 )
 from cargohold.images.content import read_blob
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.labels import (
+    LABEL_SNAPSHOT_REF,
+    LABEL_UNCOMPRESSED,
+    snapshot_gc_label,
+)
 from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
@@ -73,9 +78,7 @@ from cargohold.oci.manifest import (
 from cargohold.oci.platform import host_platform, matches, normalize, rank
 from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
-    GC_REF_SNAPSHOT,
     KIND_COMMITTED,
-    LABEL_UNCOMPRESSED,
     Applier,
     ContentStore,
     Image,
@@ -83,9 +86,6 @@ from cargohold.store.interfaces import (
 )
 from cargohold.unpack.apply import ApplyStats
 from cargohold.unpack.damaged import stored_blob_check
-
-#: Label on an active extract snapshot: the chain ID it will be committed as.
-LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
 
 #: Layer outcomes: applied here, already committed, applied by a concurrent call for another
 #: image (or committed by another process meanwhile).
@@ -95,11 +95,6 @@ STATE_SHARED = "shared"
 STATE_FAILED = "failed"
 
 _log = logging.getLogger(__name__)
-
-
-def snapshot_gc_label(snapshotter_name: str) -> str:
-    """The config blob label that keeps an image's top snapshot (and its parents)."""
-    return f"{GC_REF_SNAPSHOT}.{snapshotter_name}"
 
 
 # ---------------------------------------------------------------- resolving an image
