@@ -55,7 +55,7 @@ from cargohold.bake.catalog import (
     unpack_ratio,
 )
 from cargohold.bake.plan import DEFAULT_MODEL, CostModel, Decision
-from cargohold.bake.spec import CacheSpec, ImageEntry, format_size
+from cargohold.bake.spec import CacheSpec, ImageEntry
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -76,6 +76,7 @@ from cargohold.pull.fetch import (
     FetchResult,
     RecordPolicy,
 )
+from cargohold.units import format_size
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]

@@ -19,7 +19,6 @@ from cargohold.cli.fetching import (
     registry_options,
 )
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import open_store, registry_client
 from cargohold.cli.sources import space_check
@@ -31,6 +30,7 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import FetchFailure, FetchResult
 from cargohold.settings import Settings
+from cargohold.units import format_size
 
 
 def _platforms(s: Settings, given: tuple[str, ...]) -> tuple[list[Platform], list[Platform]]:
@@ -126,7 +126,7 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
                 out.info(f"{o.path}: unchanged since its last import, skipped")
         for r in ok:
             out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
-                     f"{human_bytes(r.bytes_total)}  (record {r.record})")
+                     f"{format_size(r.bytes_total)}  (record {r.record})")
             for u in unpacked.get(r.name, []):
                 report_unpack(out, r.name, u)
         for name, us in earlier.items():
@@ -216,7 +216,7 @@ def export_command(app: App, refs: tuple[str, ...], spec_file: Path | None, outp
         for d in plan.entries:
             app.out.data(f"{d.annotations['io.containerd.image.name']}  {d.digest}")
         app.out.info(f"wrote {len(plan.entries)} images, {len(plan.blobs)} blobs, "
-                     f"{human_bytes(plan.size)} to {output} in {elapsed:.1f} s")
+                     f"{format_size(plan.size)} to {output} in {elapsed:.1f} s")
 
 
 def _fetch_missing(app: App, store: Any, wanted: list[Reference], plats: list[Platform],

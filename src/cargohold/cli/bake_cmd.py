@@ -19,10 +19,10 @@ from cargohold.bake.baker import (
     BakeReport,
     write_json_atomic,
 )
-from cargohold.bake.spec import format_size, load_spec, parse_size
+from cargohold.bake.spec import load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.cli.plan_cmd import apply_spec_settings, cost_model_for
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resolve_progress import ResolveProgress
@@ -39,6 +39,7 @@ from cargohold.errors import (
     batch_error,
 )
 from cargohold.oci.platform import host_platform, parse_platform
+from cargohold.units import format_size
 from cargohold.unpack.image import UnpackResult
 
 
@@ -203,8 +204,8 @@ def _print(out: Output, r: BakeReport) -> None:
         rows.append((
             i.name, i.decision if i.resolved else "-",
             i.digest[7:19] if i.digest.startswith("sha256:") else i.digest,
-            human_bytes(i.content_bytes) if i.content_bytes or i.status == "ok" else "-",
-            human_bytes(i.snapshot_bytes) if i.snapshot_bytes or (
+            format_size(i.content_bytes) if i.content_bytes or i.status == "ok" else "-",
+            format_size(i.snapshot_bytes) if i.snapshot_bytes or (
                 i.decision == "pull" and i.status == "ok") else "-",
             f"{i.fetch_seconds:.2f} s" if i.fetch else "-",
             f"{i.unpack_seconds:.2f} s" if i.unpack else "-",
@@ -215,16 +216,16 @@ def _print(out: Output, r: BakeReport) -> None:
     line = (f"{len(r.ok)} of {len(r.images)} images baked ({r.count('pull')} pulled, "
             f"{r.count('fetch')} fetched, {r.count('skip')} skipped"
             + (f", {len(r.failed)} failed" if r.failed else "") + "): "
-            f"content {human_bytes(r.content_bytes)} + snapshots {human_bytes(r.snapshot_bytes)}"
-            f" = {human_bytes(r.total_bytes)}")
+            f"content {format_size(r.content_bytes)} + snapshots {format_size(r.snapshot_bytes)}"
+            f" = {format_size(r.total_bytes)}")
     if r.budget is not None:
-        line += f" of {human_bytes(r.budget)} budget"
-        line += (f" (OVER by {human_bytes(r.over_budget)})" if r.over_budget
-                 else f" ({human_bytes(r.budget - r.total_bytes)} free)")
+        line += f" of {format_size(r.budget)} budget"
+        line += (f" (OVER by {format_size(r.over_budget)})" if r.over_budget
+                 else f" ({format_size(r.budget - r.total_bytes)} free)")
     out.data(line)
     transferred = sum(i.bytes_transferred for i in r.images)
     penalty = r.plan.get("total_penalty")
-    out.data(f"transferred {human_bytes(transferred)} in {r.seconds:.1f} s; expected first-start"
+    out.data(f"transferred {format_size(transferred)} in {r.seconds:.1f} s; expected first-start"
              f" penalty {float(penalty or 0):.1f} s (priority-weighted); "
              + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()))
     if r.plan_reused:

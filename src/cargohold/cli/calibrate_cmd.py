@@ -50,6 +50,7 @@ from cargohold.imagebuild.entries import Dir, Entry, File, Hardlink, Symlink
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.labels import LABEL_GC_ROOT
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
+from cargohold.units import format_rate, format_size
 from cargohold.unpack.image import UnpackEvents
 
 __all__ = ["CalibrateResult", "measure_unpack", "synthetic_image", "tiny_image"]
@@ -59,7 +60,6 @@ MIN_SIZE = 1_000_000
 #: Layers of the synthetic image: one per 8 MiB, at most this many.
 MAX_LAYERS = 4
 _SEED = 0xCA11B
-MB = 1e6
 
 # ---------------------------------------------------------------- the synthetic image
 
@@ -180,8 +180,8 @@ def _check_space(app: App, scratch: Scratch, size: int) -> None:
     need = size * (3 if scratch.kind == "embedded" else 1)
     if free - need < reserve:
         raise OutOfSpaceError(
-            f"a {size / MB:.0f} MB calibration needs about {need / MB:.0f} MB on "
-            f"{scratch.dir} ({free / MB:.0f} MB free), which would leave less than the "
+            f"a {format_size(size)} calibration needs about {format_size(need)} on "
+            f"{scratch.dir} ({format_size(free)} free), which would leave less than the "
             f"reserve of {reserve} bytes",
             hint="use a smaller --size, free disk space or lower the reserve",
         )
@@ -205,8 +205,8 @@ def measure_unpack(app: App, scratch: Scratch, size: int, runs: int,
         snapshotter=store.snapshots.name,
     )
     layers = f"{res.layers} layer" + ("s" if res.layers > 1 else "")
-    out.info(f"built a {size / MB:.0f} MB sample ({layers}, "
-             f"{res.compressed_bytes / MB:.1f} MB gzip) in {time.monotonic() - t0:.1f} s; "
+    out.info(f"built a {format_size(size)} sample ({layers}, "
+             f"{format_size(res.compressed_bytes)} gzip) in {time.monotonic() - t0:.1f} s; "
              f"unpacking into {scratch.where}")
     sn = store.snapshots
     with make_unpacker(app, store, jobs=jobs, events=UnpackEvents()) as unpacker:
@@ -225,7 +225,7 @@ def measure_unpack(app: App, scratch: Scratch, size: int, runs: int,
             sn.prepare(f"calibrate-container-{run}", rt.chain_id,
                        labels={LABEL_GC_ROOT: now_iso()})
             res.overhead_seconds.append(time.monotonic() - t0)
-            out.info(f"run {run + 1}/{runs}: {res.sample_bytes / MB:.1f} MB in {seconds:.2f} s; "
+            out.info(f"run {run + 1}/{runs}: {format_size(res.sample_bytes)} in {seconds:.2f} s; "
                      f"tiny first create {res.overhead_seconds[-1]:.3f} s")
         remove_all_snapshots(sn)
     return res
@@ -236,8 +236,8 @@ def calibration_line(res: CalibrateResult) -> str:
     how = f"median of {runs}" if runs > 1 else "1 run"
     fixed = (f"; {res.fixed_seconds:.2f} s of it per-image overhead"
              if res.fixed_seconds >= 0.01 else "")
-    return (f"unpack throughput: {res.throughput / MB:.1f} MB/s "
-            f"({res.sample_bytes / MB:.0f} MB in {res.median_seconds:.2f} s, {how}{fixed})")
+    return (f"unpack throughput: {format_rate(res.throughput)} "
+            f"({format_size(res.sample_bytes)} in {res.median_seconds:.2f} s, {how}{fixed})")
 
 
 def report(out: Output, res: CalibrateResult, cal: Calibration, path: str) -> None:
@@ -279,7 +279,7 @@ def calibrate(app: App, size: str, runs: int, jobs: int | None) -> None:
     containerd namespace), removed afterwards; saves <root>/calibration.json."""
     nbytes = parse_size(size)
     if nbytes < MIN_SIZE:
-        raise InvalidInputError(f"--size {size}: at least {MIN_SIZE / MB:.0f} MB, please")
+        raise InvalidInputError(f"--size {size}: at least {format_size(MIN_SIZE)}, please")
     s = app.settings
     with open_scratch(s, "calibrate", warn=app.out.warn) as scratch:
         res = measure_unpack(app, scratch, nbytes, runs, jobs)

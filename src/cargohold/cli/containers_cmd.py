@@ -27,7 +27,6 @@ import click
 
 from cargohold.cli.images_cmd import lookup_name
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import LocalStore, open_embedded
 from cargohold.cli.unpack_cmd import parse_platform_option, unpack_lease
@@ -50,6 +49,7 @@ from cargohold.store.embedded.containers import (
     snapshot_key,
 )
 from cargohold.store.embedded.metadata import now, ts
+from cargohold.units import format_size
 from cargohold.unpack.image import ResolvedImage, UnpackResult
 
 #: runc's state directory for cargohold's containers (runc's default is /run/runc).
@@ -207,7 +207,7 @@ def containers_ls(app: App) -> None:
     app.out.table(
         ["NAME", "IMAGE", "PLATFORM", "SNAPSHOT", "SIZE", "CREATED"],
         [(c.name, c.image, c.platform, c.snapshot_key,
-          human_bytes(s) if (s := sizes[c.name]) is not None else "missing",
+          format_size(s) if (s := sizes[c.name]) is not None else "missing",
           c.created_at.strftime("%Y-%m-%d %H:%M:%S") if c.created_at else "")
          for c in rows],
     )

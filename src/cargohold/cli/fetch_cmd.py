@@ -15,12 +15,12 @@ from cargohold.cli.fetching import (
     registry_options,
 )
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import TINY, FetchProgress
 from cargohold.cli.resources import open_store, registry_client
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
+from cargohold.units import format_rate, format_size
 
 
 @cli.command()
@@ -80,14 +80,14 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
             out.data(fetched_line(r))
         print_failures(out, failed, total=len(results), shown=shown)
         secs = download_seconds or elapsed
-        rate = (f" ({human_bytes(transferred / secs)}/s)"
+        rate = (f" ({format_rate(transferred / secs)})"
                 if transferred >= TINY and secs > 0 else "")
-        out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)}{rate}")
+        out.info(f"elapsed: {elapsed:.1f} s  total: {format_size(transferred)}{rate}")
     raise_failures(failed, total=len(results))
 
 
 def fetched_line(r: FetchResult) -> str:
     """``NAME  DIGEST  N blobs  SIZE  (what was transferred)``: a fetched image, as text."""
     what = ("already present, nothing transferred" if r.transferred_nothing
-            else f"{human_bytes(r.bytes_transferred)} transferred")
-    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {human_bytes(r.bytes_total)}  ({what})"
+            else f"{format_size(r.bytes_transferred)} transferred")
+    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {format_size(r.bytes_total)}  ({what})"

@@ -7,13 +7,13 @@ from typing import Any
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.resources import LocalStore, open_store
 from cargohold.errors import NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.oci.reference import parse_reference
 from cargohold.pull.fetch import image_name
 from cargohold.store.interfaces import Image
+from cargohold.units import format_size
 
 
 def lookup_name(store: Any, text: str) -> str:
@@ -61,9 +61,9 @@ def images_ls(app: App) -> None:
         return
     app.out.table(
         ["REF", "DIGEST", "SIZE", "PLATFORMS", "COMPLETE", "UNPACKED", "UNPACKED-SIZE"],
-        [(img.name, img.target.digest.short, human_bytes(c.present_bytes),
+        [(img.name, img.target.digest.short, format_size(c.present_bytes),
           ",".join(c.platforms), "yes" if c.complete else "no", "yes" if unpacked else "no",
-          human_bytes(usize) if unpacked else "-")
+          format_size(usize) if unpacked else "-")
          for img, c, unpacked, usize in rows],
     )
 

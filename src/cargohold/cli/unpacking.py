@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from cargohold.cli.main import App
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resources import reserve_bytes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.store.interfaces import Applier, ContentStore, Snapshotter
+from cargohold.units import format_size
 from cargohold.unpack.image import (
     STATE_EXISTS,
     STATE_FAILED,
@@ -50,7 +51,7 @@ class UnpackProgress(UnpackEvents):
                 self.out.event("layer_done", **outcome.to_json())
             return
         o = outcome
-        size = human_bytes(o.uncompressed or o.layer.size)
+        size = format_size(o.uncompressed or o.layer.size)
         extra = f"  {o.seconds:.2f} s" if o.seconds else ""
         line = f"layer    {str(o.layer.digest)[:19]}  {o.state:<8} {size}{extra}"
         log = self.out.debug if o.state == STATE_EXISTS else self.out.info
@@ -93,7 +94,7 @@ def summary_line(name: str, r: UnpackResult) -> str:
         n = r.chains_unpacked + r.chains_shared
         what = f"unpacked {n} of {r.chains_total} layers in {r.seconds:.2f} s"
         if r.bytes_uncompressed:
-            what += f" ({human_bytes(r.bytes_uncompressed)})"
+            what += f" ({format_size(r.bytes_uncompressed)})"
         if r.chains_shared:
             what += f", {r.chains_shared} by a concurrent unpack"
     return f"{name}  {r.platform}  {what}"

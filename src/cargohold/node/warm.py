@@ -44,7 +44,7 @@ from typing import Any
 
 from cargohold.bake.catalog import local_tar_size, unpack_ratio
 from cargohold.bake.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estimate_unpacked
-from cargohold.bake.spec import CacheSpec, format_size
+from cargohold.bake.spec import CacheSpec
 from cargohold.errors import (
     CargoholdError,
     ConflictError,
@@ -63,6 +63,7 @@ from cargohold.store.interfaces import (
     ImageStore,
     SnapshotInfo,
 )
+from cargohold.units import format_size
 from cargohold.unpack.image import (
     EXTRACT_PREFIX,
     Unpacker,
