@@ -42,7 +42,7 @@ from cargohold.bake.plan import (
     baseline_size_rule,
     plan,
 )
-from cargohold.bake.spec import format_size
+from cargohold.units import format_size
 
 SEED = 20251219
 MB = 10**6

@@ -29,9 +29,9 @@ from cargohold.errors import (
     UnavailableError,
     UnsupportedError,
 )
+from cargohold.labels import GC_REF_CONTENT
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
-from cargohold.store import interfaces as itf
 from cargohold.store.containerd import ContainerdStore, api
 from cargohold.store.containerd.content import CHUNK, encode_write
 from cargohold.store.interfaces import Image, LeaseResource, Mount, active_lease
@@ -431,7 +431,7 @@ def _image_target(store: ContainerdStore, tag: str) -> Descriptor:
             "layers": [],
         }
     ).encode()
-    m_dg = put(store, manifest, {f"{itf.GC_REF_CONTENT}.config": str(cfg_dg)})
+    m_dg = put(store, manifest, {f"{GC_REF_CONTENT}.config": str(cfg_dg)})
     return Descriptor(MANIFEST, m_dg, len(manifest), {"org.opencontainers.image.ref.name": tag})
 
 

@@ -19,12 +19,14 @@ from cargohold import errors
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.labels import (
+    LABEL_OWNER_BOOT,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_PIDNS,
+    LABEL_OWNER_START,
+)
 from cargohold.leasing import (
-    LABEL_BOOT,
-    LABEL_HOST,
-    LABEL_PID,
-    LABEL_PIDNS,
-    LABEL_START,
     leased,
     owner_labels,
     owner_state,
@@ -54,22 +56,22 @@ def _dead_pid() -> int:
 def dead_owner() -> dict[str, str]:
     """Owner labels of a dead process on this host and boot. The start time "1" makes it
     dead even if the pid was reused meanwhile (nothing but init starts at tick 1)."""
-    return {**owner_labels(), LABEL_PID: str(_dead_pid()), LABEL_START: "1"}
+    return {**owner_labels(), LABEL_OWNER_PID: str(_dead_pid()), LABEL_OWNER_START: "1"}
 
 
 def test_owner_state() -> None:
     assert owner_state(owner_labels()) == "alive"
     assert owner_state(dead_owner()) == "dead"
     # The pid runs, but it is another process than the one that took the lease.
-    assert owner_state({**owner_labels(), LABEL_START: "1"}) == "dead"
+    assert owner_state({**owner_labels(), LABEL_OWNER_START: "1"}) == "dead"
     # Another boot: every process of that boot is gone, whatever runs under the pid now.
-    assert owner_state({**owner_labels(), LABEL_BOOT: "another-boot"}) == "dead"
+    assert owner_state({**owner_labels(), LABEL_OWNER_BOOT: "another-boot"}) == "dead"
     # Not ours to judge: no owner labels (another client's lease), or another host.
     assert owner_state({}) == "unknown"
-    assert owner_state({**dead_owner(), LABEL_HOST: "elsewhere"}) == "unknown"
+    assert owner_state({**dead_owner(), LABEL_OWNER_HOST: "elsewhere"}) == "unknown"
     # A container sharing the store (same host name, e.g. host network): its pids are not ours.
-    assert owner_state({**dead_owner(), LABEL_PIDNS: "pid:[1]"}) == "unknown"
-    assert process_start(os.getpid()) == owner_labels()[LABEL_START]
+    assert owner_state({**dead_owner(), LABEL_OWNER_PIDNS: "pid:[1]"}) == "unknown"
+    assert process_start(os.getpid()) == owner_labels()[LABEL_OWNER_START]
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def test_leased_releases_however_the_block_ends(store: LocalStore,
     with leased(store, "fetch") as lid:
         assert active_lease.get() == lid
         labels = store.leases.get(lid).labels
-        assert labels[LABEL_PID] == str(os.getpid()) and labels["cargohold.purpose"] == "fetch"
+        assert labels[LABEL_OWNER_PID] == str(os.getpid()) and labels["cargohold.purpose"] == "fetch"
     assert store.leases.list() == [] and active_lease.get() is None
     with pytest.raises(type(exc)), leased(store, "fetch"):
         raise exc

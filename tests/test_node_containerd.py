@@ -16,7 +16,7 @@ from typing import Any
 from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
-from cargohold.node.labels import LABEL_CRITICAL
+from cargohold.labels import LABEL_CRITICAL
 from tests.rig.containerd import Containerd
 from tests.rig.images import Pushed, push
 from tests.rig.services import Registry

@@ -14,8 +14,8 @@ from pathlib import Path
 from cargohold.devtools.registry import stop_process
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.labels import LABEL_CRITICAL
 from cargohold.node import doctor as d
-from cargohold.node.labels import LABEL_CRITICAL
 from cargohold.store.embedded.store import EmbeddedStore
 from tests.rig.images import push
 from tests.rig.services import Registry, free_port, require_binary

@@ -13,9 +13,9 @@ from typing import Any
 from cargohold.bake.plan import CostModel
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.labels import LABEL_CRI_PINNED, LABEL_CRITICAL, LABEL_PRIORITY
 from cargohold.node.evict_plan import plan_evict
 from cargohold.node.inventory import ImageState, Inventory
-from cargohold.node.labels import LABEL_CRI_PINNED, LABEL_CRITICAL, LABEL_PRIORITY
 from cargohold.store.embedded.store import EmbeddedStore
 from tests.rig.cli import last_json
 from tests.rig.images import Pushed, push

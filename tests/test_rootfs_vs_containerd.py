@@ -62,9 +62,10 @@ import pytest
 
 from cargohold.imagebuild.image import BuiltImage
 from cargohold.mount import is_mountpoint, mounted, unmount_all
+from cargohold.oci.chainid import chain_ids
 from cargohold.store.containerd.store import ContainerdStore
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
-from cargohold.unpack import chain_ids, unpack_layer
+from cargohold.unpack import unpack_layer
 from cargohold.unpack.applier import EmbeddedApplier
 from cargohold.unpack.resolve import resolve_image
 from tests.rig.containerd import Containerd
@@ -349,7 +350,7 @@ def snapshotter_unpack(
     built: BuiltImage, root: Path, mnt: Path, backend: Literal["overlay", "flat"]
 ) -> Recorder:
     """Each layer prepared on its committed parent and applied by cargohold's applier."""
-    names = chain_ids(list(built.diff_ids))
+    names = [str(c) for c in chain_ids(built.diff_ids)]
     with EmbeddedSnapshotter(root, backend=backend) as sn:
         applier = EmbeddedApplier()
         for i, (desc, diff_id) in enumerate(

@@ -27,6 +27,7 @@ from cargohold.errors import (
 )
 from cargohold.mount import mounted
 from cargohold.oci import mediatypes as mt
+from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.store.embedded.snapshots import EmbeddedSnapshotter
@@ -38,7 +39,7 @@ from cargohold.store.interfaces import (
     Snapshotter,
     active_lease,
 )
-from cargohold.unpack import chain_ids, unpack_layer
+from cargohold.unpack import unpack_layer
 from cargohold.unpack.applier import EmbeddedApplier, plan
 from tests.rig.needs import needs_root, require_root
 from tests.test_apply import E, describe, gzip_members, listing, make_tar, sha, zstd_frames
@@ -76,7 +77,7 @@ def _unpack_chain(
     """Unpack layers into committed snapshots named by chain ID; returns the names."""
     applier = EmbeddedApplier()
     blobs = [_blob(entries, "zstd" if i % 2 else "gzip") for i, entries in enumerate(layers)]
-    names = chain_ids([b[2] for b in blobs])
+    names = [str(c) for c in chain_ids([b[2] for b in blobs])]
     if not parallel:
         for i, (desc, blob, diff_id) in enumerate(blobs):
             unpack_layer(

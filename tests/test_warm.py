@@ -16,8 +16,8 @@ import pytest
 
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.labels import LABEL_CRITICAL, LABEL_PRIORITY
 from cargohold.measure.calibration import Calibration, save_calibration
-from cargohold.node.warmorder import LABEL_CRITICAL, LABEL_PRIORITY
 from cargohold.store.embedded import EmbeddedStore
 from tests.rig.cli import CLI, TEST_ENV, last_json, run_cli
 from tests.rig.images import Pushed, push

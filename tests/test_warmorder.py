@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from cargohold.bake.plan import DEFAULT_MODEL
 from cargohold.errors import InvalidInputError
+from cargohold.labels import LABEL_CRITICAL, LABEL_PRIORITY
 from cargohold.measure.calibration import Calibration
 from cargohold.node.warmorder import (
-    LABEL_CRITICAL,
-    LABEL_PRIORITY,
     expected_seconds,
     parse_record_labels,
     record_labels,

@@ -37,17 +37,19 @@ from functools import cache
 from typing import Literal
 
 from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.store.gcmark import LABEL_GC_EXPIRE
+from cargohold.labels import (
+    LABEL_GC_EXPIRE,
+    LABEL_OWNER_BOOT,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_PIDNS,
+    LABEL_OWNER_START,
+    LABEL_PURPOSE,
+)
 from cargohold.store.interfaces import KIND_ACTIVE, LeaseResource, Store, active_lease
 
 #: How long a lease protects after its owner vanished where nobody can tell (containerd: 24 h).
 LEASE_EXPIRY = timedelta(hours=24)
-LABEL_PID = "cargohold.owner/pid"
-LABEL_START = "cargohold.owner/start"
-LABEL_BOOT = "cargohold.owner/boot"
-LABEL_HOST = "cargohold.owner/host"
-LABEL_PIDNS = "cargohold.owner/pidns"
-LABEL_PURPOSE = "cargohold.purpose"
 #: Keys of the snapshots an unpack applies layers into (the reaper releases them).
 EXTRACT_PREFIX = "extract-"
 
@@ -94,11 +96,11 @@ def owner_labels() -> dict[str, str]:
     """The labels naming this process as a lease's owner."""
     pid = os.getpid()
     return {
-        LABEL_PID: str(pid),
-        LABEL_START: process_start(pid) or "",
-        LABEL_BOOT: _this_boot(),
-        LABEL_HOST: socket.gethostname(),
-        LABEL_PIDNS: _this_pidns(),
+        LABEL_OWNER_PID: str(pid),
+        LABEL_OWNER_START: process_start(pid) or "",
+        LABEL_OWNER_BOOT: _this_boot(),
+        LABEL_OWNER_HOST: socket.gethostname(),
+        LABEL_OWNER_PIDNS: _this_pidns(),
     }
 
 
@@ -106,20 +108,20 @@ def owner_state(labels: Mapping[str, str]) -> Owner:
     """Whether the process that owns a lease still runs: ``unknown`` for a lease without
     owner labels (not cargohold's), or an owner on another host or in another pid namespace
     (a container sharing the store), whom nobody here can check."""
-    pid_text = labels.get(LABEL_PID)
+    pid_text = labels.get(LABEL_OWNER_PID)
     if not pid_text or not pid_text.isdigit():
         return "unknown"
-    if labels.get(LABEL_HOST, "") != socket.gethostname():
+    if labels.get(LABEL_OWNER_HOST, "") != socket.gethostname():
         return "unknown"
-    boot = labels.get(LABEL_BOOT, "")
+    boot = labels.get(LABEL_OWNER_BOOT, "")
     if boot and _this_boot() and boot != _this_boot():
         return "dead"  # rebooted since: every process of that boot is gone
-    if labels.get(LABEL_PIDNS, "") != _this_pidns():
+    if labels.get(LABEL_OWNER_PIDNS, "") != _this_pidns():
         return "unknown"
     start = process_start(int(pid_text))
     if start is None:
         return "dead"
-    want = labels.get(LABEL_START, "")
+    want = labels.get(LABEL_OWNER_START, "")
     if want and start != want:
         return "dead"  # the pid was reused by another process
     return "alive"

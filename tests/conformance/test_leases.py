@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cargohold.errors import ConflictError, NotFoundError
+from cargohold.labels import GC_REF_CONTENT
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.store.interfaces import (
-    GC_REF_CONTENT,
     Image,
     LeaseManager,
     LeaseResource,

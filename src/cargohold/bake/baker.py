@@ -52,7 +52,7 @@ from cargohold.bake.catalog import (
 )
 from cargohold.bake.plan import DEFAULT_MODEL, CostModel
 from cargohold.bake.report import BakeImage, BakeReport, fail
-from cargohold.bake.spec import CacheSpec, ImageEntry, format_size
+from cargohold.bake.spec import CacheSpec, ImageEntry
 from cargohold.bake.state import (
     PlanKey,
     SavedBake,
@@ -84,6 +84,7 @@ from cargohold.pull.fetch import (
     ingest_ref,
 )
 from cargohold.store.interfaces import Snapshotter, Store
+from cargohold.units import format_size
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
 __all__ = ["BakeImage", "BakeReport", "Baker", "state_path", "write_json_atomic"]

@@ -65,7 +65,6 @@ from cargohold.filekind import file_kind
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import parse_platform
 from cargohold.oci.reference import Reference, parse_reference
-from cargohold.units import format_size
 
 __all__ = [
     "GB",
@@ -81,7 +80,6 @@ __all__ = [
     "CacheSpec",
     "ImageEntry",
     "Mode",
-    "format_size",
     "load_spec",
     "parse_size",
     "parse_spec",

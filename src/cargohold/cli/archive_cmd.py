@@ -18,7 +18,6 @@ from cargohold.cli.fetching import (
     registry_options,
 )
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.unpacking import make_unpacker, report_unpack
 from cargohold.errors import InvalidInputError, NotFoundError
@@ -31,6 +30,7 @@ from cargohold.pull.records import record_policy
 from cargohold.pull.sources import registry_client, space_check
 from cargohold.settings import Settings
 from cargohold.store.open import open_store
+from cargohold.units import format_size
 
 if TYPE_CHECKING:
     from cargohold.store.interfaces import Store
@@ -129,7 +129,7 @@ def import_command(app: App, paths: tuple[Path, ...], platforms: tuple[str, ...]
                 out.info(f"{o.path}: unchanged since its last import, skipped")
         for r in ok:
             out.data(f"{r.name}  {r.target.digest}  {r.blobs} blobs  "
-                     f"{human_bytes(r.bytes_total)}  (record {r.record})")
+                     f"{format_size(r.bytes_total)}  (record {r.record})")
             for u in unpacked.get(r.name, []):
                 report_unpack(out, r.name, u)
         for name, us in earlier.items():
@@ -219,7 +219,7 @@ def export_command(app: App, refs: tuple[str, ...], spec_file: Path | None, outp
         for d in plan.entries:
             app.out.data(f"{d.annotations['io.containerd.image.name']}  {d.digest}")
         app.out.info(f"wrote {len(plan.entries)} images, {len(plan.blobs)} blobs, "
-                     f"{human_bytes(plan.size)} to {output} in {elapsed:.1f} s")
+                     f"{format_size(plan.size)} to {output} in {elapsed:.1f} s")
 
 
 def _fetch_missing(app: App, store: Store, wanted: list[Reference], plats: list[Platform],

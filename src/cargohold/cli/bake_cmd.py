@@ -19,10 +19,10 @@ from cargohold.bake.baker import (
     BakeReport,
     write_json_atomic,
 )
-from cargohold.bake.spec import format_size, load_spec, parse_size
+from cargohold.bake.spec import load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.resolve_progress import ResolveProgress
 from cargohold.cli.run_metrics import recorded_run, textfile_option
@@ -41,6 +41,7 @@ from cargohold.pull.pipeline import unpack_lease
 from cargohold.pull.sources import content_source
 from cargohold.settings import apply_spec_settings
 from cargohold.store.open import open_store, reserve_bytes
+from cargohold.units import format_size
 from cargohold.unpack.image import UnpackResult
 
 if TYPE_CHECKING:
@@ -208,8 +209,8 @@ def _print(out: Output, r: BakeReport) -> None:
         rows.append((
             i.name, i.decision if i.resolved else "-",
             i.digest[7:19] if i.digest.startswith("sha256:") else i.digest,
-            human_bytes(i.content_bytes) if i.content_bytes or i.status == "ok" else "-",
-            human_bytes(i.snapshot_bytes) if i.snapshot_bytes or (
+            format_size(i.content_bytes) if i.content_bytes or i.status == "ok" else "-",
+            format_size(i.snapshot_bytes) if i.snapshot_bytes or (
                 i.decision == "pull" and i.status == "ok") else "-",
             f"{i.fetch_seconds:.2f} s" if i.fetch else "-",
             f"{i.unpack_seconds:.2f} s" if i.unpack else "-",
@@ -220,15 +221,15 @@ def _print(out: Output, r: BakeReport) -> None:
     line = (f"{len(r.ok)} of {len(r.images)} images baked ({r.count('pull')} pulled, "
             f"{r.count('fetch')} fetched, {r.count('skip')} skipped"
             + (f", {len(r.failed)} failed" if r.failed else "") + "): "
-            f"content {human_bytes(r.content_bytes)} + snapshots {human_bytes(r.snapshot_bytes)}"
-            f" = {human_bytes(r.total_bytes)}")
+            f"content {format_size(r.content_bytes)} + snapshots {format_size(r.snapshot_bytes)}"
+            f" = {format_size(r.total_bytes)}")
     if r.budget is not None:
-        line += f" of {human_bytes(r.budget)} budget"
-        line += (f" (OVER by {human_bytes(r.over_budget)})" if r.over_budget
-                 else f" ({human_bytes(r.budget - r.total_bytes)} free)")
+        line += f" of {format_size(r.budget)} budget"
+        line += (f" (OVER by {format_size(r.over_budget)})" if r.over_budget
+                 else f" ({format_size(r.budget - r.total_bytes)} free)")
     out.data(line)
     transferred = sum(i.bytes_transferred for i in r.images)
-    out.data(f"transferred {human_bytes(transferred)} in {r.seconds:.1f} s; expected first-start"
+    out.data(f"transferred {format_size(transferred)} in {r.seconds:.1f} s; expected first-start"
              f" penalty {r.plan.total_penalty:.1f} s (priority-weighted); "
              + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()))
     if r.plan_reused:

@@ -42,10 +42,11 @@ import click
 
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.cli.progress import FetchProgress
 from cargohold.cli.unpacking import UnpackProgress, create_with_progress, make_unpacker
 from cargohold.errors import CargoholdError
+from cargohold.labels import LABEL_GC_ROOT
 from cargohold.maintain.du import disk_usage
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.measure.scratch import Scratch, open_scratch, unpacked_bytes
@@ -55,9 +56,8 @@ from cargohold.oci.reference import Reference, parse_reference
 from cargohold.pull.fetch import Fetcher, FetchEvents, FetchResult
 from cargohold.pull.records import record_policy
 from cargohold.pull.sources import registry_client
-from cargohold.store.gcmark import LABEL_GC_ROOT
 from cargohold.store.open import LocalStore
-from cargohold.units import format_rate
+from cargohold.units import format_rate, format_size
 from cargohold.unpack.image import UnpackResult
 
 __all__ = ["BenchResult", "run_bench"]
@@ -191,7 +191,7 @@ class BenchResult:
         return max(0.0, self.create_seconds - self.unpack_seconds)
 
     def verdict(self) -> str:
-        return (f"fetch-only saves {human_bytes(self.saved_bytes)} ({self.saved_percent:.1f} %) "
+        return (f"fetch-only saves {format_size(self.saved_bytes)} ({self.saved_percent:.1f} %) "
                 f"of disk; first start pays {self.create_seconds:.2f} s")
 
     def to_json(self) -> dict[str, Any]:
@@ -286,7 +286,7 @@ def run_bench(app: App, ref: Reference, plat: Platform | None, jobs: int,
         res.fetch = Step(seconds, fr.bytes_transferred, fr.bytes_total, fetch_seconds=seconds)
         res.name, res.digest = fr.name, str(fr.target.digest)
         res.fetch_disk = _disk(a)
-        out.info(f"fetch: {human_bytes(fr.bytes_transferred)} in {res.fetch.seconds:.2f} s; "
+        out.info(f"fetch: {format_size(fr.bytes_transferred)} in {res.fetch.seconds:.2f} s; "
                  f"first create")
         settled("the first create")
         res.create_seconds, unpack = _first_create(app, a, fr.name, unpack_plat, jobs)
@@ -333,17 +333,17 @@ def report(out: Output, res: BenchResult, cal: Calibration | None, path: str) ->
 
     pull = res.pull
     rows = [
-        ("fetch (content only)", f"{res.fetch.seconds:.2f} s", human_bytes(res.fetch.bytes),
+        ("fetch (content only)", f"{res.fetch.seconds:.2f} s", format_size(res.fetch.bytes),
          f"{format_rate(res.fetch.bytes_per_second)}{warm(res.fetch)}",
-         human_bytes(fd.total_bytes)),
+         format_size(fd.total_bytes)),
         ("first create (lazy unpack)", f"{res.create_seconds:.2f} s",
-         human_bytes(res.unpacked_bytes),
+         format_size(res.unpacked_bytes),
          f"unpack {format_rate(res.unpack_throughput)} in {res.unpack_seconds:.2f} s", ""),
-        ("pull (fetch + unpack)", f"{pull.seconds:.2f} s", human_bytes(pull.bytes),
+        ("pull (fetch + unpack)", f"{pull.seconds:.2f} s", format_size(pull.bytes),
          f"fetch {pull.fetch_seconds:.2f} s + unpack {pull.unpack_seconds:.2f} s"
          f"{warm(pull)}",
-         f"{human_bytes(pd.total_bytes)} ({human_bytes(pd.content_bytes)} content + "
-         f"{human_bytes(pd.snapshot_bytes)} snapshots)"),
+         f"{format_size(pd.total_bytes)} ({format_size(pd.content_bytes)} content + "
+         f"{format_size(pd.snapshot_bytes)} snapshots)"),
     ]
     out.data(f"{res.name}  {res.platform}  {res.store} store ({res.snapshotter})")
     out.table(["STEP", "WALL", "BYTES", "RATE", "DISK"], rows)

@@ -34,6 +34,7 @@ from cargohold.errors import InvalidInputError
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.measure.scratch import open_scratch
 from cargohold.measure.unpack_speed import CalibrateResult, measure_unpack
+from cargohold.units import format_rate, format_size
 
 DEFAULT_SIZE = "64MB"
 MIN_SIZE = 1_000_000
@@ -45,8 +46,8 @@ def calibration_line(res: CalibrateResult) -> str:
     how = f"median of {runs}" if runs > 1 else "1 run"
     fixed = (f"; {res.fixed_seconds:.2f} s of it per-image overhead"
              if res.fixed_seconds >= 0.01 else "")
-    return (f"unpack throughput: {res.throughput / MB:.1f} MB/s "
-            f"({res.sample_bytes / MB:.0f} MB in {res.median_seconds:.2f} s, {how}{fixed})")
+    return (f"unpack throughput: {format_rate(res.throughput)} "
+            f"({format_size(res.sample_bytes)} in {res.median_seconds:.2f} s, {how}{fixed})")
 
 
 def report(out: Output, res: CalibrateResult, cal: Calibration, path: str) -> None:
@@ -88,7 +89,7 @@ def calibrate(app: App, size: str, runs: int, jobs: int | None) -> None:
     containerd namespace), removed afterwards; saves <root>/calibration.json."""
     nbytes = parse_size(size)
     if nbytes < MIN_SIZE:
-        raise InvalidInputError(f"--size {size}: at least {MIN_SIZE / MB:.0f} MB, please")
+        raise InvalidInputError(f"--size {size}: at least {format_size(MIN_SIZE)}, please")
     s = app.settings
     with open_scratch(s, "calibrate", warn=app.out.warn) as scratch:
         res = measure_unpack(scratch, s, nbytes, runs, jobs, info=app.out.info)

@@ -25,7 +25,6 @@ from types import FrameType
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.unpacking import create_with_progress, parse_platform_option
 from cargohold.errors import (
     CargoholdError,
@@ -41,6 +40,7 @@ from cargohold.store.embedded.containers import (
     snapshot_key,
 )
 from cargohold.store.open import LocalStore, open_embedded
+from cargohold.units import format_size
 from cargohold.unpack.image import UnpackResult
 
 #: runc's state directory for cargohold's containers (runc's default is /run/runc).
@@ -143,7 +143,7 @@ def containers_ls(app: App) -> None:
     app.out.table(
         ["NAME", "IMAGE", "PLATFORM", "SNAPSHOT", "SIZE", "CREATED"],
         [(c.name, c.image, c.platform, c.snapshot_key,
-          human_bytes(s) if (s := sizes[c.name]) is not None else "missing",
+          format_size(s) if (s := sizes[c.name]) is not None else "missing",
           c.created_at.strftime("%Y-%m-%d %H:%M:%S") if c.created_at else "")
          for c in rows],
     )

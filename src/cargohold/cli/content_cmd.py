@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.oci.digest import Digest
 from cargohold.store.open import open_store
+from cargohold.units import format_size
 
 
 @cli.group()
@@ -32,11 +32,11 @@ def content_ls(app: App) -> None:
         return
     app.out.table(
         ["DIGEST", "SIZE", "LABELS"],
-        [(str(i.digest), human_bytes(i.size),
+        [(str(i.digest), format_size(i.size),
           ",".join(f"{k}={v}" for k, v in sorted(i.labels.items()))) for i in infos],
     )
     for s in ingests:
-        app.out.info(f"ingest {s.ref}: {human_bytes(s.offset)} of {human_bytes(s.total)}")
+        app.out.info(f"ingest {s.ref}: {format_size(s.offset)} of {format_size(s.total)}")
 
 
 @content.command("rm")

@@ -15,7 +15,6 @@ from cargohold.cli.fetching import (
     registry_options,
 )
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.progress import TINY, FetchProgress
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import parse_reference
@@ -23,6 +22,7 @@ from cargohold.pull.fetch import Fetcher, FetchFailure, FetchResult
 from cargohold.pull.records import record_policy
 from cargohold.pull.sources import registry_client
 from cargohold.store.open import open_store
+from cargohold.units import format_rate, format_size
 
 
 @cli.command()
@@ -82,8 +82,8 @@ def report_fetch(app: App, results: list[FetchResult | FetchFailure], elapsed: f
             out.data(fetched_line(r))
         print_failures(out, failed, total=len(results), shown=shown)
         secs = download_seconds or elapsed
-        rate = (f" ({human_bytes(transferred / secs)}/s)"
+        rate = (f" ({format_rate(transferred / secs)})"
                 if transferred >= TINY and secs > 0 else "")
-        out.info(f"elapsed: {elapsed:.1f} s  total: {human_bytes(transferred)}{rate}")
+        out.info(f"elapsed: {elapsed:.1f} s  total: {format_size(transferred)}{rate}")
     raise_failures(failed, total=len(results))
 

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 import click
 
 from cargohold.cli.main import App
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.errors import batch_error
 from cargohold.pull.fetch import FetchFailure, FetchResult
+from cargohold.units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,5 +61,5 @@ def raise_failures(failures: list[FetchFailure], *, total: int) -> None:
 def fetched_line(r: FetchResult) -> str:
     """``NAME  DIGEST  N blobs  SIZE  (what was transferred)``: a fetched image, as text."""
     what = ("already present, nothing transferred" if r.transferred_nothing
-            else f"{human_bytes(r.bytes_transferred)} transferred")
-    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {human_bytes(r.bytes_total)}  ({what})"
+            else f"{format_size(r.bytes_transferred)} transferred")
+    return f"{r.name}  {r.target.digest}  {r.blobs} blobs  {format_size(r.bytes_total)}  ({what})"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.store.open import open_embedded
+from cargohold.units import format_size
 
 
 @cli.command()
@@ -37,4 +37,4 @@ def gc(app: App, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for item in result.removed:
         app.out.data(f"{verb} {item}")
-    app.out.info(f"{verb} {len(result.removed)} items, {human_bytes(result.bytes_freed)}")
+    app.out.info(f"{verb} {len(result.removed)} items, {format_size(result.bytes_freed)}")

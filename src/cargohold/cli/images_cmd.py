@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.errors import NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.oci.reference import parse_reference
@@ -13,6 +12,7 @@ from cargohold.pull.fetch import image_name
 from cargohold.pull.records import lookup_name
 from cargohold.store.interfaces import Image
 from cargohold.store.open import LocalStore, open_store
+from cargohold.units import format_size
 
 
 @cli.group()
@@ -48,9 +48,9 @@ def images_ls(app: App) -> None:
         return
     app.out.table(
         ["REF", "DIGEST", "SIZE", "PLATFORMS", "COMPLETE", "UNPACKED", "UNPACKED-SIZE"],
-        [(img.name, img.target.digest.short, human_bytes(c.present_bytes),
+        [(img.name, img.target.digest.short, format_size(c.present_bytes),
           ",".join(c.platforms), "yes" if c.complete else "no", "yes" if unpacked else "no",
-          human_bytes(usize) if unpacked else "-")
+          format_size(usize) if unpacked else "-")
          for img, c, unpacked, usize in rows],
     )
 

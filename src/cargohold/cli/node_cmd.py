@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.run_metrics import RunCounters, recorded_run, textfile_option
 from cargohold.errors import (
     CargoholdError,
@@ -18,6 +17,7 @@ from cargohold.errors import (
     TargetNotReachedError,
 )
 from cargohold.store.open import LocalStore, open_store, open_store_and_snapshots
+from cargohold.units import format_size
 
 if TYPE_CHECKING:
     from cargohold.store.interfaces import Snapshotter, Store
@@ -53,8 +53,8 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
         flags = ",".join(f for f, on in (("critical", r.critical), ("pinned", r.pinned)) if on)
         table.append((
             r.name, r.tier, flags or "-", f"{r.priority:g}",
-            human_bytes(r.content_bytes), human_bytes(r.content_exclusive),
-            human_bytes(r.snapshot_bytes), human_bytes(r.snapshot_exclusive),
+            format_size(r.content_bytes), format_size(r.content_exclusive),
+            format_size(r.snapshot_bytes), format_size(r.snapshot_exclusive),
             ",".join(r.containers) or "-",
         ))
     app.out.table(["IMAGE", "TIER", "FLAGS", "PRIO", "CONTENT", "EXCL", "SNAPSHOTS", "EXCL",
@@ -62,8 +62,8 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
     tiers = inv.tiers()
     app.out.data(
         f"total: {len(inv.images)} images ({tiers['unpacked']} unpacked, {tiers['partial']} "
-        f"partial, {tiers['fetched']} fetched); content {human_bytes(inv.content_bytes)}, "
-        f"snapshots {human_bytes(inv.snapshot_bytes)}")
+        f"partial, {tiers['fetched']} fetched); content {format_size(inv.content_bytes)}, "
+        f"snapshots {format_size(inv.snapshot_bytes)}")
     for r in rows:
         for p in r.problems:
             app.out.warn(f"{r.name}: {p}")
@@ -131,8 +131,8 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
         model, _ = cost_model(Path(s.root))
         plan = plan_evict(inv, needed, allow_delete=allow_delete, model=model)
         if before is not None:
-            app.out.info(f"{before.path}: {human_bytes(before.free)} free of "
-                         f"{human_bytes(before.total)}; to free: {human_bytes(needed)}")
+            app.out.info(f"{before.path}: {format_size(before.free)} free of "
+                         f"{format_size(before.total)}; to free: {format_size(needed)}")
         for img, why in plan.kept:
             app.out.debug(f"kept {img.name}: {why}")
         if dry_run:
@@ -155,10 +155,10 @@ def _evict(app: App, keep_free: str | None, free: str | None, allow_delete: bool
                       "free_before_bytes": before.free if before else None,
                       "free_after_bytes": after.free if after else None})
     else:
-        line = f"freed {human_bytes(demoted + deleted)} ({len(outcomes)} images)"
+        line = f"freed {format_size(demoted + deleted)} ({len(outcomes)} images)"
         if before is not None and after is not None:
-            line += (f"; free space {human_bytes(before.free)} -> {human_bytes(after.free)} "
-                     f"(measured {human_bytes(after.free - before.free)})")
+            line += (f"; free space {format_size(before.free)} -> {format_size(after.free)} "
+                     f"(measured {format_size(after.free - before.free)})")
         app.out.data(line)
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -175,10 +175,10 @@ def _report_dry_run(app: App, plan: Any) -> None:
                       **plan.to_json()})
         return
     for a in plan.actions:
-        app.out.data(f"would {a.action} {a.image.name}  {human_bytes(a.bytes)}  "
+        app.out.data(f"would {a.action} {a.image.name}  {format_size(a.bytes)}  "
                      f"({len(a.chains)} snapshots)")
-    app.out.data(f"would free {human_bytes(plan.planned_bytes)} of "
-                 f"{human_bytes(plan.needed)} asked")
+    app.out.data(f"would free {format_size(plan.planned_bytes)} of "
+                 f"{format_size(plan.needed)} asked")
 
 
 def _report_outcome(app: App, res: Any) -> None:
@@ -187,7 +187,7 @@ def _report_outcome(app: App, res: Any) -> None:
         app.out.event("evicted", **res.to_json())
     elif res.ok:
         extra = f", {len(res.records_deleted)} records" if res.records_deleted else ""
-        app.out.data(f"{a.action}d {a.image.name}  {human_bytes(res.removed_bytes)}  "
+        app.out.data(f"{a.action}d {a.image.name}  {format_size(res.removed_bytes)}  "
                      f"({len(res.removed)} snapshots{extra})")
     else:
         app.out.warn(f"{a.action} {a.image.name} failed: {res.error}")
@@ -219,7 +219,7 @@ def _collect(app: App, deleted_content: list[int]) -> int:
     except CargoholdError as e:
         app.out.warn(f"the deleted images' content stays until `cargohold gc`: {e.message}")
         return 0
-    app.out.info(f"gc removed {len(res.removed)} items, {human_bytes(res.bytes_freed)}")
+    app.out.info(f"gc removed {len(res.removed)} items, {format_size(res.bytes_freed)}")
     return int(res.bytes_freed)
 
 
@@ -228,7 +228,7 @@ def _check_reached(plan: Any, freed: int, allow_delete: bool) -> None:
         return
     why = "; ".join(f"{i.name}: {r}" for i, r in plan.kept[:5])
     raise TargetNotReachedError(
-        f"could not reach the target: {human_bytes(freed)} freed of {human_bytes(plan.needed)} "
+        f"could not reach the target: {format_size(freed)} freed of {format_size(plan.needed)} "
         "asked" + (f" (kept: {why})" if why else ""),
         hint=("nothing else may go: free disk elsewhere" if allow_delete
               else "--allow-delete also deletes whole images (never critical, pinned or in use)"))

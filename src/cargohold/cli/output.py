@@ -8,12 +8,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from cargohold.units import format_size
-
-#: Sizes in the CLI's output: the one formatter (:mod:`cargohold.units`), under the name the
-#: commands import.
-human_bytes = format_size
-
 
 class Output:
     def __init__(

@@ -12,7 +12,6 @@ import click
 from cargohold.bake.spec import load_spec, parse_size
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import human_bytes
 from cargohold.cli.sources import from_options
 from cargohold.errors import (
     BudgetError,
@@ -25,6 +24,7 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.pull.sources import content_source, registry_client
 from cargohold.settings import apply_spec_settings
 from cargohold.store.open import embedded_store_exists, open_store
+from cargohold.units import format_size
 
 _json_option = click.option("--json", "json_local", is_flag=True, default=False,
                             help="Machine-readable output on stdout (same as the global --json).")
@@ -125,21 +125,21 @@ def plan_command(app: App, spec_file: Path, budget: str | None, platforms: tuple
         app.out.json(doc)
     else:
         rows = [
-            (r.name, r.decision, human_bytes(r.plan.compressed_bytes),
-             human_bytes(r.plan.unpacked_bytes), f"{r.plan.penalty_seconds:.1f} s",
+            (r.name, r.decision, format_size(r.plan.compressed_bytes),
+             format_size(r.plan.unpacked_bytes), f"{r.plan.penalty_seconds:.1f} s",
              r.plan.reason)
             for r in result.images
         ]
         app.out.table(["IMAGE", "MODE", "COMPRESSED", "UNPACKED", "PENALTY", "REASON"], rows)
-        line = (f"total: {human_bytes(result.content_bytes)} content + "
-                f"{human_bytes(result.snapshot_bytes)} snapshots = "
-                f"{human_bytes(result.total_bytes)}")
+        line = (f"total: {format_size(result.content_bytes)} content + "
+                f"{format_size(result.snapshot_bytes)} snapshots = "
+                f"{format_size(result.total_bytes)}")
         if result.budget is not None:
-            line += f" of {human_bytes(result.budget)} budget ({human_bytes(result.budget - result.total_bytes)} free)"
+            line += f" of {format_size(result.budget)} budget ({format_size(result.budget - result.total_bytes)} free)"
         else:
             line += " (no budget)"
         if result.present_bytes:
-            line += f"; includes {human_bytes(result.present_bytes)} already in the store"
+            line += f"; includes {format_size(result.present_bytes)} already in the store"
         app.out.data(line)
         app.out.data(f"weighted penalty: {result.total_penalty:.1f} s; {result.reason}; "
                      f"{result.algorithm}")
@@ -165,9 +165,9 @@ def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
         app.out.json(usage.to_json())
         return
     rows = [
-        (u.name, human_bytes(u.content_bytes), human_bytes(u.content_exclusive),
-         human_bytes(u.content_shared), human_bytes(u.snapshot_bytes),
-         human_bytes(u.snapshot_exclusive), human_bytes(u.snapshot_shared))
+        (u.name, format_size(u.content_bytes), format_size(u.content_exclusive),
+         format_size(u.content_shared), format_size(u.snapshot_bytes),
+         format_size(u.snapshot_exclusive), format_size(u.snapshot_shared))
         for u in usage.images
     ]
     app.out.table(["IMAGE", "CONTENT", "EXCLUSIVE", "SHARED", "SNAPSHOTS", "EXCLUSIVE",
@@ -176,26 +176,26 @@ def du_command(app: App, refs: tuple[str, ...], json_local: bool) -> None:
         n = len(usage.images)
         app.out.data(
             f"total of the {n} image{'' if n == 1 else 's'} named: content "
-            f"{human_bytes(usage.selected_content_bytes)}"
-            + (f" + snapshots {human_bytes(usage.selected_snapshot_bytes)}"
+            f"{format_size(usage.selected_content_bytes)}"
+            + (f" + snapshots {format_size(usage.selected_snapshot_bytes)}"
                if usage.snapshots_available else "")
-            + f" = {human_bytes(usage.selected_total_bytes)} (shared bytes once)")
-        app.out.info(f"the whole store: content {human_bytes(usage.content_bytes)}"
-                     + (f", snapshots {human_bytes(usage.snapshot_bytes)}"
+            + f" = {format_size(usage.selected_total_bytes)} (shared bytes once)")
+        app.out.info(f"the whole store: content {format_size(usage.content_bytes)}"
+                     + (f", snapshots {format_size(usage.snapshot_bytes)}"
                         if usage.snapshots_available else "")
-                     + f", ingests {human_bytes(usage.ingest_bytes)}")
+                     + f", ingests {format_size(usage.ingest_bytes)}")
         return
     app.out.data(
-        f"total: content {human_bytes(usage.content_bytes)} "
-        f"({human_bytes(usage.shared_content_bytes)} shared, "
-        f"{human_bytes(usage.unreferenced_bytes)} in {len(usage.unreferenced)} unreferenced blobs)"
-        + (f", snapshots {human_bytes(usage.snapshot_bytes)}" if usage.snapshots_available
+        f"total: content {format_size(usage.content_bytes)} "
+        f"({format_size(usage.shared_content_bytes)} shared, "
+        f"{format_size(usage.unreferenced_bytes)} in {len(usage.unreferenced)} unreferenced blobs)"
+        + (f", snapshots {format_size(usage.snapshot_bytes)}" if usage.snapshots_available
            else ", snapshots: none")
     )
-    app.out.data(f"ingests (downloads in progress or interrupted): {human_bytes(usage.ingest_bytes)}"
-                  f" in {usage.ingests}; on disk in all: {human_bytes(usage.total_bytes)}")
+    app.out.data(f"ingests (downloads in progress or interrupted): {format_size(usage.ingest_bytes)}"
+                  f" in {usage.ingests}; on disk in all: {format_size(usage.total_bytes)}")
     for d, size in usage.unreferenced:
-        app.out.debug(f"unreferenced {d} {human_bytes(size)}")
+        app.out.debug(f"unreferenced {d} {format_size(size)}")
 
 
 def _problems(n: int) -> str:

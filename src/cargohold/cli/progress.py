@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.errors import CargoholdError
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.reference import Reference
 from cargohold.pull.fetch import FetchEvents, FetchResult
+from cargohold.units import format_rate, format_size
 
 if TYPE_CHECKING:  # the fetch command does not load the unpacker
     from cargohold.unpack.image import LayerOutcome
@@ -53,7 +54,7 @@ class _Row:
 
 
 def _rate_text(rate: float | None) -> str:
-    return f"{human_bytes(rate)}/s" if rate is not None else ""
+    return f"{format_rate(rate)}" if rate is not None else ""
 
 
 def failure_text(ref: Reference, error: CargoholdError) -> str:
@@ -94,7 +95,7 @@ def row_line(r: _Row, now: float) -> str:
     shown = r.got
     pct = f"{100 * shown // r.size}%" if r.size else "100%"
     return (f"{r.kind:<8} {r.digest[:19]:<19}  {r.state:<11} {pct:>4}  "
-            f"{human_bytes(shown):>10} / {human_bytes(r.size):<10}  {_rate_text(r.rate(now)):>12}")
+            f"{format_size(shown):>10} / {format_size(r.size):<10}  {_rate_text(r.rate(now)):>12}")
 
 
 class FetchProgress(FetchEvents):
@@ -216,7 +217,7 @@ class FetchProgress(FetchEvents):
                        state=state, transferred=transferred)
         if not self.out.live and not self.out.json_mode:
             extra = f"  {_rate_text(row.rate(now))}" if state == "done" and row.rate(now) else ""
-            line = f"{row.kind:<8} {row.digest[:19]}  {state:<7} {human_bytes(desc.size)}{extra}"
+            line = f"{row.kind:<8} {row.digest[:19]}  {state:<7} {format_size(desc.size)}{extra}"
             # Blobs already stored are only interesting with -v.
             (self.out.debug if state == "exists" else self.out.info)(line)
 
@@ -254,14 +255,14 @@ class FetchProgress(FetchEvents):
             secs = self.download_seconds
             got = sum(r.got for r in rows if r.state == "done")
             n_done = sum(1 for r in rows if r.state == "done")
-            rate = f" at {human_bytes(got / secs)}/s" if secs > 0 and got >= TINY else ""
-            line = f"blobs: {n_done} downloaded ({human_bytes(got)} in {secs:.1f} s{rate})"
+            rate = f" at {format_rate(got / secs)}" if secs > 0 and got >= TINY else ""
+            line = f"blobs: {n_done} downloaded ({format_size(got)} in {secs:.1f} s{rate})"
             line += self._counts(rows, ("exists", "already present"), ("failed", "failed"),
                                  ("waiting", "not started"))
             out.append(line)
         if len(layers) > seen[1]:
             n = sum(1 for r in layers if r.state == "unpacked")
-            line = f"layers: {n} unpacked ({human_bytes(sum(r.size for r in layers if r.state == 'unpacked'))} compressed)"
+            line = f"layers: {n} unpacked ({format_size(sum(r.size for r in layers if r.state == 'unpacked'))} compressed)"
             line += self._counts(layers, ("exists", "already unpacked"),
                                  ("shared", "by a concurrent unpack"), ("failed", "failed"))
             out.append(line)
@@ -293,7 +294,7 @@ class FetchProgress(FetchEvents):
         if rows:
             finished = [r for r in rows if r.state not in _ACTIVE and r.state != "waiting"]
             got = sum(r.got for r in finished if r.state == "done")
-            tail.append(f"finished: {len(finished)} blobs ({human_bytes(got)}"
+            tail.append(f"finished: {len(finished)} blobs ({format_size(got)}"
                         " downloaded" + self._counts(rows, ("exists", "already present"),
                                                      ("failed", "failed")) + ")")
         if layers:
@@ -306,8 +307,8 @@ class FetchProgress(FetchEvents):
         if rows:
             got = sum(r.got for r in rows if r.state != "exists")
             secs = self.download_seconds
-            rate = f" at {human_bytes(got / secs)}/s" if secs > 0 and got >= TINY else ""
-            totals += f"  downloaded {human_bytes(got)}{rate}"
+            rate = f" at {format_rate(got / secs)}" if secs > 0 and got >= TINY else ""
+            totals += f"  downloaded {format_size(got)}{rate}"
         tail.append(totals)
         active = sorted((r for r in rows + layers if r.state in _ACTIVE), key=lambda r: r.started)
         room = max(0, height - 1 - len(head) - len(tail))

@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cargohold.cli.main import App
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.cli.progress import FetchProgress
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.platform import parse_platform
 from cargohold.pull.pipeline import UnpackStore, store_unpacker
 from cargohold.runtime.containers import Created, create_container
 from cargohold.store.open import LocalStore
+from cargohold.units import format_size
 from cargohold.unpack.image import (
     STATE_EXISTS,
     STATE_FAILED,
@@ -54,7 +55,7 @@ class UnpackProgress(UnpackEvents):
                 self.out.event("layer_done", **outcome.to_json())
             return
         o = outcome
-        size = human_bytes(o.uncompressed or o.layer.size)
+        size = format_size(o.uncompressed or o.layer.size)
         extra = f"  {o.seconds:.2f} s" if o.seconds else ""
         line = f"layer    {str(o.layer.digest)[:19]}  {o.state:<8} {size}{extra}"
         log = self.out.debug if o.state == STATE_EXISTS else self.out.info
@@ -100,7 +101,7 @@ def summary_line(name: str, r: UnpackResult) -> str:
         n = r.chains_unpacked + r.chains_shared
         what = f"unpacked {n} of {r.chains_total} layers in {r.seconds:.2f} s"
         if r.bytes_uncompressed:
-            what += f" ({human_bytes(r.bytes_uncompressed)})"
+            what += f" ({format_size(r.bytes_uncompressed)})"
         if r.chains_shared:
             what += f", {r.chains_shared} by a concurrent unpack"
     return f"{name}  {r.platform}  {what}"

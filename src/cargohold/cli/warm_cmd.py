@@ -15,7 +15,7 @@ import click
 from cargohold.bake.spec import load_spec
 from cargohold.cli.fetching import raise_failures
 from cargohold.cli.main import App, cli, pass_app
-from cargohold.cli.output import Output, human_bytes
+from cargohold.cli.output import Output
 from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.errors import InvalidInputError, UnavailableError
 from cargohold.node.disk import (
@@ -43,6 +43,7 @@ from cargohold.oci.platform import parse_platform
 from cargohold.pull.fetch import FetchFailure
 from cargohold.pull.pipeline import unpack_lease
 from cargohold.store.open import LocalStore, open_store, reserve_bytes
+from cargohold.units import format_size
 from cargohold.unpack.image import STATE_UNPACKED, LayerOutcome, UnpackEvents
 
 if TYPE_CHECKING:
@@ -84,11 +85,11 @@ class _Progress(WarmEvents, UnpackEvents):
             return
         if order:
             secs = sum(i.seconds for i in order)
-            self.out.info(f"warming {len(order)} images (about {human_bytes(self.total)}, "
+            self.out.info(f"warming {len(order)} images (about {format_size(self.total)}, "
                           f"{secs:.1f} s expected), most valuable first")
             for i in order:
                 self.out.debug(f"  {i.name}: priority {i.priority:g}, {i.layers_missing} layers, "
-                               f"about {human_bytes(i.bytes_expected)}, {i.seconds:.2f} s")
+                               f"about {format_size(i.bytes_expected)}, {i.seconds:.2f} s")
         if self.out.live and order:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
@@ -107,7 +108,7 @@ class _Progress(WarmEvents, UnpackEvents):
             self._live.update(self._task, description=f"{self.n}/{self.count} {item.name}")
         else:
             self.out.info(f"warming {item.name} ({self.n}/{self.count}, about "
-                          f"{human_bytes(item.bytes_expected)})")
+                          f"{format_size(item.bytes_expected)})")
 
     def layer_done(self, outcome: LayerOutcome) -> None:
         if self.out.json_mode:
@@ -116,7 +117,7 @@ class _Progress(WarmEvents, UnpackEvents):
             self._live.advance(self._task, outcome.uncompressed)
         elif outcome.state == STATE_UNPACKED:
             self.out.debug(f"layer {str(outcome.layer.digest)[:19]}  "
-                           f"{human_bytes(outcome.uncompressed)}  {outcome.seconds:.2f} s")
+                           f"{format_size(outcome.uncompressed)}  {outcome.seconds:.2f} s")
 
     def finished(self, item: WarmItem) -> None:
         if self.out.json_mode:
@@ -127,7 +128,7 @@ class _Progress(WarmEvents, UnpackEvents):
             shared = sum(r.chains_shared for r in item.results)
             extra = f", {shared} by a concurrent unpack" if shared else ""
             line = (f"{item.name}  warmed {item.layers_missing} layers "
-                    f"({human_bytes(item.bytes_unpacked)}) in {item.elapsed:.2f} s{extra}")
+                    f"({format_size(item.bytes_unpacked)}) in {item.elapsed:.2f} s{extra}")
             self._emit(lambda: self.out.data(line))
         elif item.error is not None:
             err = item.error
@@ -186,7 +187,7 @@ def _summary(out: Output, r: WarmReport, niceness: dict[str, Any]) -> None:
         out.data(f"nothing to do: {unpacked} images already unpacked"
                  + (f", {len(skipped) - unpacked} skipped" if len(skipped) > unpacked else ""))
     else:
-        parts = [f"warmed {len(warmed)} images ({human_bytes(r.bytes)}) in {r.seconds:.1f} s"]
+        parts = [f"warmed {len(warmed)} images ({format_size(r.bytes)}) in {r.seconds:.1f} s"]
         if skipped:
             parts.append(f"skipped {len(skipped)}")
         if r.having(FAILED):

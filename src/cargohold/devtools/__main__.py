@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from cargohold.cli.output import human_bytes
+from cargohold.units import format_size
 
 
 @click.group()
@@ -99,7 +99,7 @@ def push_samples(host: str, big_size: int, workdir: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="cargohold-samples-") as tmp:
         pushed = push_specs(demo_specs(big_size), host, workdir or Path(tmp))
     for p in pushed:
-        click.echo(f"{p.ref}\t{p.root.digest}\t{human_bytes(p.compressed)}")
+        click.echo(f"{p.ref}\t{p.root.digest}\t{format_size(p.compressed)}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.images.walk import image_graph
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.labels import GC_REF_SNAPSHOT, LABEL_GC_EXPIRE, LABEL_PURPOSE, snapshot_gc_label
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -60,7 +61,6 @@ from cargohold.oci.manifest import parse_config
 from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.oci.reference import Reference, lookup_by_name, parse_reference
 from cargohold.store.interfaces import (
-    GC_REF_SNAPSHOT,
     ContentStore,
     Image,
     ImageStore,
@@ -281,7 +281,7 @@ class _Checker:
             top = _top_chain(self.content, config.digest)
         except CargoholdError:
             return  # a missing or unreadable config is reported as such
-        key = _snapshot_label(self.snapshots)
+        key = snapshot_gc_label(self.snapshots.name)
         name = key.removeprefix(GC_REF_SNAPSHOT + ".")
         chain = labels.get(key)
         if top and is_committed(self.snapshots, top) and chain != top:
@@ -345,8 +345,8 @@ def _holding_snapshots(store: Store, saved: Mapping[str, Mapping[str, str]]) -> 
         return
     leases = store.leases
     expire = datetime.now(UTC) + timedelta(hours=1)  # if this process dies meanwhile
-    lease = leases.create(labels={"containerd.io/gc.expire": expire.isoformat(),
-                                  "cargohold/purpose": "verify-repair"})
+    lease = leases.create(labels={LABEL_GC_EXPIRE: expire.isoformat(),
+                                  LABEL_PURPOSE: "verify-repair"})
     try:
         for r in sorted(refs, key=lambda r: (r.type, r.id)):
             leases.add_resource(lease.id, r)
@@ -359,7 +359,7 @@ def _holding_snapshots(store: Store, saved: Mapping[str, Mapping[str, str]]) -> 
 def _relabel(content: ContentStore, snapshots: Snapshotter, images: Iterable[Image]) -> None:
     """Give each unpacked image's config its snapshot label back."""
     checker = _Checker(content, snapshots)
-    key = _snapshot_label(snapshots)
+    key = snapshot_gc_label(snapshots.name)
     for img in images:
         for p in checker.image(img)[0]:
             if p.kind == SNAPSHOT_UNREFERENCED:

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING
 
 from cargohold.bake.catalog import chain_layer_sizes
 from cargohold.errors import AlreadyExistsError, CargoholdError, ConflictError, NotFoundError
+from cargohold.labels import LABEL_GC_EXPIRE, LABEL_SCRATCH
 from cargohold.settings import Settings
 from cargohold.store.embedded.lock import RootLock
-from cargohold.store.gcmark import LABEL_GC_EXPIRE
 from cargohold.store.interfaces import ContentStore, Snapshotter, active_lease
 from cargohold.store.open import LocalStore, reserve_bytes
 
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 __all__ = [
     "PURPOSES",
     "SCRATCH_DIR",
-    "SCRATCH_LABEL",
     "Scratch",
     "clear_namespace",
     "import_blobs",
@@ -68,7 +67,6 @@ __all__ = [
 SCRATCH_DIR = "tmp"
 #: Prefixes of scratch directories (and namespaces: ``cargohold-<purpose>-...``).
 PURPOSES = ("calibrate", "bench")
-SCRATCH_LABEL = "io.cargohold.scratch"
 LOCK_FILE = "scratch.lock"
 KEEP_FILE = "KEEP"
 NAMESPACE_FILE = "containerd-namespace"
@@ -158,7 +156,7 @@ def _create_namespace(store: ContainerdStore, purpose: str) -> None:
     client.call(
         client.namespaces_stub.Create,
         ns_pb.CreateNamespaceRequest(
-            namespace=ns_pb.Namespace(name=store.namespace, labels={SCRATCH_LABEL: purpose})
+            namespace=ns_pb.Namespace(name=store.namespace, labels={LABEL_SCRATCH: purpose})
         ),
         what=f"create namespace {store.namespace}",
     )

@@ -22,6 +22,7 @@ from typing import Any
 from cargohold.errors import InvalidInputError, OutOfSpaceError
 from cargohold.imagebuild.entries import Dir, Entry, File, Hardlink, Symlink
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
+from cargohold.labels import LABEL_GC_ROOT
 from cargohold.measure.calibration import now_iso
 from cargohold.measure.scratch import (
     Scratch,
@@ -32,7 +33,6 @@ from cargohold.measure.scratch import (
 )
 from cargohold.pull.pipeline import store_unpacker
 from cargohold.settings import Settings
-from cargohold.store.gcmark import LABEL_GC_ROOT
 from cargohold.store.open import reserve_bytes
 from cargohold.unpack.image import UnpackEvents
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cargohold.labels import LABEL_CRI_PINNED
+
 __all__ = [
     "Check",
     "ContainerdFacts",
@@ -143,9 +145,9 @@ def parse_version(text: str) -> tuple[int, ...]:
 def check_pin_support(version: str) -> Check:
     v = parse_version(version)
     if v and v >= PIN_MIN_VERSION:
-        return Check("pin-support", OK, f"containerd {version} honours io.cri-containerd.pinned")
+        return Check("pin-support", OK, f"containerd {version} honours {LABEL_CRI_PINNED}")
     return Check("pin-support", WARN,
-                 f"containerd {version or '?'} ignores io.cri-containerd.pinned "
+                 f"containerd {version or '?'} ignores {LABEL_CRI_PINNED} "
                  "(it needs >= 1.7.3, and kubelet >= 1.28)",
                  "kubelet's image GC may delete critical images: keep disk use below "
                  "imageGCHighThresholdPercent with `cargohold evict`, or upgrade containerd")

@@ -10,8 +10,9 @@ from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
+from cargohold.labels import snapshot_gc_label
 from cargohold.node.evict_plan import EvictAction, EvictPlan
-from cargohold.store.interfaces import GC_REF_SNAPSHOT, Snapshotter, Store
+from cargohold.store.interfaces import Snapshotter, Store
 
 __all__ = ["EvictOutcome", "carry_out"]
 
@@ -44,7 +45,7 @@ def _unlabel_configs(store: Store, action: EvictAction, snapshotter: str) -> dic
     """Drop the config blobs' ``gc.ref.snapshot.<snapshotter>`` labels that name a chain this
     demotion removes (so gc and verify see a fetched-only image, not a broken one); returns
     what was dropped (config digest -> chain) to put back if the removal fails."""
-    key = f"{GC_REF_SNAPSHOT}.{snapshotter}"
+    key = snapshot_gc_label(snapshotter)
     gone = set(action.chains)
     dropped: dict[Any, str] = {}
     contents = image_contents(store.content, _target(store, action))
@@ -62,7 +63,7 @@ def _unlabel_configs(store: Store, action: EvictAction, snapshotter: str) -> dic
 
 def _relabel_if_kept(store: Store, snapshots: Snapshotter, dropped: dict[Any, str]) -> None:
     """Put back the labels of configs whose chain is still there after a failed removal."""
-    key = f"{GC_REF_SNAPSHOT}.{snapshots.name}"
+    key = snapshot_gc_label(snapshots.name)
     for digest, chain in dropped.items():
         try:
             snapshots.stat(chain)

@@ -29,10 +29,11 @@ from typing import Any
 from cargohold.bake.catalog import layer_chains
 from cargohold.errors import CargoholdError
 from cargohold.images.content import image_contents, present_configs
+from cargohold.labels import LABEL_SNAPSHOT_REF
+from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.node.labels import image_critical, image_pinned, image_priority
 from cargohold.oci.reference import lookup_by_name
 from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo, Snapshotter, Store
-from cargohold.unpack.image import EXTRACT_PREFIX, LABEL_SNAPSHOT_REF
 
 __all__ = ["TIERS", "ImageState", "Inventory", "take_inventory"]
 

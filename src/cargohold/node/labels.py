@@ -1,17 +1,11 @@
-"""The labels a bake writes on image records and the node-side commands read back."""
+"""Reading back the labels a bake writes on image records (names in ``cargohold.labels``)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-#: The spec's ``priority`` (a float >= 0) and ``critical`` (``true``), written by ``bake``.
-LABEL_PRIORITY = "io.cargohold.priority"
-LABEL_CRITICAL = "io.cargohold.critical"
-#: CRI's pin: kubelet's image GC leaves an image with this label alone (containerd >= 1.7.3,
-#: kubelet >= 1.28).
-LABEL_CRI_PINNED = "io.cri-containerd.pinned"
-PINNED = "pinned"
+from cargohold.labels import LABEL_CRI_PINNED, LABEL_CRITICAL, LABEL_PRIORITY, PINNED
 
 #: The priority of an image whose record carries none (the spec's default).
 DEFAULT_PRIORITY = 1.0

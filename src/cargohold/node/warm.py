@@ -44,7 +44,7 @@ from typing import Any
 
 from cargohold.bake.catalog import local_tar_size, unpack_ratio
 from cargohold.bake.plan import DEFAULT_MODEL, DEFAULT_UNPACK_RATIO, CostModel, estimate_unpacked
-from cargohold.bake.spec import CacheSpec, format_size
+from cargohold.bake.spec import CacheSpec
 from cargohold.errors import (
     CargoholdError,
     ConflictError,
@@ -53,6 +53,7 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnavailableError,
 )
+from cargohold.labels import LABEL_SNAPSHOT_REF
 from cargohold.node.disk import fs_space
 from cargohold.node.warmorder import expected_seconds, parse_record_labels, wspt_order
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -63,9 +64,9 @@ from cargohold.store.interfaces import (
     SnapshotInfo,
     Store,
 )
+from cargohold.units import format_size
 from cargohold.unpack.image import (
     EXTRACT_PREFIX,
-    LABEL_SNAPSHOT_REF,
     Unpacker,
     UnpackEvents,
     UnpackResult,

@@ -23,12 +23,11 @@ from typing import Protocol, TypeVar
 
 from cargohold.bake.plan import CostModel
 from cargohold.errors import InvalidInputError
-from cargohold.node.labels import LABEL_CRITICAL, LABEL_PRIORITY, image_critical, image_priority
+from cargohold.labels import LABEL_CRITICAL, LABEL_PRIORITY
+from cargohold.node.labels import image_critical, image_priority
 from cargohold.store.interfaces import ImageStore
 
 __all__ = [
-    "LABEL_CRITICAL",
-    "LABEL_PRIORITY",
     "Weighted",
     "expected_seconds",
     "label_record",

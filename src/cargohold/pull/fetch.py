@@ -34,8 +34,15 @@ from cargohold.errors import (
 )
 from cargohold.images.walk import by_platform, image_graph, read_blob
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.labels import (
+    GC_REF_CONTENT,
+    LABEL_CRI_MANAGED,
+    LABEL_CRI_PINNED,
+    LABEL_DISTRIBUTION_SOURCE,
+    MANAGED,
+    PINNED,
+)
 from cargohold.leasing import leased
-from cargohold.node.labels import LABEL_CRI_PINNED
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.manifest import (
@@ -47,8 +54,6 @@ from cargohold.oci.manifest import (
 from cargohold.oci.reference import Reference
 from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
-    GC_REF_CONTENT,
-    LABEL_DISTRIBUTION_SOURCE,
     ContentWriter,
     Image,
     Store,
@@ -213,9 +218,6 @@ def child_labels(desc: Descriptor, children: Sequence[Descriptor]) -> dict[str, 
     return labels
 
 
-LABEL_CRI_MANAGED = "io.cri-containerd.image"
-
-
 @dataclass(frozen=True)
 class RecordPolicy:
     """Which image records a fetch writes.
@@ -232,9 +234,9 @@ class RecordPolicy:
     def labels(self) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.cri:
-            out[LABEL_CRI_MANAGED] = "managed"
+            out[LABEL_CRI_MANAGED] = MANAGED
         if self.pin:
-            out[LABEL_CRI_PINNED] = "pinned"
+            out[LABEL_CRI_PINNED] = PINNED
         return out
 
 

@@ -9,12 +9,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from cargohold.errors import AlreadyExistsError, ConflictError, NotFoundError
+from cargohold.labels import LABEL_CONTAINER, LABEL_GC_ROOT
 from cargohold.oci.descriptor import Platform
 from cargohold.pull.pipeline import unpack_lease
 from cargohold.pull.records import lookup_name
 from cargohold.store.embedded.containers import (
-    LABEL_CONTAINER,
-    LABEL_GC_ROOT,
     Container,
     check_name,
     snapshot_key,

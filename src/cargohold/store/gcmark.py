@@ -12,12 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from cargohold.store.interfaces import GC_REF_CONTENT, GC_REF_SNAPSHOT
-
-#: Content (or snapshots) labelled with this are roots on their own.
-LABEL_GC_ROOT = "containerd.io/gc.root"
-#: A lease label: RFC 3339 time after which the lease no longer protects anything.
-LABEL_GC_EXPIRE = "containerd.io/gc.expire"
+from cargohold.labels import GC_REF_CONTENT, GC_REF_SNAPSHOT, LABEL_GC_ROOT
 
 NodeKind = Literal["content", "snapshot", "image", "lease", "ingest"]
 

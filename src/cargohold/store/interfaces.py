@@ -25,12 +25,6 @@ from cargohold.oci.digest import Digest
 #: variables: submit work with ``contextvars.copy_context().run``.
 active_lease: ContextVar[str | None] = ContextVar("cargohold_active_lease", default=None)
 
-#: Label prefixes containerd's garbage collector follows; the embedded gc follows the same.
-GC_REF_CONTENT = "containerd.io/gc.ref.content"
-GC_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot"
-LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
-LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source"
-
 # ---------------------------------------------------------------- content
 
 

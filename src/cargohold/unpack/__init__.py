@@ -7,32 +7,20 @@
   and lower-layer directory metadata).
 * :mod:`.applier` -- ``EmbeddedApplier``: the ``Applier`` protocol over snapshot mounts.
 
-This module adds the two small pieces every caller needs: chain IDs (the names of committed
-layer snapshots) and :func:`unpack_layer` (prepare, apply, commit; remove on failure).
+This module adds the small piece every caller needs: :func:`unpack_layer` (prepare, apply,
+commit; remove on failure). Committed layer snapshots are named by chain ID
+(:func:`cargohold.oci.chainid.chain_ids`).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import BinaryIO
 
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.store.interfaces import Applier, Snapshotter
-
-
-def chain_ids(diff_ids: Sequence[Digest]) -> list[str]:
-    """The OCI chain IDs of a layer stack: ChainID(L0) = DiffID(L0), ChainID(Ln) =
-    sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
-    out: list[str] = []
-    for d in diff_ids:
-        if not out:
-            out.append(str(d))
-        else:
-            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
-    return out
 
 
 def unpack_layer(
@@ -67,4 +55,4 @@ def unpack_layer(
     return out
 
 
-__all__ = ["chain_ids", "unpack_layer"]
+__all__ = ["unpack_layer"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cargohold.errors import InvalidInputError
+from cargohold.labels import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
 from cargohold.mount import mounted
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
@@ -35,11 +36,6 @@ from cargohold.store.interfaces import Mount
 from cargohold.unpack.apply import apply_layer
 from cargohold.unpack.decompress import open_decompressed
 from cargohold.unpack.layerwriter import ApplyStats, Mode
-
-WHITEOUT_OVERLAY_OPTION = "x-cargohold.whiteout=overlay"
-#: Where to record the directories a layer created implicitly (NUL-separated paths), for the
-#: snapshotter to give them their parents' metadata at commit (see ``snapshots``).
-IMPLICIT_DIRS_OPTION = "x-cargohold.implicit-dirs="
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,17 @@ from cargohold.errors import (
     OutOfSpaceError,
 )
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.labels import (
+    LABEL_SNAPSHOT_REF,
+    LABEL_UNCOMPRESSED,
+    snapshot_gc_label,
+)
 from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
 from cargohold.pull.singleflight import SingleFlight
 from cargohold.store.interfaces import (
-    GC_REF_SNAPSHOT,
-    LABEL_UNCOMPRESSED,
     Applier,
     ContentStore,
     Snapshotter,
@@ -70,9 +73,6 @@ from cargohold.store.interfaces import (
 from cargohold.unpack.damaged import stored_blob_check
 from cargohold.unpack.layerwriter import ApplyStats
 from cargohold.unpack.resolve import ResolvedImage, highest_committed, is_committed, resolve_image
-
-#: Label on an active extract snapshot: the chain ID it will be committed as.
-LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
 
 #: Layer outcomes: applied here, already committed, applied by a concurrent call for another
 #: image (or committed by another process meanwhile).
@@ -83,10 +83,6 @@ STATE_FAILED = "failed"
 
 _log = logging.getLogger(__name__)
 
-
-def snapshot_gc_label(snapshotter_name: str) -> str:
-    """The config blob label that keeps an image's top snapshot (and its parents)."""
-    return f"{GC_REF_SNAPSHOT}.{snapshotter_name}"
 
 
 # ---------------------------------------------------------------- results and events

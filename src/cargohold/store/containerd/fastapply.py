@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cargohold.errors import InvalidInputError, UnsupportedError
+from cargohold.labels import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd.content import DIRECT_ENV, direct_access_allowed
 from cargohold.store.containerd.diff import ContainerdApplier
 from cargohold.store.interfaces import Mount
 from cargohold.unpack.applier import (
-    IMPLICIT_DIRS_OPTION,
-    WHITEOUT_OVERLAY_OPTION,
     EmbeddedApplier,
     Plan,
     plan,

@@ -2,7 +2,7 @@
 
 containerd 1.6's image target descriptor has media type, digest, size and annotations only.
 A target's ``platform``, ``urls`` and ``artifact_type`` are kept, as compact JSON, in the
-image label :data:`TARGET_EXTRA_LABEL` (present only when one of them is set) and folded back
+image label :data:`cargohold.labels.LABEL_TARGET_EXTRA` (present only when one of them is set) and folded back
 into the target on reading; the label itself is never shown in ``Image.labels``. Updates
 replace ``target`` and ``labels`` as units (field paths ``target`` and ``labels``);
 ``created_at``/``updated_at`` are containerd's.
@@ -16,13 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from cargohold.errors import InvalidInputError, NotFoundError
+from cargohold.labels import LABEL_TARGET_EXTRA
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd.client import ContainerdClient, from_timestamp
 from cargohold.store.interfaces import Image
-
-#: Image label holding the target descriptor fields containerd 1.6 has no place for.
-TARGET_EXTRA_LABEL = "io.cargohold.target"
 
 
 def _extra_json(t: Descriptor) -> str | None:
@@ -42,7 +40,7 @@ def _parse_extra(raw: str | None) -> tuple[Platform | None, tuple[str, ...], str
     try:
         obj = json.loads(raw)
         plat = obj.get("platform")
-        platform = Platform.from_json(plat, TARGET_EXTRA_LABEL) if plat is not None else None
+        platform = Platform.from_json(plat, LABEL_TARGET_EXTRA) if plat is not None else None
         urls = tuple(str(u) for u in obj.get("urls") or ())
         return platform, urls, str(obj.get("artifactType") or "")
     except (ValueError, TypeError, AttributeError, InvalidInputError):
@@ -65,17 +63,17 @@ class ContainerdImageStore:
             size=t.size,
             annotations=dict(t.annotations),
         )
-        labels = {k: v for k, v in image.labels.items() if k != TARGET_EXTRA_LABEL}
+        labels = {k: v for k, v in image.labels.items() if k != LABEL_TARGET_EXTRA}
         extra = _extra_json(t)
         if extra is not None:
-            labels[TARGET_EXTRA_LABEL] = extra
+            labels[LABEL_TARGET_EXTRA] = extra
         return self._pb.Image(name=image.name, labels=labels, target=target)
 
     @staticmethod
     def _from_pb(pb: Any) -> Image:
         t = pb.target
         labels = dict(pb.labels)
-        platform, urls, artifact_type = _parse_extra(labels.pop(TARGET_EXTRA_LABEL, None))
+        platform, urls, artifact_type = _parse_extra(labels.pop(LABEL_TARGET_EXTRA, None))
         target = Descriptor(
             media_type=str(t.media_type),
             digest=Digest.parse(t.digest),

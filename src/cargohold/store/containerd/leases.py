@@ -17,13 +17,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cargohold.labels import LABEL_GC_EXPIRE
 from cargohold.store.containerd.client import ContainerdClient, from_timestamp
 from cargohold.store.interfaces import Lease, LeaseResource
-
-#: containerd deletes a lease once this RFC 3339 time has passed (at its next gc).
-GC_EXPIRE = "containerd.io/gc.expire"
-#: A lease with this label protects only what is attached directly, not what it references.
-GC_FLAT = "containerd.io/gc.flat"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TO_CONTAINERD = {"ingest": "ingests"}
@@ -66,7 +62,7 @@ class ContainerdLeaseManager:
         lbls = dict(labels or {})
         if expire is not None:
             when = datetime.now(UTC) + expire if isinstance(expire, timedelta) else expire
-            lbls[GC_EXPIRE] = rfc3339(when)
+            lbls[LABEL_GC_EXPIRE] = rfc3339(when)
         resp = self.client.call(
             self._stub.Create,
             self._pb.CreateRequest(id=lease_id, labels=lbls),

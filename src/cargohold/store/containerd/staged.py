@@ -36,10 +36,10 @@ from contextlib import suppress
 from pathlib import Path
 
 from cargohold.errors import InvalidInputError
+from cargohold.labels import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
 from cargohold.store.containerd.fastapply import OVERLAY_MARKS_SUFFIX
 from cargohold.store.containerd.snapshots import ContainerdSnapshotter
 from cargohold.store.interfaces import Mount, SnapshotInfo, Usage
-from cargohold.unpack.applier import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
 from cargohold.unpack.copyup import OPAQUE_XATTR, copy_lower_dir_metadata
 
 #: Next to a staged snapshot's ``fs`` directory (in containerd's snapshot directory, which

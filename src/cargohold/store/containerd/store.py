@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from cargohold.labels import LABEL_PURPOSE
 from cargohold.store.containerd.client import (
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,
@@ -100,7 +101,7 @@ class ContainerdStore:
         ``sync``). Deleting a blob only drops this namespace's reference; the file goes when
         the collector runs, and until then writing the same digest again would find the
         old file "already present"."""
-        lease = self.leases.create(labels={"cargohold/purpose": "collect-garbage"})
+        lease = self.leases.create(labels={LABEL_PURPOSE: "collect-garbage"})
         self.leases.delete(lease.id, sync=True)
 
     def version(self) -> ServerVersion:

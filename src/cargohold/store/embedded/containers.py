@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from cargohold.store.gcmark import Node
 
 SNAPSHOT_PREFIX = "containers/"
-LABEL_CONTAINER = "io.cargohold.container"
-LABEL_GC_ROOT = "containerd.io/gc.root"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -190,8 +188,6 @@ class ContainerRoots:
 
 
 __all__ = [
-    "LABEL_CONTAINER",
-    "LABEL_GC_ROOT",
     "SNAPSHOT_PREFIX",
     "Container",
     "ContainerRoots",

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from cargohold.errors import ConflictError, InvalidInputError, NotFoundError
+from cargohold.labels import LABEL_GC_EXPIRE
 from cargohold.oci.digest import Digest
 from cargohold.store.embedded.metadata import (
     MetadataDB,
@@ -25,7 +26,6 @@ from cargohold.store.embedded.metadata import (
     parse_ts,
     ts,
 )
-from cargohold.store.gcmark import LABEL_GC_EXPIRE
 from cargohold.store.interfaces import Lease, LeaseResource
 
 #: containerd's identifier rule (lease ids must also be valid there).

@@ -80,6 +80,7 @@ from cargohold.errors import (
     OutOfSpaceError,
     UnsupportedError,
 )
+from cargohold.labels import IMPLICIT_DIRS_OPTION, LABEL_GC_ROOT, WHITEOUT_OVERLAY_OPTION
 from cargohold.mount import overlay_supported
 from cargohold.store.embedded.metadata import SqliteDB, check_not_orphaned
 from cargohold.store.interfaces import (
@@ -103,14 +104,9 @@ Backend = Literal["overlay", "flat"]
 
 SNAPSHOTS_DIR = "snapshots"
 DB_FILE = "metadata.db"
-#: Option on the bind mount of an overlay-backend layer without parent: apply whiteouts as
-#: overlayfs whiteouts (the directory will be an overlay layer), not by deleting.
-WHITEOUT_OVERLAY_OPTION = "x-cargohold.whiteout=overlay"
-#: ... and a file for the applier to list the directories it created implicitly (their
-#: metadata comes from the parent chain, known only at commit).
-IMPLICIT_DIRS_OPTION = "x-cargohold.implicit-dirs="
+#: The file (named by ``labels.IMPLICIT_DIRS_OPTION``) the applier lists the directories it
+#: created implicitly in (their metadata comes from the parent chain, known only at commit).
 IMPLICIT_DIRS_FILE = "implicit-dirs"
-LABEL_GC_ROOT = "containerd.io/gc.root"
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS snapshots (
