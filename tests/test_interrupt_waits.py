@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from cargohold import interrupts
 from cargohold.imagebuild.entries import Dir, File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.leasing import owner_dead
@@ -275,3 +276,25 @@ def test_interrupt_neither_lost_nor_raised_where_it_cannot_be_taken(script: str)
                        timeout=WAIT)
     assert p.returncode == 130, p.stderr
     assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr
+
+
+def test_wait_until_with_a_timeout_gives_up_and_says_so() -> None:
+    """The one polling wait: True once done (the first call included), False at the
+    timeout after one more call at the deadline; what ``done`` raises ends the wait."""
+    calls: list[int] = []
+
+    def never() -> bool:
+        calls.append(1)
+        return False
+
+    assert interrupts.wait_until(never, timeout=0.01) is False
+    assert len(calls) >= 2  # at the start and at the deadline
+    assert interrupts.wait_until(lambda: True, timeout=0) is True
+    left = iter([False, False, True])
+    assert interrupts.wait_until(lambda: next(left), timeout=60) is True
+
+    def broken() -> bool:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        interrupts.wait_until(broken, timeout=60)

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from cargohold.imagebuild import samples
 from cargohold.imagebuild.entries import File
 from cargohold.imagebuild.image import ImageSpec, LayerSpec
 from cargohold.labels import (
+    LABEL_GC_EXPIRE,
     LABEL_OWNER_BOOT,
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
@@ -27,6 +29,7 @@ from cargohold.labels import (
     LABEL_OWNER_START,
 )
 from cargohold.leasing import (
+    attached,
     leased,
     owner_labels,
     owner_state,
@@ -92,6 +95,25 @@ def test_leased_releases_however_the_block_ends(store: LocalStore,
         raise exc
     assert store.leases.list() == []
 
+
+
+def test_leased_expiry_and_attached(store: LocalStore) -> None:
+    """The one lease helper: ``expire`` sets gc.expire that far ahead, ``attach=False``
+    leaves the active lease alone, :func:`attached` attaches a lease held elsewhere (None:
+    none) and restores the previous one however the block ends."""
+    before = datetime.now(UTC)
+    with leased(store, "verify-repair", attach=False, expire=timedelta(hours=1)) as lid:
+        assert active_lease.get() is None
+        expiry = datetime.fromisoformat(store.leases.get(lid).labels[LABEL_GC_EXPIRE])
+        assert before + timedelta(minutes=59) < expiry < before + timedelta(hours=2)
+        with attached(lid):
+            assert active_lease.get() == lid
+            with pytest.raises(KeyError), attached(None):
+                assert active_lease.get() is None
+                raise KeyError("x")
+            assert active_lease.get() == lid
+        assert active_lease.get() is None
+    assert store.leases.list() == []
 
 def _extract_with_file(store: LocalStore, key: str, size: int) -> None:
     """An active extract snapshot holding ``size`` bytes (a killed unpack's)."""

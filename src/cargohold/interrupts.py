@@ -6,7 +6,8 @@ thread wherever it is. One raised inside ``Condition.wait`` (``Future.result``,
 and the interrupt then surfaces as "RuntimeError: cannot release un-acquired lock" (exit 1,
 workers left running) instead of exit 130. So the main thread never waits on a condition:
 
-- :func:`wait_until` polls (a sleep takes an interrupt cleanly);
+- :func:`wait_until` polls (a sleep takes an interrupt cleanly); it is also cargohold's one
+  polling wait (with a ``timeout``: a server coming up, a process going away);
 - :func:`held` defers a signal arriving during a call that waits inside the standard
   library (``ThreadPoolExecutor.submit`` starts a thread and waits for it to run): it is
   raised when the block ends;
@@ -66,18 +67,29 @@ def held() -> Iterator[None]:
 
 
 def wait_until(done: Callable[[], bool],
-               on_interrupt: Callable[[], None] | None = None) -> None:
-    """Return once ``done()``, polling. Without ``on_interrupt`` a KeyboardInterrupt ends
-    the wait; with it, an interrupt calls ``on_interrupt`` (to make what is waited for
-    stop), the wait goes on, and the interrupt is raised once ``done()``: for waits that
-    must not leave a worker running under a store about to be closed."""
+               on_interrupt: Callable[[], None] | None = None, *,
+               timeout: float | None = None, max_pause: float = POLL_SECONDS) -> bool:
+    """Return True once ``done()``, polling (pauses from POLL_FIRST doubling up to
+    ``max_pause``: raise it for a ``done`` that costs something, e.g. a call to a server).
+    With ``timeout`` (seconds), return False when ``done()`` is still false that long after
+    the start (it is called at least once, and once more at the deadline). Errors ``done``
+    raises end the wait. Without ``on_interrupt`` a KeyboardInterrupt ends the wait; with
+    it, an interrupt calls ``on_interrupt`` (to make what is waited for stop), the wait goes
+    on, and the interrupt is raised once ``done()``: for waits that must not leave a worker
+    running under a store about to be closed."""
     interrupted: BaseException | None = None
+    deadline = None if timeout is None else time.monotonic() + timeout
     pause = POLL_FIRST
+    reached = True
     while True:
         try:
             while not done():
-                time.sleep(pause)
-                pause = min(pause * 2, POLL_SECONDS)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    reached = False
+                    break
+                time.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, max_pause)
             break
         except KeyboardInterrupt as e:
             if on_interrupt is None:
@@ -87,6 +99,7 @@ def wait_until(done: Callable[[], bool],
                 on_interrupt()
     if interrupted is not None:
         raise interrupted
+    return reached
 
 
 def shutdown(pool: ThreadPoolExecutor, on_interrupt: Callable[[], None] | None = None) -> None:

@@ -150,14 +150,19 @@ def _signals_held(store: Store) -> Iterator[None]:
 
 
 @contextmanager
-def leased(store: Store, purpose: str, *, attach: bool = True) -> Iterator[str]:
+def leased(store: Store, purpose: str, *, attach: bool = True,
+           expire: timedelta = LEASE_EXPIRY, quiet: bool = False) -> Iterator[str]:
     """Hold a new lease of ``store`` (owner labels, see the module docstring) for the block and
     yield its id; with ``attach`` it is the active lease (what the block writes joins it).
-    The lease is deleted on the way out, however the block ends."""
+    The lease is deleted on the way out, however the block ends; ``expire`` is how long it
+    protects if nobody can (``containerd.io/gc.expire``). A failure to delete it is raised
+    when the block ended normally, unless ``quiet`` (the lease then expires). The one way
+    cargohold creates, attaches and releases a lease of its own (:func:`attached` for one
+    held elsewhere)."""
     labels = {
         **owner_labels(),
         LABEL_PURPOSE: purpose,
-        LABEL_GC_EXPIRE: (datetime.now(UTC) + LEASE_EXPIRY).isoformat(),
+        LABEL_GC_EXPIRE: (datetime.now(UTC) + expire).isoformat(),
     }
     lease_id = ""
     token: Token[str | None] | None = None
@@ -172,7 +177,18 @@ def leased(store: Store, purpose: str, *, attach: bool = True) -> Iterator[str]:
         # next command releases it then: its owner will be dead).
         _release(store, lease_id, token, quiet=True)
         raise
-    _release(store, lease_id, token, quiet=False)
+    _release(store, lease_id, token, quiet=quiet)
+
+
+@contextmanager
+def attached(lease_id: str | None) -> Iterator[None]:
+    """Make ``lease_id`` the active lease for the block (None: no lease), the previous one
+    active again when it ends: for a lease held elsewhere (:func:`leased` attaches its own)."""
+    token = active_lease.set(lease_id)
+    try:
+        yield
+    finally:
+        active_lease.reset(token)
 
 
 def _release(store: Store, lease_id: str, token: Token[str | None] | None, *,
@@ -240,6 +256,7 @@ def reap_dead_leases(store: Store) -> list[Reaped]:
 __all__ = [
     "LEASE_EXPIRY",
     "Reaped",
+    "attached",
     "leased",
     "owner_dead",
     "owner_labels",

@@ -18,7 +18,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -42,11 +42,12 @@ from cargohold.errors import (
     NotFoundError,
     OutOfSpaceError,
 )
+from cargohold.leasing import attached, leased
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
-from cargohold.store.interfaces import ContentStore, Store, active_lease
+from cargohold.store.interfaces import ContentStore, Store
 
 #: Called with the bytes about to be written; raises OutOfSpaceError past the reserve.
 SpaceCheck = Callable[[int], None]
@@ -398,15 +399,11 @@ def open_source(
                                      for p in paths):
             content = store.content
             lease = stack.enter_context(_staging_lease(store))
-        token = active_lease.set(lease) if lease is not None else None
-        try:
+        with attached(lease) if lease is not None else nullcontext():
             archives = [
                 stack.enter_context(open_archive(p, content=content, check=check))
                 for p in paths
             ]
-        finally:
-            if token is not None:
-                active_lease.reset(token)
         source = ArchiveSource(archives, base_name=base_name, check=check, fallback=fallback,
                                strict_names=strict_names)
     except BaseException:
@@ -419,6 +416,4 @@ def open_source(
 def _staging_lease(store: Store) -> AbstractContextManager[str]:
     """The staging lease: cargohold's own (owner-labelled, released however the import
     ends, a killed import's released by the next command)."""
-    from cargohold.leasing import leased
-
     return leased(store, "import", attach=False)

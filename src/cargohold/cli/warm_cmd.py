@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output
 from cargohold.cli.run_metrics import recorded_run, textfile_option
 from cargohold.errors import InvalidInputError, UnavailableError
+from cargohold.interrupts import wait_until
 from cargohold.node.disk import (
     free_target,
     fs_space,
@@ -159,21 +159,22 @@ def _lock_path(app: App, store: Store) -> Path:
 
 def _wait_for(store: ContainerdStore, seconds: float, out: Output) -> None:
     """Wait until containerd answers (its version call), at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    said = False
-    while True:
+    errors: list[UnavailableError] = []
+
+    def answers() -> bool:
         try:
             store.version()
-            return
         except UnavailableError as e:
-            if time.monotonic() >= deadline:
-                raise UnavailableError(
-                    f"containerd did not answer within {seconds:g} s: {e.message}",
-                    hint=e.hint_text()) from None
-            if not said:
+            if not errors:
                 out.info(f"waiting for containerd at {store.address} (up to {seconds:g} s)")
-                said = True
-            time.sleep(0.25)
+            errors.append(e)
+            return False
+        return True
+
+    if not wait_until(answers, timeout=seconds, max_pause=0.25):
+        e = errors[-1]
+        raise UnavailableError(f"containerd did not answer within {seconds:g} s: {e.message}",
+                               hint=e.hint_text())
 
 
 def _summary(out: Output, r: WarmReport, niceness: dict[str, Any]) -> None:

@@ -12,11 +12,11 @@ import os
 import re
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 import click
 
+from cargohold.interrupts import wait_until
 from cargohold.units import format_size
 
 
@@ -70,12 +70,7 @@ def stop_registry(directory: Path) -> None:
 
 
 def _gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _running(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return wait_until(lambda: not _running(pid), timeout=timeout, max_pause=0.05)
 
 
 def _running(pid: int) -> bool:

@@ -6,13 +6,13 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cargohold.errors import NotFoundError, UnavailableError
+from cargohold.interrupts import wait_until
 
 PACKAGE = "docker-registry"
 
@@ -55,20 +55,20 @@ def wait_http(
     context: ssl.SSLContext | None = None,
 ) -> None:
     """Wait until ``url`` answers with a non-5xx status, or the process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             raise UnavailableError(f"{url}: process exited early:\n{log.read_text(errors='replace')}")
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as r:
-                if r.status < 500:
-                    return
+                return bool(r.status < 500)
         except urllib.error.HTTPError as e:
-            if e.code < 500:
-                return
+            return e.code < 500
         except OSError:
-            pass
-        time.sleep(0.05)
+            return False
+
+    if wait_until(answers, timeout=timeout, max_pause=0.05):
+        return
     raise UnavailableError(f"{url} did not answer within {timeout}s:\n{log.read_text(errors='replace')}")
 
 

@@ -45,14 +45,15 @@ import contextlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import image_contents
 from cargohold.images.walk import image_graph
 from cargohold.interrupts import held, shutdown, wait_until
-from cargohold.labels import GC_REF_SNAPSHOT, LABEL_GC_EXPIRE, LABEL_PURPOSE, snapshot_gc_label
+from cargohold.labels import GC_REF_SNAPSHOT, snapshot_gc_label
+from cargohold.leasing import leased
 from cargohold.oci import mediatypes
 from cargohold.oci.chainid import chain_ids
 from cargohold.oci.descriptor import Descriptor, Platform
@@ -344,16 +345,11 @@ def _holding_snapshots(store: Store, saved: Mapping[str, Mapping[str, str]]) -> 
         yield
         return
     leases = store.leases
-    expire = datetime.now(UTC) + timedelta(hours=1)  # if this process dies meanwhile
-    lease = leases.create(labels={LABEL_GC_EXPIRE: expire.isoformat(),
-                                  LABEL_PURPOSE: "verify-repair"})
-    try:
+    # Expiring in an hour if this process dies meanwhile where nobody can tell.
+    with leased(store, "verify-repair", attach=False, expire=timedelta(hours=1)) as lease_id:
         for r in sorted(refs, key=lambda r: (r.type, r.id)):
-            leases.add_resource(lease.id, r)
+            leases.add_resource(lease_id, r)
         yield
-    finally:
-        with contextlib.suppress(NotFoundError):
-            leases.delete(lease.id)
 
 
 def _relabel(content: ContentStore, snapshots: Snapshotter, images: Iterable[Image]) -> None:

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 
 from cargohold.bake.catalog import chain_layer_sizes
 from cargohold.errors import AlreadyExistsError, CargoholdError, ConflictError, NotFoundError
-from cargohold.labels import LABEL_GC_EXPIRE, LABEL_SCRATCH
+from cargohold.labels import LABEL_SCRATCH
+from cargohold.leasing import leased
 from cargohold.settings import Settings
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.interfaces import ContentStore, Snapshotter, active_lease
@@ -137,8 +138,7 @@ def clear_namespace(store: ContainerdStore, *, delete_namespace: bool = True) ->
                 store.leases.delete(lease.id)
         # Deleting a lease synchronously runs containerd's garbage collector and waits for
         # it: the blobs and snapshot directories deleted above leave the disk now.
-        gc = store.leases.create(expire=timedelta(minutes=10))
-        store.leases.delete(gc.id, sync=True)
+        store.collect_garbage()
         if delete_namespace:
             client = store.client
             client.call(
@@ -315,23 +315,14 @@ def _containerd_scratch(
         (d / NAMESPACE_FILE).write_text(json.dumps(
             {"address": s.address, "namespace": ns, "snapshotter": s.snapshotter}) + "\n")
         ok = False
-        lease_id = ""
         try:
-            expire = datetime.now(UTC) + SCRATCH_LEASE_EXPIRY
-            lease_id = store.leases.create(labels={LABEL_GC_EXPIRE: expire.isoformat()}).id
-            token = active_lease.set(lease_id)
-            try:
+            # With --keep, image records and the unpacker's gc labels keep what is worth
+            # keeping once the lease is gone; without, the namespace is cleared below.
+            with leased(store, purpose, expire=SCRATCH_LEASE_EXPIRY, quiet=True):
                 yield Scratch("containerd", store, d, namespace=ns, address=s.address)
-            finally:
-                active_lease.reset(token)
             ok = True
         finally:
-            if keep:
-                # Image records and the unpacker's gc labels keep what is worth keeping.
-                if lease_id:
-                    with contextlib.suppress(CargoholdError):
-                        store.leases.delete(lease_id)
-            else:
+            if not keep:
                 try:
                     clear_namespace(store)
                 except CargoholdError as e:
