@@ -5,6 +5,10 @@ Tests in this package talk to a store only through the Protocols of
 every backend: the embedded store and a real containerd (started by the session fixture in
 ``tests/rig/containerd.py``, one fresh namespace per test). Tests use unique names and random
 content, so a shared backend is fine.
+
+The ``snap`` fixture does the same for the ``Snapshotter`` and ``Applier`` Protocols over four
+backends: the embedded store's overlay and flat snapshotters, containerd's overlayfs and
+native snapshotters (tests/conformance/backends.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cargohold.store.interfaces import ContentStore, ImageStore, LeaseManager
+from tests.conformance.backends import SNAPSHOT_BACKENDS, SnapshotsUnderTest, open_snapshots
 
 
 @dataclass
@@ -76,3 +81,11 @@ def unique() -> Callable[[str], str]:
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
     return make
+
+
+@pytest.fixture(params=SNAPSHOT_BACKENDS)
+def snap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SnapshotsUnderTest]:
+    """One snapshotter backend and its applier (tests/conformance/backends.py)."""
+    with open_snapshots(request.param, tmp_path / "snapshots",
+                        lambda: request.getfixturevalue("containerd")) as s:
+        yield s

@@ -20,8 +20,10 @@ media type ``application/vnd.oci.image.layer.v1.tar``, digest = diff_id, size = 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,8 +36,14 @@ from cargohold.oci.digest import Digest
 from cargohold.oci.mediatypes import OCI_LAYER
 from cargohold.store.interfaces import Mount
 from cargohold.unpack.apply import apply_layer
+from cargohold.unpack.copyup import OPAQUE_XATTR
 from cargohold.unpack.decompress import open_decompressed
 from cargohold.unpack.layerwriter import ApplyStats, Mode
+
+#: Next to that file (its name + this suffix): the layer wrote overlay whiteouts or opaque
+#: markers there; a snapshotter committing it as a bottom layer undoes them
+#: (:func:`undo_overlay_marks`), as applying it onto an empty directory would have done.
+OVERLAY_MARKS_SUFFIX = ".marks"
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,10 @@ class EmbeddedApplier:
             stats = self._apply(desc, reader, p.target, p.mode, p.parents, diff_id)
             if p.implicit_log is not None and stats.implicit_dirs:
                 p.implicit_log.write_bytes(b"\0".join(stats.implicit_dirs))
+            if p.implicit_log is not None and p.mode == "overlay" and (
+                stats.whiteouts or stats.opaques
+            ):
+                Path(str(p.implicit_log) + OVERLAY_MARKS_SUFFIX).touch()
         else:
             tmp = Path(tempfile.mkdtemp(prefix="cargohold-apply-", dir=self.mount_dir))
             try:
@@ -146,3 +158,27 @@ class EmbeddedApplier:
                 parents=parents,
                 sync=self.sync,
             )
+
+
+def undo_overlay_marks(root: Path) -> int:
+    """Remove overlayfs whiteouts (0/0 character devices) and opaque markers below ``root``:
+    a bottom layer applied in overlay mode becomes what a plain apply makes of it (the
+    directories keep the times the layer gave them)."""
+    undone = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        with suppress(OSError):
+            os.removexattr(dirpath, OPAQUE_XATTR, follow_symlinks=False)
+            undone += 1
+        whiteouts = []
+        for name in filenames + dirnames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+                whiteouts.append(p)
+        if whiteouts:
+            times = os.lstat(dirpath)
+            for p in whiteouts:
+                os.unlink(p)
+            os.utime(dirpath, ns=(times.st_atime_ns, times.st_mtime_ns), follow_symlinks=False)
+            undone += len(whiteouts)
+    return undone

@@ -50,8 +50,6 @@ from cargohold.unpack.applier import (
 )
 from cargohold.unpack.layerwriter import ApplyStats
 
-#: Next to a staged layer's implicit-dirs log: the layer wrote overlay whiteouts / opaques.
-OVERLAY_MARKS_SUFFIX = ".marks"
 #: containerd snapshotters whose mounts cargohold applies into itself.
 FAST_SNAPSHOTTERS = frozenset({"overlayfs", "native"})
 
@@ -126,13 +124,8 @@ class FastApplier:
         """``apply``, also returning what it did (empty stats from containerd's differ)."""
         p = self.plan(mounts)
         if p is not None:
-            out, stats = self.local.apply_with_stats(desc, mounts, reader=reader,
-                                                     diff_id=diff_id)
-            if p.implicit_log is not None and (stats.whiteouts or stats.opaques):
-                # A staged layer (store.containerd.staged): tell the snapshotter that overlay
-                # marks must be undone if it ends up a bottom layer.
-                Path(str(p.implicit_log) + OVERLAY_MARKS_SUFFIX).touch()
-            return out, stats
+            # (a staged layer's overlay marks are noted by the applier: OVERLAY_MARKS_SUFFIX)
+            return self.local.apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)
         if any(o == WHITEOUT_OVERLAY_OPTION for m in mounts for o in m.options):
             raise UnsupportedError(
                 "a staged snapshot of cargohold's needs cargohold's own applier",

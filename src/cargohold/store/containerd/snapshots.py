@@ -19,7 +19,7 @@ import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from cargohold.errors import ConflictError, InvalidInputError, UnsupportedError
+from cargohold.errors import CargoholdError, ConflictError, InvalidInputError, UnsupportedError
 from cargohold.store.containerd.client import ContainerdClient, from_timestamp
 from cargohold.store.interfaces import (
     KIND_ACTIVE,
@@ -164,13 +164,23 @@ class ContainerdSnapshotter:
                     hint="prepare each layer on its committed parent (standalone_layers is "
                     "False for containerd)",
                 )
-        self._precondition_is_invalid(
-            self._stub.Commit,
-            self._pb.CommitSnapshotRequest(
-                snapshotter=self._name, name=name, key=key, labels=dict(labels or {})
-            ),
-            f"commit snapshot {key} as {name}",
-        )
+        try:
+            self._precondition_is_invalid(
+                self._stub.Commit,
+                self._pb.CommitSnapshotRequest(
+                    snapshotter=self._name, name=name, key=key, labels=dict(labels or {})
+                ),
+                f"commit snapshot {key} as {name}",
+            )
+        except CargoholdError as e:
+            # containerd 1.6's native snapshotter fails a view's commit with UNKNOWN (it
+            # looks for the view's directory, which a view does not have), not with
+            # FAILED_PRECONDITION as overlayfs does: the same InvalidInputError for both.
+            if type(e) is CargoholdError and self.stat(key).kind != KIND_ACTIVE:
+                raise InvalidInputError(
+                    f"commit snapshot {key} as {name}: {key} is not active"
+                ) from None
+            raise
 
     def remove(self, key: str) -> None:
         self.client.call(

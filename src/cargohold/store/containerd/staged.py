@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -37,10 +36,10 @@ from pathlib import Path
 
 from cargohold.errors import InvalidInputError
 from cargohold.labels import IMPLICIT_DIRS_OPTION, WHITEOUT_OVERLAY_OPTION
-from cargohold.store.containerd.fastapply import OVERLAY_MARKS_SUFFIX
 from cargohold.store.containerd.snapshots import ContainerdSnapshotter
 from cargohold.store.interfaces import Mount, SnapshotInfo, Usage
-from cargohold.unpack.copyup import OPAQUE_XATTR, copy_lower_dir_metadata
+from cargohold.unpack.applier import OVERLAY_MARKS_SUFFIX, undo_overlay_marks
+from cargohold.unpack.copyup import copy_lower_dir_metadata
 
 #: Next to a staged snapshot's ``fs`` directory (in containerd's snapshot directory, which
 #: containerd removes with the snapshot): the implicit directories the applier logged, and
@@ -67,21 +66,13 @@ def _upper_and_lowers(mounts: Sequence[Mount]) -> tuple[Path, list[Path]]:
     return Path(upper[0]), [Path(p) for p in lower[0].split(":")] if lower else []
 
 
-def undo_overlay_marks(root: Path) -> int:
-    """Remove overlayfs whiteouts (0/0 character devices) and opaque markers below ``root``:
-    a bottom layer applied in overlay mode becomes what a plain apply makes of it."""
-    undone = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        with suppress(OSError):
-            os.removexattr(dirpath, OPAQUE_XATTR, follow_symlinks=False)
-            undone += 1
-        for name in filenames + dirnames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
-                os.unlink(p)
-                undone += 1
-    return undone
+def _with_hints(mounts: Sequence[Mount], fs: Path) -> builtins.list[Mount]:
+    """A staged snapshot's mounts as the applier must see them: overlay mode, and the file
+    for the directories it creates implicitly."""
+    log = fs.parent / IMPLICIT_DIRS_FILE
+    m = mounts[0]
+    return [Mount(m.type, m.source,
+                  (*m.options, WHITEOUT_OVERLAY_OPTION, IMPLICIT_DIRS_OPTION + str(log)))]
 
 
 class StagedSnapshotter:
@@ -124,7 +115,9 @@ class StagedSnapshotter:
         return self.inner.usage(key)
 
     def mounts(self, key: str) -> builtins.list[Mount]:
-        return self.inner.mounts(key)
+        mounts = self.inner.mounts(key)
+        fs = self._staged.get(key)
+        return mounts if fs is None else _with_hints(mounts, fs)
 
     def view(
         self, key: str, parent: str = "", *, labels: Mapping[str, str] | None = None
@@ -142,10 +135,7 @@ class StagedSnapshotter:
         if fs is None:
             return mounts
         self._staged[key] = fs
-        log = fs.parent / IMPLICIT_DIRS_FILE
-        m = mounts[0]
-        return [Mount(m.type, m.source,
-                      (*m.options, WHITEOUT_OVERLAY_OPTION, IMPLICIT_DIRS_OPTION + str(log)))]
+        return _with_hints(mounts, fs)
 
     def commit(
         self,
@@ -156,13 +146,13 @@ class StagedSnapshotter:
         parent: str | None = None,
     ) -> None:
         fs = self._staged.get(key)
-        if fs is None or parent is None:
+        if fs is None:
             self.inner.commit(name, key, labels=labels, parent=parent)
             self._staged.pop(key, None)
             return
         log = fs.parent / IMPLICIT_DIRS_FILE
         marks = Path(str(log) + OVERLAY_MARKS_SUFFIX)
-        if not parent:
+        if not parent:  # "" or None (kept from prepare: none): a bottom layer
             if marks.exists():
                 undo_overlay_marks(fs)
             for f in (log, marks):

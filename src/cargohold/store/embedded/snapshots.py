@@ -94,6 +94,7 @@ from cargohold.store.interfaces import (
     Usage,
     active_lease,
 )
+from cargohold.unpack.applier import OVERLAY_MARKS_SUFFIX, undo_overlay_marks
 from cargohold.unpack.copyup import copy_lower_dir_metadata
 
 if TYPE_CHECKING:
@@ -529,9 +530,16 @@ class EmbeddedSnapshotter:
                     f"onto {parent!r}"
                 )
         labels_text = _labels_json(labels) if labels is not None else None
+        if self._get(c, name) is not None:  # (again below, in the transaction)
+            raise AlreadyExistsError(f"snapshot {name!r} already exists")
         self._lease(name)
         new_parent = row.parent if parent is None else parent
         self._fix_implicit_dirs(c, row, new_parent)
+        marks = self._path(row.id) / (IMPLICIT_DIRS_FILE + OVERLAY_MARKS_SUFFIX)
+        if marks.exists():  # applied in overlay mode without a parent (see the applier)
+            if not new_parent:  # a bottom layer: its whiteouts hide nothing, as containerd's
+                undo_overlay_marks(self._path(row.id) / "fs")
+            marks.unlink()
         usage = disk_usage(self._path(row.id) / "fs")
         with self._write(f"committing snapshot {key} as {name}") as c:
             row2 = self._must(c, key)
