@@ -40,6 +40,7 @@ from cargohold.errors import (
 )
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd.client import ContainerdClient, RpcError, from_timestamp
+from cargohold.store.containerd.ingest import DirectContentWriter, open_direct
 from cargohold.store.interfaces import ContentInfo, IngestStatus
 
 #: Bytes per WRITE message and per Read request.
@@ -147,8 +148,8 @@ class ContainerdContentStore:
         root = self.client.plugin_exports(*CONTENT_PLUGIN).get("root")
         if not root:
             return None
-        blobs = Path(root) / "blobs"
-        if blobs.is_dir() and os.access(blobs, os.R_OK | os.X_OK):
+        # Not its blobs/ directory: a fresh containerd creates that at its first commit.
+        if Path(root).is_dir() and os.access(root, os.R_OK | os.X_OK):
             return Path(root)
         return None
 
@@ -219,8 +220,21 @@ class ContainerdContentStore:
 
     def writer(
         self, ref: str, *, total: int = 0, expected: Digest | None = None
-    ) -> ContainerdContentWriter:
-        return ContainerdContentWriter(self, ref, total=total, expected=expected)
+    ) -> ContainerdContentWriter | DirectContentWriter:
+        """An ingest: over the Write stream, or -- a blob of known size and digest of at
+        least :data:`~.ingest.DIRECT_WRITE_MIN` bytes while containerd's root is on this
+        machine -- straight into containerd's ingest file, containerd still hashing and
+        checking every byte on commit (see :mod:`.ingest`)."""
+        w = ContainerdContentWriter(self, ref, total=total, expected=expected)
+        if self.direct and expected is not None and total:
+            try:
+                direct = open_direct(self, w, total)
+            except BaseException:
+                w.abandon()
+                raise
+            if direct is not None:
+                return direct
+        return w
 
     def status(self, ref: str) -> IngestStatus:
         resp = self.client.call(
@@ -521,6 +535,15 @@ class ContainerdContentWriter:
         except NotFoundError:  # collected already (no lease); report what was committed
             now = datetime.now(UTC)
             return ContentInfo(expected, size or self._sent, now, now, dict(labels or {}))
+
+    def ingest_digest(self) -> Digest:
+        """containerd's digest of the ingest's bytes as of the last answer (no flush)."""
+        return Digest.parse(self._digest)
+
+    def abandon(self) -> None:
+        """Cancel the stream without flushing (containerd releases the ref)."""
+        if not self._done:
+            self._fail()
 
     def _discard(self) -> None:
         with suppress(NotFoundError):
