@@ -152,10 +152,8 @@ class DirectContentWriter:
         os.ftruncate(fd, 0)
         self._offset = 0
 
-    def _release(self, *, lost_stream_ok: bool = False) -> None:
-        """fsync and close the file, end our stream (containerd releases the ref).
-        ``lost_stream_ok``: a stream containerd already ended (it restarted, say) is fine:
-        the ref is free then too."""
+    def _release(self) -> None:
+        """fsync and close the file, end our stream (containerd releases the ref)."""
         fd, self._fd = self._fd, -1
         holder, self._holder = self._holder, None
         try:
@@ -170,8 +168,7 @@ class DirectContentWriter:
                     holder.close()
                 except CargoholdError:
                     holder.abandon()
-                    if not lost_stream_ok:
-                        raise
+                    raise
 
     def _reopen(self) -> ContainerdContentWriter:
         """A new stream on the ingest: containerd re-hashes ``data`` (a resume). Waits while
@@ -204,7 +201,9 @@ class DirectContentWriter:
         """fsync, then let containerd re-hash the ingest and commit it against ``expected``
         (DigestMismatchError, the ingest aborted, when the bytes are not that blob)."""
         self._usable()
-        self._release(lost_stream_ok=True)
+        # A stream containerd lost (it restarted) fails here as over the Write stream: the
+        # lock that kept other writers off the file is gone; a rerun resumes the ingest.
+        self._release()
         with self._reopen() as w:  # containerd checks size and its own hash of the file
             return w.commit(size, expected, labels)
 
