@@ -160,3 +160,26 @@ def test_truncate_and_digest(store: ContainerdStore) -> None:
         w.write(data[1000:])
         w.commit(len(data), dg)
     assert _read(store, dg) == data
+
+
+def test_stream_reader_sequential_seek_and_readall(store: ContainerdStore) -> None:
+    """Reads over gRPC (direct off): sequential reads share one Read stream, seeks start
+    another; the bytes are the blob's wherever one reads."""
+    data, dg = _blob(3 * (1 << 20) + 5)
+    with store.content.writer("reader-src", total=len(data), expected=dg) as w:
+        w.write(data)
+        w.commit(len(data), dg)
+    store.content.direct = False
+    with store.content.reader(dg) as r:
+        got = bytearray()
+        while chunk := r.read(700_001):
+            got += chunk
+        assert bytes(got) == data
+        r.seek(12345)
+        assert r.read(100) == data[12345:12445]
+        r.seek(len(data) - 10)
+        assert r.read() == data[-10:]
+        r.seek(5)
+        assert r.read() == data[5:]
+        r.seek(2 << 20)
+        assert r.read(10) == data[2 << 20 : (2 << 20) + 10]

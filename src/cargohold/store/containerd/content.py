@@ -264,7 +264,9 @@ class ContainerdContentStore:
 
 
 class _BlobReader(io.RawIOBase):
-    """Raw positional reads of one blob: every readinto is one ``Read`` stream."""
+    """Raw positional reads of one blob. Sequential reads share one ``Read`` stream over
+    the rest of the blob (containerd sends it while we consume it); a seek elsewhere ends
+    that stream and the next read starts another."""
 
     def __init__(self, client: ContainerdClient, digest: Digest, size: int) -> None:
         super().__init__()
@@ -272,6 +274,21 @@ class _BlobReader(io.RawIOBase):
         self._digest = digest
         self._size = size
         self._pos = 0
+        self._seq: Iterator[bytes] | None = None  # stream of the bytes from _seq_pos on
+        self._seq_pos = 0
+        self._left = memoryview(b"")  # received from _seq, not yet consumed
+
+    def _drop_stream(self) -> None:
+        seq, self._seq = self._seq, None
+        self._left = memoryview(b"")
+        if seq is not None:
+            close = getattr(seq, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        self._drop_stream()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -323,18 +340,30 @@ class _BlobReader(io.RawIOBase):
         n = min(len(mv), self._size - self._pos)
         if n <= 0:
             return 0
+        if self._seq is None or self._seq_pos != self._pos:
+            self._drop_stream()
+            self._seq = self._chunks(self._pos, self._size - self._pos)
+            self._seq_pos = self._pos
         got = 0
-        for data in self._chunks(self._pos, n):
-            k = min(len(data), n - got)
-            mv[got : got + k] = data[:k] if k < len(data) else data
+        while got < n:
+            if not self._left:
+                data = next(self._seq, None)
+                if data is None:
+                    break
+                self._left = memoryview(data)
+            k = min(len(self._left), n - got)
+            mv[got : got + k] = self._left[:k]
+            self._left = self._left[k:]
             got += k
         self._pos += got
+        self._seq_pos = self._pos
         return got
 
     def readall(self) -> bytes:
         n = self._size - self._pos
         if n <= 0:
             return b""
+        self._drop_stream()
         data = b"".join(self._chunks(self._pos, n))
         self._pos += len(data)
         return data
