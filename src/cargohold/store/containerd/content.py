@@ -7,6 +7,10 @@ requests are fed to gRPC from a queue by a generator while up to :data:`WINDOW` 
 are outstanding, and WRITE messages are encoded by hand so each payload is copied once (into
 the message) instead of into a protobuf object and again into its serialization.
 
+Large blobs of known size and digest skip the stream's data messages when containerd's root
+is on this machine: :mod:`cargohold.store.containerd.ingest` appends them to containerd's
+ingest file and lets containerd hash and check them on commit.
+
 containerd's error vocabulary, as mapped here:
 
 * a writer for a ref another writer holds: UNAVAILABLE "ref ... locked" -> IngestLockedError
@@ -125,8 +129,9 @@ class ContainerdContentStore:
         self.client = client
         self._pb: Any = client.api.content
         self._stub: Any = client.content_stub
-        #: Read committed blobs from containerd's own files when its content root is on this
-        #: machine (see :meth:`local_root`); default: unless ``CARGOHOLD_CONTAINERD_DIRECT=0``.
+        #: Read committed blobs from containerd's own files, and write large blobs into its
+        #: ingest files (:mod:`.ingest`), when its content root is on this machine (see
+        #: :meth:`local_root`); default: unless ``CARGOHOLD_CONTAINERD_DIRECT=0``.
         self.direct = direct_access_allowed() if direct is None else direct
         self._root_lock = threading.Lock()
         self._root: Path | None = None
