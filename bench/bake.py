@@ -52,8 +52,10 @@ from bench.fetch import (
 )
 from bench.unpack import small_files_spec
 from cargohold.devtools.registry import LocalRegistry, start_registry
+from cargohold.store.containerd.content import DIRECT_ENV
 
 BAKE = "cargohold --store containerd bake"
+STREAM = "same, CARGOHOLD_CONTAINERD_DIRECT=0"
 LOOP = "ctr content fetch, 4-way xargs loop"
 EMBEDDED = "cargohold bake (embedded store)"
 
@@ -97,7 +99,14 @@ class BakeBench(Bench):
         if ok != images:
             s.problems.append(f"{ok} of {images} images ok")
 
-    def bake_containerd(self, images: ImageSet, run: int) -> Sample:
+    def bake_containerd_stream(self, images: ImageSet, run: int) -> Sample:
+        """The same bake with every blob through containerd's Write stream (and no direct
+        read of its files): what the direct ingest saves."""
+        return self.bake_containerd(images, run, env={**os.environ, DIRECT_ENV: "0"},
+                                    client=STREAM)
+
+    def bake_containerd(self, images: ImageSet, run: int, *, env: dict[str, str] | None = None,
+                        client: str = BAKE) -> Sample:
         ctrd = self._containerd()
         ns = f"bench-{run}"
         try:
@@ -109,8 +118,8 @@ class BakeBench(Bench):
             m = self._must(self.spawner.run(
                 [*self.cargohold, "--store", "containerd", "--address", ctrd.address,
                  "--namespace", ns, "--no-progress", "bake", str(spec), "--plain-http",
-                 "--report", str(rep)]), BAKE)  # fmt: skip
-            s = Sample(BAKE, run, m.wall, m.cpu, proc_cpu_seconds(pid) - cpu0)
+                 "--report", str(rep)], env=env), client)  # fmt: skip
+            s = Sample(client, run, m.wall, m.cpu, proc_cpu_seconds(pid) - cpu0)
             self._report(rep, s, len(images.refs))
         finally:
             self._drop_containerd(ctrd)
@@ -155,6 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="files of the small-files image [30000]")  # fmt: skip
     p.add_argument("--tmp", default=None, help="parent of the scratch dir [$TMPDIR or /tmp]")
     p.add_argument("--no-embedded", action="store_true", help="leave out the embedded bake")
+    p.add_argument("--stream-too", action="store_true",
+                   help="also the containerd bake with CARGOHOLD_CONTAINERD_DIRECT=0")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = p.parse_args(argv)
     if args.runs < 1 or args.big_mb < 1 or args.small_files < 1:
@@ -186,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({images.blobs} blobs)")  # fmt: skip
         clients = [b.bake_containerd, b.ctr_loop] + ([] if args.no_embedded else
                                                      [b.bake_embedded])  # fmt: skip
+        if args.stream_too:
+            clients.insert(1, b.bake_containerd_stream)
         for run in range(args.runs):
             k = run % len(clients)
             for client in clients[k:] + clients[:k]:
@@ -229,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in samples:
             for p in s.problems:
                 print(f"PROBLEM run {s.run + 1} {s.client}: {p}")
+        if walls.get(STREAM) and walls.get(LOOP):
+            print(f"ratio bake with CARGOHOLD_CONTAINERD_DIRECT=0 / ctr loop (wall, median): "
+                  f"{walls[STREAM] / walls[LOOP]:.2f}")  # fmt: skip
         print(f"ratio bake/ctr loop (wall, median): {ratio:.2f} "
               f"(goal <= 0.7: {'ok' if ratio <= 0.7 else 'MISSED'})")  # fmt: skip
     return 1 if any(s.problems for s in samples) else 0

@@ -7,6 +7,10 @@ requests are fed to gRPC from a queue by a generator while up to :data:`WINDOW` 
 are outstanding, and WRITE messages are encoded by hand so each payload is copied once (into
 the message) instead of into a protobuf object and again into its serialization.
 
+Large blobs of known size and digest skip the stream's data messages when containerd's root
+is on this machine: :mod:`cargohold.store.containerd.ingest` appends them to containerd's
+ingest file and lets containerd hash and check them on commit.
+
 containerd's error vocabulary, as mapped here:
 
 * a writer for a ref another writer holds: UNAVAILABLE "ref ... locked" -> IngestLockedError
@@ -40,6 +44,7 @@ from cargohold.errors import (
 )
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd.client import ContainerdClient, RpcError, from_timestamp
+from cargohold.store.containerd.ingest import DirectContentWriter, open_direct
 from cargohold.store.interfaces import ContentInfo, IngestStatus
 
 #: Bytes per WRITE message and per Read request.
@@ -124,8 +129,9 @@ class ContainerdContentStore:
         self.client = client
         self._pb: Any = client.api.content
         self._stub: Any = client.content_stub
-        #: Read committed blobs from containerd's own files when its content root is on this
-        #: machine (see :meth:`local_root`); default: unless ``CARGOHOLD_CONTAINERD_DIRECT=0``.
+        #: Read committed blobs from containerd's own files, and write large blobs into its
+        #: ingest files (:mod:`.ingest`), when its content root is on this machine (see
+        #: :meth:`local_root`); default: unless ``CARGOHOLD_CONTAINERD_DIRECT=0``.
         self.direct = direct_access_allowed() if direct is None else direct
         self._root_lock = threading.Lock()
         self._root: Path | None = None
@@ -147,8 +153,8 @@ class ContainerdContentStore:
         root = self.client.plugin_exports(*CONTENT_PLUGIN).get("root")
         if not root:
             return None
-        blobs = Path(root) / "blobs"
-        if blobs.is_dir() and os.access(blobs, os.R_OK | os.X_OK):
+        # Not its blobs/ directory: a fresh containerd creates that at its first commit.
+        if Path(root).is_dir() and os.access(root, os.R_OK | os.X_OK):
             return Path(root)
         return None
 
@@ -219,8 +225,21 @@ class ContainerdContentStore:
 
     def writer(
         self, ref: str, *, total: int = 0, expected: Digest | None = None
-    ) -> ContainerdContentWriter:
-        return ContainerdContentWriter(self, ref, total=total, expected=expected)
+    ) -> ContainerdContentWriter | DirectContentWriter:
+        """An ingest: over the Write stream, or -- a blob of known size and digest of at
+        least :data:`~.ingest.DIRECT_WRITE_MIN` bytes while containerd's root is on this
+        machine -- straight into containerd's ingest file, containerd still hashing and
+        checking every byte on commit (see :mod:`.ingest`)."""
+        w = ContainerdContentWriter(self, ref, total=total, expected=expected)
+        if self.direct and expected is not None and total:
+            try:
+                direct = open_direct(self, w, total)
+            except BaseException:
+                w.abandon()
+                raise
+            if direct is not None:
+                return direct
+        return w
 
     def status(self, ref: str) -> IngestStatus:
         resp = self.client.call(
@@ -250,7 +269,9 @@ class ContainerdContentStore:
 
 
 class _BlobReader(io.RawIOBase):
-    """Raw positional reads of one blob: every readinto is one ``Read`` stream."""
+    """Raw positional reads of one blob. Sequential reads share one ``Read`` stream over
+    the rest of the blob (containerd sends it while we consume it); a seek elsewhere ends
+    that stream and the next read starts another."""
 
     def __init__(self, client: ContainerdClient, digest: Digest, size: int) -> None:
         super().__init__()
@@ -258,6 +279,21 @@ class _BlobReader(io.RawIOBase):
         self._digest = digest
         self._size = size
         self._pos = 0
+        self._seq: Iterator[bytes] | None = None  # stream of the bytes from _seq_pos on
+        self._seq_pos = 0
+        self._left = memoryview(b"")  # received from _seq, not yet consumed
+
+    def _drop_stream(self) -> None:
+        seq, self._seq = self._seq, None
+        self._left = memoryview(b"")
+        if seq is not None:
+            close = getattr(seq, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        self._drop_stream()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -309,18 +345,30 @@ class _BlobReader(io.RawIOBase):
         n = min(len(mv), self._size - self._pos)
         if n <= 0:
             return 0
+        if self._seq is None or self._seq_pos != self._pos:
+            self._drop_stream()
+            self._seq = self._chunks(self._pos, self._size - self._pos)
+            self._seq_pos = self._pos
         got = 0
-        for data in self._chunks(self._pos, n):
-            k = min(len(data), n - got)
-            mv[got : got + k] = data[:k] if k < len(data) else data
+        while got < n:
+            if not self._left:
+                data = next(self._seq, None)
+                if data is None:
+                    break
+                self._left = memoryview(data)
+            k = min(len(self._left), n - got)
+            mv[got : got + k] = self._left[:k]
+            self._left = self._left[k:]
             got += k
         self._pos += got
+        self._seq_pos = self._pos
         return got
 
     def readall(self) -> bytes:
         n = self._size - self._pos
         if n <= 0:
             return b""
+        self._drop_stream()
         data = b"".join(self._chunks(self._pos, n))
         self._pos += len(data)
         return data
@@ -521,6 +569,15 @@ class ContainerdContentWriter:
         except NotFoundError:  # collected already (no lease); report what was committed
             now = datetime.now(UTC)
             return ContentInfo(expected, size or self._sent, now, now, dict(labels or {}))
+
+    def ingest_digest(self) -> Digest:
+        """containerd's digest of the ingest's bytes as of the last answer (no flush)."""
+        return Digest.parse(self._digest)
+
+    def abandon(self) -> None:
+        """Cancel the stream without flushing (containerd releases the ref)."""
+        if not self._done:
+            self._fail()
 
     def _discard(self) -> None:
         with suppress(NotFoundError):
