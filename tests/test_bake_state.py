@@ -6,9 +6,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from cargohold.atomicfile import write_json_atomic
 from cargohold.bake.catalog import CatalogImage, CatalogPlan, UnpackRatio, plan_catalog
 from cargohold.bake.plan import PlanImage
-from cargohold.bake.state import PlanKey, SavedBake, load_state, write_json_atomic
+from cargohold.bake.state import PlanKey, SavedBake, load_state
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 

@@ -7,19 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cargohold.bake.spec import (
-    GIB,
-    KIB,
-    MB,
-    MIB,
-    CacheSpec,
-    load_spec,
-    parse_size,
-    parse_spec,
-)
+from cargohold.bake.spec import CacheSpec, load_spec, parse_spec
 from cargohold.cli import output
 from cargohold.errors import InvalidInputError
-from cargohold.units import format_rate, format_size
+from cargohold.units import GIB, KIB, MB, MIB, format_rate, format_size, parse_size
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

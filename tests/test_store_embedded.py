@@ -34,7 +34,7 @@ from cargohold.errors import (
 from cargohold.labels import GC_REF_CONTENT, GC_REF_SNAPSHOT, LABEL_GC_EXPIRE, LABEL_GC_ROOT
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.pull.singleflight import SingleFlight
+from cargohold.singleflight import SingleFlight
 from cargohold.store.embedded import EmbeddedStore, RootLock
 from cargohold.store.embedded.gc import Removed, collect
 from cargohold.store.embedded.metadata import SCHEMA_VERSION

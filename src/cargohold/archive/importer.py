@@ -139,7 +139,7 @@ class ImportCache:
 
     def save(self) -> bool:
         """Write the cache; False when it cannot be written (the next import reads all)."""
-        from cargohold.bake.baker import write_json_atomic
+        from cargohold.atomicfile import write_json_atomic
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cargohold.atomicfile import write_json_atomic
 from cargohold.bake.catalog import (
     CatalogImage,
     CatalogPlan,
@@ -53,15 +54,7 @@ from cargohold.bake.catalog import (
 from cargohold.bake.plan import DEFAULT_MODEL, CostModel
 from cargohold.bake.report import BakeImage, BakeReport, fail
 from cargohold.bake.spec import CacheSpec, ImageEntry
-from cargohold.bake.state import (
-    PlanKey,
-    SavedBake,
-    load_state,
-    spec_digest,
-    spec_path,
-    state_path,
-    write_json_atomic,
-)
+from cargohold.bake.state import PlanKey, SavedBake, load_state, spec_digest, spec_path, state_path
 from cargohold.errors import (
     BudgetError,
     CargoholdError,
@@ -87,7 +80,7 @@ from cargohold.store.interfaces import Snapshotter, Store
 from cargohold.units import format_size
 from cargohold.unpack.image import Unpacker, UnpackEvents, UnpackResult
 
-__all__ = ["BakeImage", "BakeReport", "Baker", "state_path", "write_json_atomic"]
+__all__ = ["BakeImage", "BakeReport", "Baker", "state_path"]
 
 class BakeEvents(ResolveEvents):
     """Progress callbacks of a bake (the CLI subclasses it): the first plan's resolution

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from cargohold.bake.plan import PlanImage, estimate_unpacked
 from cargohold.bake.sizes import (
     chain_layer_sizes,
-    layer_chains,
     local_blob,
     local_tar_size,
     snapshotter_of,
@@ -24,6 +23,7 @@ from cargohold.bake.spec import CacheSpec, ImageEntry
 from cargohold.errors import CargoholdError, Interrupted, UnsupportedError
 from cargohold.images.walk import by_platform, image_graph
 from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.oci.chainid import layer_chains
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
 from cargohold.oci.manifest import (
@@ -35,7 +35,7 @@ from cargohold.oci.manifest import (
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
 from cargohold.pull.fetch import child_labels, source_label
-from cargohold.pull.singleflight import SingleFlight
+from cargohold.singleflight import SingleFlight
 from cargohold.store.interfaces import ContentStore, Snapshotter, Store
 
 __all__ = [

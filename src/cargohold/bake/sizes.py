@@ -12,10 +12,9 @@ from cargohold.bake.plan import DEFAULT_UNPACK_RATIO
 from cargohold.errors import CargoholdError
 from cargohold.images.content import image_contents, present_configs
 from cargohold.images.walk import read_verified_blob
-from cargohold.oci.chainid import chain_ids
+from cargohold.oci.chainid import layer_chains
 from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
-from cargohold.oci.manifest import ImageConfig, Manifest
 from cargohold.store.interfaces import ContentStore, Snapshotter, Store
 from cargohold.units import format_size
 from cargohold.unpack.decompress import HINT_HEAD, HINT_TAIL, uncompressed_size_hint
@@ -25,7 +24,6 @@ __all__ = [
     "RATIO_RANGE",
     "UnpackRatio",
     "chain_layer_sizes",
-    "layer_chains",
     "local_blob",
     "local_tar_size",
     "ratio_of",
@@ -38,12 +36,6 @@ __all__ = [
 def snapshotter_of(store: Store) -> Snapshotter:
     """The store's snapshotter (the embedded one is opened on first use)."""
     return store.snapshots
-
-
-def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
-    """``(chain ID, layer descriptor)`` of every layer, bottom first (as many as both the
-    config's diff_ids and the manifest's layers have)."""
-    return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))
 
 
 def usage_excludes_parents(sn: Snapshotter) -> bool:

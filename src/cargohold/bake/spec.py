@@ -20,7 +20,7 @@ Two formats, chosen by the file name (:func:`load_spec`):
 
   Every global key is optional (``None`` / empty in :class:`CacheSpec` means "not set
   here": the caller falls back to its settings). Sizes (``budget``, ``reserve``) are a
-  whole number of bytes or a string with a unit, see :func:`parse_size`.
+  whole number of bytes or a string with a unit, see :func:`cargohold.units.parse_size`.
 
 * **A plain list** (any other name, e.g. ``images.txt``): one reference per line; ``#``
   starts a comment (references never contain ``#``); blank lines are ignored. Every
@@ -55,7 +55,6 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,23 +64,15 @@ from cargohold.filekind import file_kind
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.platform import parse_platform
 from cargohold.oci.reference import Reference, parse_reference
+from cargohold.units import parse_size
 
 __all__ = [
-    "GB",
-    "GIB",
-    "KB",
-    "KIB",
-    "MB",
-    "MIB",
     "MODES",
     "STORES",
-    "TB",
-    "TIB",
     "CacheSpec",
     "ImageEntry",
     "Mode",
     "load_spec",
-    "parse_size",
     "parse_spec",
 ]
 
@@ -90,73 +81,6 @@ SpecFormat = Literal["toml", "list"]
 MODES: tuple[Mode, ...] = ("pull", "fetch", "auto")
 _MODE_BY_NAME: dict[str, Mode] = {m: m for m in MODES}
 STORES: tuple[str, ...] = ("embedded", "containerd")
-
-KB, MB, GB, TB, PB = 10**3, 10**6, 10**9, 10**12, 10**15
-KIB, MIB, GIB, TIB, PIB = 2**10, 2**20, 2**30, 2**40, 2**50
-
-# --------------------------------------------------------------------------- sizes
-
-#: Accepted units, compared case-insensitively. SI (kB, MB, ...) are powers of 1000,
-#: IEC (KiB, MiB, ...; Kubernetes' Ki, Mi, ...) powers of 1024.
-_UNITS: dict[str, int] = {
-    "": 1, "b": 1,
-    "kb": KB, "mb": MB, "gb": GB, "tb": TB, "pb": PB,
-    "kib": KIB, "mib": MIB, "gib": GIB, "tib": TIB, "pib": PIB,
-    "ki": KIB, "mi": MIB, "gi": GIB, "ti": TIB, "pi": PIB,
-}  # fmt: skip
-_AMBIGUOUS = {"k": ("kB", "KiB"), "m": ("MB", "MiB"), "g": ("GB", "GiB"), "t": ("TB", "TiB"),
-              "p": ("PB", "PiB")}  # fmt: skip
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
-
-
-def parse_size(value: str | int) -> int:
-    """Bytes from ``"20GiB"``, ``"500MB"``, ``"1.5 GiB"``, ``"1024"``, ``"64Mi"`` or an int.
-
-    SI units (``kB``, ``MB``, ``GB``, ``TB``, ``PB``) are powers of 1000, IEC units
-    (``KiB`` ... ``PiB``, also Kubernetes' ``Ki`` ... ``Pi``) powers of 1024; case does
-    not matter; ``B`` or no unit means bytes. A bare ``K``/``M``/``G``/``T`` is refused
-    as ambiguous (``df -h`` means GiB, Kubernetes means GB). Fractions are rounded down
-    to whole bytes. Negative sizes are refused.
-    """
-    if isinstance(value, bool):
-        raise InvalidInputError(
-            f'invalid size {_show(value)}: expected bytes or a string like "20GiB"'
-        )
-    if isinstance(value, int):
-        if value < 0:
-            raise InvalidInputError(f"invalid size {value}: must not be negative")
-        return value
-    if not isinstance(value, str):
-        raise InvalidInputError(
-            f'invalid size {_show(value)}: expected a whole number of bytes or a string like "20GiB"'
-        )
-    text = value.strip()
-    if text.startswith("-"):
-        raise InvalidInputError(f"invalid size {_show(value)}: must not be negative")
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise InvalidInputError(
-            f'invalid size {_show(value)}: expected a number and a unit, like "20GiB" or "500MB"'
-        )
-    number, unit = m.group(1), m.group(2)
-    low = unit.lower()
-    if low in _AMBIGUOUS:
-        si, iec = _AMBIGUOUS[low]
-        raise InvalidInputError(
-            f"invalid size {_show(value)}: unit {_show(unit)} is ambiguous; "
-            f"write {si} (powers of 1000) or {iec} (powers of 1024)"
-        )
-    if low not in _UNITS:
-        raise InvalidInputError(
-            f"invalid size {_show(value)}: unknown unit {_show(unit)} "
-            "(use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-        )
-    try:
-        amount = Decimal(number)
-    except InvalidOperation:  # pragma: no cover - the regex admits only decimals
-        raise InvalidInputError(f"invalid size {_show(value)}: bad number") from None
-    return int(amount * _UNITS[low])
-
 
 # --------------------------------------------------------------------------- model
 

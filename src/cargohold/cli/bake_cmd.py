@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cargohold import __version__
+from cargohold.atomicfile import write_json_atomic
 from cargohold.bake.baker import (
     BakeEvents,
     BakeImage,
     BakeOptions,
     Baker,
     BakeReport,
-    write_json_atomic,
 )
-from cargohold.bake.spec import load_spec, parse_size
+from cargohold.bake.spec import load_spec
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output
@@ -41,7 +41,7 @@ from cargohold.pull.pipeline import unpack_lease
 from cargohold.pull.sources import content_source
 from cargohold.settings import apply_spec_settings
 from cargohold.store.open import open_store, reserve_bytes
-from cargohold.units import format_size
+from cargohold.units import format_size, parse_size
 from cargohold.unpack.image import UnpackResult
 
 if TYPE_CHECKING:

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import click
 
-from cargohold.bake.spec import parse_size
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.output import Output
 from cargohold.errors import InvalidInputError
 from cargohold.measure.calibration import Calibration, calibration_path, now_iso, save_calibration
 from cargohold.measure.scratch import open_scratch
 from cargohold.measure.unpack_speed import CalibrateResult, measure_unpack
-from cargohold.units import format_rate, format_size
+from cargohold.units import format_rate, format_size, parse_size
 
 DEFAULT_SIZE = "64MB"
 MIN_SIZE = 1_000_000

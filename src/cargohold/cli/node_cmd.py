@@ -73,8 +73,8 @@ def status_command(app: App, refs: tuple[str, ...], spec_file: Path | None) -> N
 
 
 def _needed_bytes(keep_free: str | None, free: str | None, space: Any) -> int:
-    from cargohold.bake.spec import parse_size
     from cargohold.node.disk import free_target, parse_keep_free, store_fs_not_found
+    from cargohold.units import parse_size
 
     if (keep_free is None) == (free is None):
         raise InvalidInputError("give exactly one of --keep-free SIZE|PCT and --free SIZE")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cargohold.bake.spec import load_spec, parse_size
+from cargohold.bake.spec import load_spec
 from cargohold.cli.fetching import apply_registry_options, registry_options
 from cargohold.cli.main import App, cli, pass_app
 from cargohold.cli.sources import from_options
@@ -24,7 +24,7 @@ from cargohold.oci.platform import host_platform, parse_platform
 from cargohold.pull.sources import content_source, registry_client
 from cargohold.settings import apply_spec_settings
 from cargohold.store.open import embedded_store_exists, open_store
-from cargohold.units import format_size
+from cargohold.units import format_size, parse_size
 
 _json_option = click.option("--json", "json_local", is_flag=True, default=False,
                             help="Machine-readable output on stdout (same as the global --json).")

@@ -9,10 +9,14 @@ from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.walk import image_graph, read_blob
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor
+from cargohold.oci.digest import Digest
 from cargohold.oci.manifest import ImageConfig, Manifest, parse_config
 from cargohold.store.interfaces import ContentStore
 
-__all__ = ["ImageContents", "image_contents", "present_configs", "read_blob"]
+__all__ = ["ImageContents", "check_blob", "image_contents", "present_configs", "read_blob"]
+
+#: Read size when re-hashing a stored blob.
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -109,3 +113,39 @@ def present_configs(
             yield m, parse_config(data)
         except CargoholdError:
             continue
+
+
+def check_blob(
+    content: ContentStore, desc: Descriptor, *, rehash: bool = True
+) -> tuple[str, str] | None:
+    """Whether the stored blob ``desc`` is intact: None, else ``(kind, message)`` with kind
+    ``missing``, ``truncated`` or ``corrupt``. ``rehash`` False: its size only."""
+    what = mediatypes.kind(desc.media_type)
+    try:
+        info = content.info(desc.digest)
+    except NotFoundError:
+        return "missing", f"{what} {desc.digest} is missing"
+    if info.size < desc.size:
+        return "truncated", f"{what} {desc.digest} is truncated ({info.size} of {desc.size} bytes)"
+    if info.size > desc.size:
+        return "corrupt", f"{what} {desc.digest} has {info.size} bytes, expected {desc.size}"
+    if not rehash:
+        return None
+    h = desc.digest.hasher()
+    n = 0
+    try:
+        with content.reader(desc.digest) as r:
+            while chunk := r.read(_HASH_CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+    except NotFoundError:
+        return "missing", f"{what} {desc.digest} is missing"
+    except OSError as e:
+        return "corrupt", f"{what} {desc.digest} cannot be read: {e}"
+    if n < desc.size:
+        return "truncated", f"{what} {desc.digest} is truncated ({n} of {desc.size} bytes)"
+    got = Digest(desc.digest.algorithm, h.hexdigest())
+    if got != desc.digest:
+        return "corrupt", f"{what} {desc.digest} is corrupt: its bytes hash to {got}"
+    return None
+

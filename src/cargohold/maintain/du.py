@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.bake.catalog import layer_chains
 from cargohold.errors import CargoholdError
 from cargohold.images.content import image_contents, present_configs
 from cargohold.maintain.verify import select_images
+from cargohold.oci.chainid import layer_chains
 from cargohold.store.interfaces import Snapshotter, Store
 
 __all__ = ["DiskUsage", "ImageUsage", "disk_usage"]

@@ -49,7 +49,7 @@ from datetime import timedelta
 from typing import Any
 
 from cargohold.errors import CargoholdError, NotFoundError
-from cargohold.images.content import image_contents
+from cargohold.images.content import check_blob, image_contents
 from cargohold.images.walk import image_graph
 from cargohold.interrupts import held, shutdown, wait_until
 from cargohold.labels import GC_REF_SNAPSHOT, snapshot_gc_label
@@ -75,7 +75,6 @@ __all__ = [
     "BLOB_KINDS",
     "REPAIRABLE_KINDS",
     "Problem",
-    "check_blob",
     "count_problems",
     "select_images",
     "verify",
@@ -125,44 +124,6 @@ def select_images(images: ImageStore, refs: Sequence[str] | None) -> list[Image]
     return out
 
 
-def _check_blob(
-    content: ContentStore, desc: Descriptor, *, rehash: bool = True
-) -> tuple[str, str] | None:
-    """None if the blob is intact, else (kind, message). ``rehash`` False: size only."""
-    what = mediatypes.kind(desc.media_type)
-    try:
-        info = content.info(desc.digest)
-    except NotFoundError:
-        return "missing", f"{what} {desc.digest} is missing"
-    if info.size < desc.size:
-        return "truncated", f"{what} {desc.digest} is truncated ({info.size} of {desc.size} bytes)"
-    if info.size > desc.size:
-        return "corrupt", f"{what} {desc.digest} has {info.size} bytes, expected {desc.size}"
-    if not rehash:
-        return None
-    h = desc.digest.hasher()
-    n = 0
-    try:
-        with content.reader(desc.digest) as r:
-            while chunk := r.read(_CHUNK):
-                h.update(chunk)
-                n += len(chunk)
-    except NotFoundError:
-        return "missing", f"{what} {desc.digest} is missing"
-    except OSError as e:
-        return "corrupt", f"{what} {desc.digest} cannot be read: {e}"
-    if n < desc.size:
-        return "truncated", f"{what} {desc.digest} is truncated ({n} of {desc.size} bytes)"
-    got = Digest(desc.digest.algorithm, h.hexdigest())
-    if got != desc.digest:
-        return "corrupt", f"{what} {desc.digest} is corrupt: its bytes hash to {got}"
-    return None
-
-
-#: The public name: whether one stored blob is intact (None) or (kind, message).
-check_blob = _check_blob
-
-
 def count_problems(problems: Iterable[Problem]) -> int:
     """How many things are wrong: each damaged blob once (however many images share it),
     each missing snapshot once, and an image's ``incomplete`` only when nothing else
@@ -192,7 +153,7 @@ class _Checker:
         self.cache: dict[str, tuple[str, str] | None] = {}
 
     def _check(self, desc: Descriptor) -> tuple[str, str] | None:
-        return _check_blob(self.content, desc, rehash=str(desc.digest) not in self.trusted)
+        return check_blob(self.content, desc, rehash=str(desc.digest) not in self.trusted)
 
     def blob(self, desc: Descriptor) -> tuple[str, str] | None:
         key = str(desc.digest)

@@ -52,7 +52,7 @@ def store_fs_not_found(hint: str) -> InvalidInputError:
 def parse_keep_free(text: str) -> tuple[int | None, float | None]:
     """``SIZE`` (bytes, units as in specs) or ``PCT%`` (0 < PCT < 100) of the file system:
     (bytes, None) or (None, percent); InvalidInputError otherwise."""
-    from cargohold.bake.spec import parse_size
+    from cargohold.units import parse_size
 
     t = text.strip()
     if t.endswith("%"):

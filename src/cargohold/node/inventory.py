@@ -26,12 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.bake.catalog import layer_chains
 from cargohold.errors import CargoholdError
 from cargohold.images.content import image_contents, present_configs
 from cargohold.labels import LABEL_SNAPSHOT_REF
 from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.node.labels import image_critical, image_pinned, image_priority
+from cargohold.oci.chainid import layer_chains
 from cargohold.oci.reference import lookup_by_name
 from cargohold.store.interfaces import KIND_COMMITTED, Image, SnapshotInfo, Snapshotter, Store
 

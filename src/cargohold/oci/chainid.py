@@ -11,7 +11,9 @@ import hashlib
 from collections.abc import Sequence
 
 from cargohold.errors import InvalidInputError
+from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
+from cargohold.oci.manifest import ImageConfig, Manifest
 
 __all__ = ["chain_id", "chain_ids"]
 
@@ -33,3 +35,9 @@ def chain_id(diff_ids: Sequence[Digest]) -> Digest:
     if not diff_ids:
         raise InvalidInputError("the chain ID of an empty layer stack is undefined")
     return chain_ids(diff_ids)[-1]
+
+
+def layer_chains(config: ImageConfig, manifest: Manifest) -> list[tuple[Digest, Descriptor]]:
+    """``(chain ID, layer descriptor)`` of every layer, bottom first (as many as both the
+    config's diff_ids and the manifest's layers have)."""
+    return list(zip(chain_ids(config.diff_ids), manifest.layers, strict=False))

@@ -52,7 +52,7 @@ from cargohold.oci.manifest import (
     parse_manifest_or_index,
 )
 from cargohold.oci.reference import Reference
-from cargohold.pull.singleflight import SingleFlight
+from cargohold.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     ContentWriter,
     Image,

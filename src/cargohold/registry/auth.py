@@ -38,8 +38,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from cargohold.errors import InvalidInputError, UnauthorizedError, UnavailableError
-from cargohold.pull.singleflight import SingleFlight
 from cargohold.registry.transport import TLSConfig, Transport
+from cargohold.singleflight import SingleFlight
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})

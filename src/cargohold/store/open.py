@@ -11,7 +11,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cargohold.bake.spec import parse_size
 from cargohold.errors import (
     CargoholdError,
     InvalidInputError,
@@ -23,6 +22,7 @@ from cargohold.settings import Settings
 from cargohold.store.embedded.lock import RootLock
 from cargohold.store.embedded.metadata import DB_FILE
 from cargohold.store.embedded.store import EmbeddedStore
+from cargohold.units import parse_size
 
 if TYPE_CHECKING:
     from cargohold.store.containerd.store import ContainerdStore

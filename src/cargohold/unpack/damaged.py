@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cargohold.errors import DigestMismatchError, InvalidInputError
+from cargohold.images.content import check_blob
 from cargohold.oci.descriptor import Descriptor
 from cargohold.store.interfaces import ContentStore
 from cargohold.unpack.decompress import CorruptLayerError
@@ -29,8 +30,6 @@ def stored_blob_check(content: ContentStore, desc: Descriptor) -> Iterator[None]
     try:
         yield
     except CorruptLayerError as e:
-        from cargohold.maintain.verify import check_blob
-
         bad = check_blob(content, desc)
         if bad is not None:
             raise DigestMismatchError(

@@ -12,7 +12,7 @@ bottom first:
 * otherwise (flat copies, containerd) each layer is prepared on its committed parent and
   applied in order;
 * a chain wanted by two images unpacked at the same time by one Unpacker is unpacked once
-  (:class:`~cargohold.pull.singleflight.SingleFlight` keyed by chain ID); another process
+  (:class:`~cargohold.singleflight.SingleFlight` keyed by chain ID); another process
   committing the same chain first is fine too (its snapshot is used, ours removed).
 
 Only when the top chain is committed is the image unpacked; then the labels containerd's
@@ -64,7 +64,7 @@ from cargohold.leasing import EXTRACT_PREFIX
 from cargohold.oci import mediatypes
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest
-from cargohold.pull.singleflight import SingleFlight
+from cargohold.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     Applier,
     ContentStore,

@@ -91,7 +91,7 @@ class ContainerdStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ContainerdStore:
-        from cargohold.bake.spec import parse_size
+        from cargohold.units import parse_size
 
         return cls(settings.address, settings.namespace, settings.snapshotter,
                    reserve_bytes=parse_size(settings.reserve) if settings.reserve else 0)

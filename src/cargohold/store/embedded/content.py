@@ -49,7 +49,7 @@ from cargohold.errors import (
     OutOfSpaceError,
 )
 from cargohold.oci.digest import ALGORITHMS, Digest
-from cargohold.pull.singleflight import SingleFlight
+from cargohold.singleflight import SingleFlight
 from cargohold.store.embedded.leases import EmbeddedLeaseManager, parse_rfc3339
 from cargohold.store.embedded.metadata import (
     MetadataDB,
