@@ -245,6 +245,9 @@ class ArchiveSource:
 
     # ------------------------------------------------------------ registry protocol
 
+    def abort(self) -> None:
+        """Nothing in flight to cut: archives are read in the calling thread."""
+
     def resolve(self, ref: Reference) -> Descriptor:
         desc = self._find(ref)
         if desc is not None:

@@ -64,6 +64,8 @@ class RegistryLike(Protocol):
         self, ref: Reference, desc: Descriptor, write: Callable[[Any], object]
     ) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 
 @dataclass(frozen=True)
@@ -351,14 +353,13 @@ def _resolve_all(
                 failures.append((entry, e))
     except BaseException as e:
         pool.shutdown(wait=False, cancel_futures=True)  # the error (or Ctrl-C) first
-        abort = getattr(registry, "abort", None)
-        if isinstance(e, KeyboardInterrupt | Interrupted) and callable(abort):
+        if isinstance(e, KeyboardInterrupt | Interrupted):
             # requests in flight end now (their sockets shut down), not at the read timeout
-            abort()
+            registry.abort()
         # No resolve outlives this call: the store and the registry client it uses are
         # closed by the caller next (a worker left running under them can crash the
         # interpreter at exit).
-        shutdown(pool, abort if callable(abort) else None)
+        shutdown(pool, registry.abort)
         raise
     pool.shutdown()
     return out

@@ -80,6 +80,10 @@ class Registry(Protocol):
         on_progress: Callable[[int], None] | None = None,
     ) -> None: ...
 
+    def abort(self) -> None:
+        """End requests in flight now (from any thread); a no-op for local sources."""
+        ...
+
 
 class FetchEvents:
     """Progress callbacks; the CLI subclasses this. Called from worker threads."""
@@ -283,9 +287,7 @@ class Fetcher:
         """Stop now (from any thread): no new blob starts, downloads in flight end at once
         (the registry client shuts their sockets down); ingests stay for a resume."""
         self.cancel.set()
-        abort = getattr(self.registry, "abort", None)
-        if callable(abort):
-            abort()
+        self.registry.abort()
 
     # ------------------------------------------------------------ public
 

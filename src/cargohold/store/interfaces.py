@@ -255,6 +255,12 @@ class Snapshotter(Protocol):
         embedded ``flat`` backend, containerd's ``native``)."""
         ...
 
+    @property
+    def local_dir(self) -> Path | None:
+        """The directory holding the snapshots when this process writes them there itself
+        (the embedded store), for free-space checks before unpacking; None otherwise."""
+        ...
+
     def stat(self, key: str) -> SnapshotInfo:
         """Raises NotFoundError."""
         ...

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from cargohold.errors import (
     AlreadyExistsError,
@@ -68,6 +68,7 @@ from cargohold.singleflight import SingleFlight
 from cargohold.store.interfaces import (
     Applier,
     ContentStore,
+    Mount,
     Snapshotter,
 )
 from cargohold.unpack.damaged import stored_blob_check
@@ -82,6 +83,15 @@ STATE_SHARED = "shared"
 STATE_FAILED = "failed"
 
 _log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class StatsApplier(Protocol):
+    """An applier that also says what it did (cargohold's own appliers; containerd's diff
+    service does not): its stats go into each layer's outcome."""
+
+    def apply_with_stats(self, desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO,
+                         diff_id: Digest | None = None) -> tuple[Descriptor, ApplyStats]: ...
 
 
 
@@ -426,7 +436,7 @@ class Unpacker:
                 )
 
     def _check_space(self, img: ResolvedImage, missing: Sequence[int]) -> None:
-        where = getattr(self.snapshotter, "dir", None)
+        where = self.snapshotter.local_dir
         if where is None:
             return
         try:
@@ -554,11 +564,9 @@ class Unpacker:
             with self.content.reader(layer.digest) as raw, stored_blob_check(self.content, layer):
                 reader: Any = _Reader(raw, self.cancel, job.cancel,
                                       functools.partial(self.events.layer_progress, layer))
-                with_stats: Callable[..., tuple[Descriptor, ApplyStats]] | None = getattr(
-                    self.applier, "apply_with_stats", None
-                )
-                if with_stats is not None:
-                    udesc, stats = with_stats(layer, mounts, reader=reader, diff_id=diff_id)
+                if isinstance(self.applier, StatsApplier):
+                    udesc, stats = self.applier.apply_with_stats(
+                        layer, mounts, reader=reader, diff_id=diff_id)
                 else:
                     udesc = self.applier.apply(layer, mounts, reader=reader, diff_id=diff_id)
             if udesc.digest != diff_id:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cargohold.errors import CargoholdError, ConflictError, InvalidInputError, UnsupportedError
@@ -67,6 +68,11 @@ class ContainerdSnapshotter:
     def usage_per_layer(self) -> bool:
         """containerd's API: usage excludes the parents, but ``native`` copies them."""
         return self._name != "native"
+
+    @property
+    def local_dir(self) -> Path | None:
+        """containerd writes the snapshots (its snapshotter checks its own space)."""
+        return None
 
     def _info(self, pb: Any) -> SnapshotInfo:
         return SnapshotInfo(

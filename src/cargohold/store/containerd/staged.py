@@ -96,6 +96,10 @@ class StagedSnapshotter:
         return self.inner.usage_per_layer
 
     @property
+    def local_dir(self) -> Path | None:
+        return self.inner.local_dir
+
+    @property
     def standalone_layers(self) -> bool:
         """True when containerd's snapshot directories are on this machine (introspection's
         ``root`` of the snapshotter plugin is a directory here); asked once."""

@@ -271,6 +271,10 @@ class EmbeddedSnapshotter:
         """overlay: a layer's own directory; flat: a full copy of its stack."""
         return self.backend != "flat"
 
+    @property
+    def local_dir(self) -> Path:
+        return self.dir
+
     # ------------------------------------------------------------ database
 
     def _get(self, c: sqlite3.Connection, key: str) -> _Row | None:
