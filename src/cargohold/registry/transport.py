@@ -527,16 +527,7 @@ class Transport:
                     resp.close()
                     raise _status_error(resp.status, resp.url, text)
                 resp.drain()
-            self.sleep(
-                backoff_delay(
-                    attempt,
-                    base=self.backoff,
-                    cap=self.backoff_cap,
-                    retry_after=retry_after,
-                    retry_after_cap=self.retry_after_cap,
-                    rand=self.rand,
-                )
-            )
+            self.backoff_sleep(attempt, retry_after)
 
     def backoff_sleep(self, attempt: int, retry_after: float | None = None) -> None:
         """Sleep the backoff for retry ``attempt`` (used by callers that resume streams)."""
