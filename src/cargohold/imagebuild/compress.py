@@ -11,6 +11,7 @@ several concatenated frames (or gzip members), each covering that many input byt
 
 from __future__ import annotations
 
+import io
 import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
@@ -171,15 +172,6 @@ def compress(
     return Path(dst).stat().st_size
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes, /) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-
 def compress_bytes(
     data: bytes,
     compression: Compression = "gzip",
@@ -189,13 +181,13 @@ def compress_bytes(
     gzip_engine: GzipEngine = "isal",
 ) -> bytes:
     """In-memory variant of :func:`compress`, for small test blobs."""
-    sink = _Collect()
+    sink = io.BytesIO()
     w = CompressWriter(
         sink, compression, level=level, frame_size=frame_size, gzip_engine=gzip_engine
     )
     w.write(data)
     w.close()
-    return b"".join(sink.parts)
+    return sink.getvalue()
 
 
 def sniff_compression(head: bytes) -> Compression:

@@ -21,6 +21,7 @@ grow with file or layer size.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -434,25 +435,16 @@ def write_tar(entries: Iterable[Entry], out: Writable, *, format: TarFormat = "p
     return writer.bytes_written
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes, /) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-
 def tar_bytes(entries: Iterable[Entry], *, format: TarFormat = "pax") -> bytes:
     """The whole tar in memory: for small test layers only."""
-    sink = _Collect()
+    sink = io.BytesIO()
     write_tar(entries, sink, format=format)
-    return b"".join(sink.parts)
+    return sink.getvalue()
 
 
 def iter_tar(entries: Iterable[Entry], *, format: TarFormat = "pax") -> Iterator[bytes]:
     """The tar as a lazy stream of byte chunks (at most 1 MiB of file data each)."""
-    writer = TarWriter(_Collect(), format=format)
+    writer = TarWriter(io.BytesIO(), format=format)  # members() writes nothing
     for entry in entries:
         for chunk in writer.members(entry):
             if chunk:
