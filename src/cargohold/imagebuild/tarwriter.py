@@ -320,19 +320,10 @@ def _encode_header(h: _Header, fmt: TarFormat) -> bytes:
     if pax:
         records = b"".join(_pax_record(k, v) for k, v in pax.items())
         out.append(
-            _block(
-                _PAX_NAME,
-                PAX_HEADER,
-                mode=_octal(0o644, 8),
-                uid=_octal(0, 8),
-                gid=_octal(0, 8),
-                size=_octal(len(records), 12),
-                mtime=_octal(0, 12),
-                devmajor=_octal(0, 8),
-                devminor=_octal(0, 8),
+            _extension(
+                _PAX_NAME, PAX_HEADER, records, devmajor=_octal(0, 8), devminor=_octal(0, 8)
             )
         )
-        out.append(records + _pad(len(records)))
 
     out.append(
         _block(
@@ -356,21 +347,33 @@ def _encode_header(h: _Header, fmt: TarFormat) -> bytes:
 
 
 def _gnu_long(value: bytes, typ: bytes) -> bytes:
-    data = value + b"\0"
-    return (
-        _block(
-            _GNU_NAME,
-            typ,
-            mode=_octal(0o644, 8),
-            uid=_octal(0, 8),
-            gid=_octal(0, 8),
-            size=_octal(len(data), 12),
-            mtime=_octal(0, 12),
-            magic=_GNU_MAGIC,
-        )
-        + data
-        + _pad(len(data))
+    return _extension(_GNU_NAME, typ, value + b"\0", magic=_GNU_MAGIC)
+
+
+def _extension(
+    name: bytes,
+    typ: bytes,
+    payload: bytes,
+    *,
+    magic: bytes = _USTAR_MAGIC,
+    devmajor: bytes = b"",
+    devminor: bytes = b"",
+) -> bytes:
+    """An extension member (PAX ``x`` header, GNU long name or link) carrying ``payload``:
+    its header with the fixed fields (mode 0644, owner 0, mtime 0), the payload, padding."""
+    header = _block(
+        name,
+        typ,
+        mode=_octal(0o644, 8),
+        uid=_octal(0, 8),
+        gid=_octal(0, 8),
+        size=_octal(len(payload), 12),
+        mtime=_octal(0, 12),
+        magic=magic,
+        devmajor=devmajor,
+        devminor=devminor,
     )
+    return header + payload + _pad(len(payload))
 
 
 # --------------------------------------------------------------------------- writing
