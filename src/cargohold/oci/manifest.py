@@ -63,13 +63,7 @@ class Manifest:
             "config": self.config.to_json(),
             "layers": [d.to_json() for d in self.layers],
         }
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        if self.subject is not None:
-            out["subject"] = self.subject.to_json()
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        return out
+        return _with_optional(out, self.annotations, self.subject, self.artifact_type)
 
     def to_json_bytes(self) -> bytes:
         """Canonical JSON (sorted keys, compact): parses back to an equal Manifest."""
@@ -96,17 +90,27 @@ class Index:
             "mediaType": self.media_type,
             "manifests": [d.to_json() for d in self.manifests],
         }
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        if self.subject is not None:
-            out["subject"] = self.subject.to_json()
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        return out
+        return _with_optional(out, self.annotations, self.subject, self.artifact_type)
 
     def to_json_bytes(self) -> bytes:
         """Canonical JSON (sorted keys, compact): parses back to an equal Index."""
         return canonical_json(self.to_json())
+
+
+def _with_optional(
+    out: dict[str, Any],
+    annotations: dict[str, str],
+    subject: Descriptor | None,
+    artifact_type: str,
+) -> dict[str, Any]:
+    """``out`` plus the optional fields a manifest and an index share, where set."""
+    if annotations:
+        out["annotations"] = dict(annotations)
+    if subject is not None:
+        out["subject"] = subject.to_json()
+    if artifact_type:
+        out["artifactType"] = artifact_type
+    return out
 
 
 @dataclass(slots=True)
