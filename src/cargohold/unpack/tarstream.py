@@ -205,16 +205,22 @@ class Source:
                 return part + chunk[:need]
             part += chunk
 
+    def _refill(self, truncated: str) -> int:
+        """The buffer, used up, replaced by the next chunk; its length. InvalidInputError
+        with the message ``truncated`` at the end of the stream."""
+        chunk = self._chunk()
+        if not chunk:
+            raise InvalidInputError(truncated)
+        self.buf, self.pos = chunk, 0
+        return len(chunk)
+
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes (small reads: extended headers)."""
         parts: list[bytes] = []
         while n:
             avail = len(self.buf) - self.pos
             if not avail:
-                chunk = self._chunk()
-                if not chunk:
-                    raise InvalidInputError("layer tar is truncated")
-                self.buf, self.pos, avail = chunk, 0, len(chunk)
+                avail = self._refill("layer tar is truncated")
             take = min(n, avail)
             parts.append(self.buf[self.pos : self.pos + take])
             self.pos += take
@@ -225,10 +231,7 @@ class Source:
         while n:
             avail = len(self.buf) - self.pos
             if not avail:
-                chunk = self._chunk()
-                if not chunk:
-                    raise InvalidInputError("layer tar is truncated")
-                self.buf, self.pos, avail = chunk, 0, len(chunk)
+                avail = self._refill("layer tar is truncated")
             take = min(n, avail)
             self.pos += take
             n -= take
@@ -238,10 +241,7 @@ class Source:
         while n:
             avail = len(self.buf) - self.pos
             if not avail:
-                chunk = self._chunk()
-                if not chunk:
-                    raise InvalidInputError("layer tar is truncated (inside file data)")
-                self.buf, self.pos, avail = chunk, 0, len(chunk)
+                avail = self._refill("layer tar is truncated (inside file data)")
             take = n if n < avail else avail
             pos = self.pos
             data: bytes | memoryview
