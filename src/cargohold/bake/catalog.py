@@ -40,6 +40,7 @@ from cargohold.bake.plan import (
     ImagePlan,
     PlanImage,
     plan,
+    totals_json,
 )
 from cargohold.bake.resolve import (
     MAX_CONFIG_SIZE,
@@ -179,14 +180,7 @@ class CatalogPlan:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "feasible": self.feasible,
-            "reason": self.reason,
-            "algorithm": self.algorithm,
-            "budget": self.budget,
-            "content_bytes": self.content_bytes,
-            "snapshot_bytes": self.snapshot_bytes,
-            "total_bytes": self.total_bytes,
-            "total_penalty": self.total_penalty,
+            **totals_json(self),
             "images": [r.to_json() for r in self.images],
             "present_bytes": self.present_bytes,
             "model": {"unpack_throughput": self.unpack_throughput,

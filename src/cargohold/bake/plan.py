@@ -107,6 +107,7 @@ __all__ = [
     "EXACT_LIMIT",
     "NODE_LIMIT",
     "SIZE_RULE_LIMIT",
+    "TOTALS_FIELDS",
     "CostModel",
     "Decision",
     "ImagePlan",
@@ -118,6 +119,7 @@ __all__ = [
     "baseline_size_rule",
     "estimate_unpacked",
     "plan",
+    "totals_json",
 ]
 
 Mode = Literal["pull", "fetch", "auto"]
@@ -337,17 +339,20 @@ class Plan:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "feasible": self.feasible,
-            "reason": self.reason,
-            "algorithm": self.algorithm,
-            "budget": self.budget,
-            "content_bytes": self.content_bytes,
-            "snapshot_bytes": self.snapshot_bytes,
-            "total_bytes": self.total_bytes,
-            "total_penalty": self.total_penalty,
-            "images": [img.to_json() for img in self.images],
-        }
+        return {**totals_json(self), "images": [img.to_json() for img in self.images]}
+
+
+#: The verdict and totals a plan's JSON starts with (the images follow them): attributes
+#: of a :class:`Plan` and of a catalog plan alike, written under their own names.
+TOTALS_FIELDS: tuple[str, ...] = (
+    "feasible", "reason", "algorithm", "budget",
+    "content_bytes", "snapshot_bytes", "total_bytes", "total_penalty",
+)
+
+
+def totals_json(p: object) -> dict[str, Any]:
+    """The :data:`TOTALS_FIELDS` of plan ``p``, for its JSON."""
+    return {name: getattr(p, name) for name in TOTALS_FIELDS}
 
 
 # ---- plan assembly
