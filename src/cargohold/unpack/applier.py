@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -82,7 +83,33 @@ def plan(mounts: Sequence[Mount]) -> Plan:
     return Plan(None, "flat")
 
 
-class EmbeddedApplier:
+class StatsApplierBase(ABC):
+    """Base of the appliers that tell what they did (``unpack.image.StatsApplier``): they
+    write only ``apply_with_stats``; ``apply`` is it without the stats."""
+
+    @abstractmethod
+    def apply_with_stats(
+        self,
+        desc: Descriptor,
+        mounts: Sequence[Mount],
+        *,
+        reader: BinaryIO,
+        diff_id: Digest | None = None,
+    ) -> tuple[Descriptor, ApplyStats]:
+        """``apply``, also returning what it did."""
+
+    def apply(
+        self,
+        desc: Descriptor,
+        mounts: list[Mount],
+        *,
+        reader: BinaryIO,
+        diff_id: Digest | None = None,
+    ) -> Descriptor:
+        return self.apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)[0]
+
+
+class EmbeddedApplier(StatsApplierBase):
     """Applies layer blobs onto snapshot mounts; see :func:`plan` for where.
 
     ``reserve_bytes``: free space to leave on the snapshot file system; ``sync``: syncfs
@@ -99,16 +126,6 @@ class EmbeddedApplier:
         self.reserve_bytes = reserve_bytes
         self.sync = sync
         self.mount_dir = mount_dir
-
-    def apply(
-        self,
-        desc: Descriptor,
-        mounts: list[Mount],
-        *,
-        reader: BinaryIO,
-        diff_id: Digest | None = None,
-    ) -> Descriptor:
-        return self.apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)[0]
 
     def apply_with_stats(
         self,

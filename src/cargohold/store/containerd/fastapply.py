@@ -30,7 +30,6 @@ Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
-import builtins
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from cargohold.store.interfaces import Mount
 from cargohold.unpack.applier import (
     EmbeddedApplier,
     Plan,
+    StatsApplierBase,
     plan,
 )
 from cargohold.unpack.layerwriter import ApplyStats
@@ -81,7 +81,7 @@ def local_plan(snapshotter: str, mounts: Sequence[Mount]) -> Plan | None:
     return p
 
 
-class FastApplier:
+class FastApplier(StatsApplierBase):
     """The Applier protocol for one containerd snapshotter: cargohold's applier into the
     snapshot's directory when :func:`local_plan` allows, containerd's diff service
     (``fallback``) otherwise. ``used_fallback`` counts the layers that went to containerd."""
@@ -102,16 +102,6 @@ class FastApplier:
 
     def plan(self, mounts: Sequence[Mount]) -> Plan | None:
         return local_plan(self.snapshotter, mounts) if self.direct else None
-
-    def apply(
-        self,
-        desc: Descriptor,
-        mounts: builtins.list[Mount],
-        *,
-        reader: BinaryIO,
-        diff_id: Digest | None = None,
-    ) -> Descriptor:
-        return self.apply_with_stats(desc, mounts, reader=reader, diff_id=diff_id)[0]
 
     def apply_with_stats(
         self,
