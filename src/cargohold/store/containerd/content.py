@@ -44,7 +44,7 @@ from cargohold.errors import (
 )
 from cargohold.oci.digest import Digest
 from cargohold.store.containerd.client import ContainerdClient, RpcError, from_timestamp
-from cargohold.store.containerd.ingest import DirectContentWriter, open_direct
+from cargohold.store.containerd.ingest import ClosingWriter, DirectContentWriter, open_direct
 from cargohold.store.interfaces import ContentInfo, IngestStatus
 
 #: Bytes per WRITE message and per Read request.
@@ -374,7 +374,7 @@ class _BlobReader(io.RawIOBase):
         return data
 
 
-class ContainerdContentWriter:
+class ContainerdContentWriter(ClosingWriter):
     """One ``Write`` stream: an open ingest in containerd (the ref is locked while open).
 
     Not thread-safe. ``close`` (or leaving the ``with`` block without commit) ends the
@@ -600,17 +600,8 @@ class ContainerdContentWriter:
         if not getattr(self, "_done", True):
             self._fail()
 
-    def __enter__(self) -> ContainerdContentWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc and exc[0] is not None:
-            try:
-                self.close()
-            except Exception:
-                self._fail()
-        else:
-            self.close()
+    def _close_failed(self) -> None:
+        self._fail()
 
 
 __all__ = [

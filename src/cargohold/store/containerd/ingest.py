@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from cargohold.errors import CargoholdError, ConflictError, IngestLockedError, UnsupportedError
 from cargohold.oci.digest import Digest
@@ -95,7 +95,31 @@ def open_direct(store: ContainerdContentStore, holder: ContainerdContentWriter,
     return DirectContentWriter(store, holder, fd, path)
 
 
-class DirectContentWriter:
+class ClosingWriter:
+    """``with`` for a content writer: ``close`` on the way out. Leaving on an exception, a
+    ``close`` that fails as well calls ``_close_failed`` (which lets go of the ingest) and
+    the first exception goes on."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _close_failed(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is not None:
+            try:
+                self.close()
+            except Exception:
+                self._close_failed()
+        else:
+            self.close()
+
+
+class DirectContentWriter(ClosingWriter):
     """A ContentWriter whose bytes go straight into containerd's ingest file (see the
     module docstring). Not thread-safe; ``close`` leaves the ingest for a resume by ref."""
 
@@ -220,23 +244,15 @@ class DirectContentWriter:
                 os.close(fd)
         # The holder's own __del__ cancels its stream (containerd releases the ref).
 
-    def __enter__(self) -> DirectContentWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc and exc[0] is not None:
-            try:
-                self.close()
-            except Exception:
-                holder, self._holder = self._holder, None
-                if holder is not None:
-                    holder.abandon()
-        else:
-            self.close()
+    def _close_failed(self) -> None:
+        holder, self._holder = self._holder, None
+        if holder is not None:
+            holder.abandon()
 
 
 __all__ = [
     "DIRECT_WRITE_MIN",
+    "ClosingWriter",
     "DirectContentWriter",
     "ingest_dir",
     "ingest_key",
