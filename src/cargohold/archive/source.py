@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from cargohold.archive.files import (
     CHUNK,
@@ -48,6 +48,7 @@ from cargohold.oci.descriptor import Descriptor
 from cargohold.oci.digest import Digest
 from cargohold.oci.reference import Reference
 from cargohold.store.interfaces import ContentStore, Store
+from cargohold.unpack.decompress import skip_bytes
 
 #: Called with the bytes about to be written; raises OutOfSpaceError past the reserve.
 SpaceCheck = Callable[[int], None]
@@ -334,7 +335,7 @@ class ArchiveSource:
         self.check(desc.size - offset)
         with a.files.open(name) as f:
             if offset:
-                _skip(f, offset)
+                skip_bytes(f, offset)
             left = desc.size - offset
             while left > 0:
                 chunk = f.read(min(CHUNK, left))
@@ -348,19 +349,6 @@ class ArchiveSource:
     def _remote_ok(self, ref: Reference) -> bool:
         with self._lock:
             return self.fallback is not None and str(ref) in self._remote
-
-
-def _skip(f: BinaryIO, n: int) -> None:
-    try:
-        f.seek(n, os.SEEK_CUR)
-        return
-    except (OSError, ValueError, AttributeError):
-        pass
-    while n > 0:
-        chunk = f.read(min(CHUNK, n))
-        if not chunk:
-            return
-        n -= len(chunk)
 
 
 def _read_blob(a: Archive, desc: Descriptor) -> bytes:

@@ -16,6 +16,7 @@ streams, e.g. seekable zstd); anything else is passed through unchanged.  Reads 
 from __future__ import annotations
 
 import gzip
+import io
 from typing import Any, BinaryIO, Protocol
 
 from cargohold.errors import InvalidInputError
@@ -93,6 +94,23 @@ def _read_exactly(stream: Reader, n: int) -> bytes:
         parts.append(b)
         got += len(b)
     return b"".join(parts)
+
+
+def skip_bytes(stream: BinaryIO, n: int) -> None:
+    """Move ``stream`` past its next ``n`` bytes (a resumed copy's prefix): a seek where it
+    seeks, else reads and drops them; a stream that ends first is left at its end."""
+    if n <= 0:
+        return
+    try:
+        stream.seek(n, io.SEEK_CUR)
+        return
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        pass
+    while n > 0:
+        chunk = stream.read(min(n, CHUNK))
+        if not chunk:
+            return
+        n -= len(chunk)
 
 
 class CorruptLayerError(InvalidInputError):

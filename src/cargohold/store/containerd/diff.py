@@ -11,7 +11,6 @@ active lease, if any), then applied.
 from __future__ import annotations
 
 import builtins
-import io
 from typing import Any, BinaryIO
 
 from cargohold.errors import (
@@ -27,6 +26,7 @@ from cargohold.store.containerd.client import ContainerdClient
 from cargohold.store.containerd.content import CHUNK, ContainerdContentStore
 from cargohold.store.containerd.snapshots import mounts_to_pb
 from cargohold.store.interfaces import Mount
+from cargohold.unpack.decompress import skip_bytes
 
 
 class ContainerdApplier:
@@ -67,7 +67,7 @@ class ContainerdApplier:
                 total=desc.size,
                 expected=desc.digest,
             ) as w:
-                _skip(reader, w.offset)  # resumed, or a blob another namespace holds
+                skip_bytes(reader, w.offset)  # resumed, or a blob another namespace holds
                 while chunk := reader.read(CHUNK):
                     w.write(chunk)
                 w.commit(desc.size, desc.digest)
@@ -104,19 +104,3 @@ class ContainerdApplier:
                 f"layer {desc.digest} unpacked to diff_id {applied.digest}, expected {diff_id}"
             )
         return applied
-
-
-def _skip(reader: BinaryIO, n: int) -> None:
-    """Move ``reader`` past the first ``n`` bytes (what the ingest already holds)."""
-    if n <= 0:
-        return
-    try:
-        reader.seek(n, io.SEEK_CUR)
-        return
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        pass
-    while n > 0:
-        chunk = reader.read(min(n, CHUNK))
-        if not chunk:
-            return
-        n -= len(chunk)
