@@ -76,7 +76,13 @@ class _Cut(Exception):
 
 
 @dataclass(slots=True)
-class _Position:
+class _BlobCopy:
+    """One blob download: what, from where, into what; ``pos`` is the next byte to get."""
+
+    ref: Reference
+    desc: Descriptor
+    write: Callable[[Any], object]
+    on_progress: Callable[[int], None] | None
     pos: int
 
 
@@ -531,27 +537,17 @@ class RegistryClient:
             raise InvalidInputError(f"blob {desc.digest}: offset {offset} outside 0..{desc.size}")
         if offset == desc.size:
             return
-        state = _Position(offset)
-        self._try_endpoints(
-            self.endpoints(ref, "pull"),
-            lambda ep: self._download_at(ep, ref, desc, write, state, on_progress),
-        )
+        state = _BlobCopy(ref, desc, write, on_progress, offset)
+        self._try_endpoints(self.endpoints(ref, "pull"), lambda ep: self._download_at(ep, state))
 
-    def _download_at(
-        self,
-        ep: Endpoint,
-        ref: Reference,
-        desc: Descriptor,
-        write: Callable[[Any], object],
-        state: _Position,
-        on_progress: Callable[[int], None] | None,
-    ) -> None:
+    def _download_at(self, ep: Endpoint, state: _BlobCopy) -> None:
+        ref, desc = state.ref, state.desc
         attempt = 0
         limit = self.mirror_attempts if ep.is_mirror else self.retries
         while True:
             start = state.pos
             try:
-                self._stream(ep, ref, desc, write, state, on_progress)
+                self._stream(ep, state)
                 return
             except _Cut as e:
                 if self._aborted.is_set():
@@ -566,15 +562,8 @@ class RegistryClient:
                     ) from None
                 self.transport.backoff_sleep(attempt)
 
-    def _stream(
-        self,
-        ep: Endpoint,
-        ref: Reference,
-        desc: Descriptor,
-        write: Callable[[Any], object],
-        state: _Position,
-        on_progress: Callable[[int], None] | None,
-    ) -> None:
+    def _stream(self, ep: Endpoint, state: _BlobCopy) -> None:
+        ref, desc, write, on_progress = state.ref, state.desc, state.write, state.on_progress
         pos = state.pos
         size = desc.size
         what = f"blob {desc.digest} of {ref.name}"
