@@ -67,6 +67,13 @@ class Descriptor:
         }
         if self.annotations:
             out["annotations"] = dict(self.annotations)
+        out.update(self.extra_json())
+        return out
+
+    def extra_json(self) -> dict[str, Any]:
+        """The set fields of :meth:`to_json` beyond media type, digest, size and annotations
+        (what containerd 1.6 keeps of an image target): platform, urls, artifactType."""
+        out: dict[str, Any] = {}
         if self.platform is not None:
             out["platform"] = self.platform.to_json()
         if self.urls:

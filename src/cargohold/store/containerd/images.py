@@ -24,13 +24,7 @@ from cargohold.store.interfaces import Image
 
 
 def _extra_json(t: Descriptor) -> str | None:
-    extra: dict[str, Any] = {}
-    if t.platform is not None:
-        extra["platform"] = t.platform.to_json()
-    if t.urls:
-        extra["urls"] = list(t.urls)
-    if t.artifact_type:
-        extra["artifactType"] = t.artifact_type
+    extra = t.extra_json()
     return json.dumps(extra, separators=(",", ":"), sort_keys=True) if extra else None
 
 

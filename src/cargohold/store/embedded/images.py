@@ -23,18 +23,15 @@ _COLUMNS = (
     "name, target_media_type, target_digest, target_size, target_annotations, "
     "target_extra, labels, created_at, updated_at"
 )
-_BASIC = ("mediaType", "digest", "size", "annotations")
 
 
 def _target_columns(d: Descriptor) -> tuple[str, str, int, str, str]:
-    doc = d.to_json()
-    extra = {k: v for k, v in doc.items() if k not in _BASIC}
     return (
         d.media_type,
         str(d.digest),
         d.size,
         json.dumps(dict(d.annotations), sort_keys=True),
-        json.dumps(extra, sort_keys=True),
+        json.dumps(d.extra_json(), sort_keys=True),
     )
 
 
