@@ -307,16 +307,7 @@ def _endpoint_from_url(
     else:
         path = ""
     skip = cfg.skip_verify if cfg.skip_verify is not None else insecure
-    return Endpoint(
-        base_url=f"{parts.scheme}://{parts.netloc}",
-        path=path,
-        capabilities=cfg.capabilities,
-        skip_verify=skip,
-        ca_files=cfg.ca_files,
-        client_certs=cfg.client_certs,
-        headers=cfg.headers,
-        is_mirror=is_mirror,
-    )
+    return _configured(cfg, f"{parts.scheme}://{parts.netloc}", path, skip, is_mirror=is_mirror)
 
 
 def default_origin(
@@ -341,16 +332,30 @@ def default_origin(
             fallback = port not in ("", "443")
     else:
         scheme, host = "https", registry_host
+    return _configured(cfg, f"{scheme}://{host}", "/v2", skip, http_fallback=fallback)
+
+
+def _configured(
+    cfg: HostConfig,
+    base_url: str,
+    path: str,
+    skip_verify: bool,
+    *,
+    is_mirror: bool = False,
+    http_fallback: bool = False,
+) -> Endpoint:
+    """The endpoint at ``base_url`` + ``path`` with ``cfg``'s capabilities, CAs, client
+    certificates and headers."""
     return Endpoint(
-        base_url=f"{scheme}://{host}",
-        path="/v2",
+        base_url=base_url,
+        path=path,
         capabilities=cfg.capabilities,
-        skip_verify=skip,
+        skip_verify=skip_verify,
         ca_files=cfg.ca_files,
         client_certs=cfg.client_certs,
         headers=cfg.headers,
-        is_mirror=False,
-        http_fallback=fallback,
+        is_mirror=is_mirror,
+        http_fallback=http_fallback,
     )
 
 
