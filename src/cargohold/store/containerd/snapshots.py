@@ -132,26 +132,30 @@ class ContainerdSnapshotter:
     def prepare(
         self, key: str, parent: str = "", *, labels: Mapping[str, str] | None = None
     ) -> builtins.list[Mount]:
-        resp = self.client.call(
-            self._stub.Prepare,
-            self._pb.PrepareSnapshotRequest(
-                snapshotter=self._name, key=key, parent=parent, labels=dict(labels or {})
-            ),
-            what=f"prepare snapshot {key}" + (f" on {parent}" if parent else ""),
-        )
-        return mounts_from_pb(resp.mounts)
+        what = f"prepare snapshot {key}" + (f" on {parent}" if parent else "")
+        return self._open(self._stub.Prepare, self._pb.PrepareSnapshotRequest,
+                          key, parent, labels, what)
 
     def view(
         self, key: str, parent: str = "", *, labels: Mapping[str, str] | None = None
     ) -> builtins.list[Mount]:
-        resp = self.client.call(
-            self._stub.View,
-            self._pb.ViewSnapshotRequest(
-                snapshotter=self._name, key=key, parent=parent, labels=dict(labels or {})
-            ),
-            what=f"view {key}" + (f" of {parent}" if parent else ""),
+        what = f"view {key}" + (f" of {parent}" if parent else "")
+        return self._open(self._stub.View, self._pb.ViewSnapshotRequest, key, parent, labels, what)
+
+    def _open(
+        self,
+        fn: Any,
+        request_type: Any,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str] | None,
+        what: str,
+    ) -> builtins.list[Mount]:
+        """An active snapshot or a view (``fn``: Prepare or View) and its mounts."""
+        request = request_type(
+            snapshotter=self._name, key=key, parent=parent, labels=dict(labels or {})
         )
-        return mounts_from_pb(resp.mounts)
+        return mounts_from_pb(self.client.call(fn, request, what=what).mounts)
 
     def commit(
         self,
