@@ -27,6 +27,7 @@ from cargohold.store.containerd.store import ContainerdStore
 from cargohold.store.interfaces import Mount, active_lease
 from cargohold.unpack import unpack_layer
 from cargohold.unpack.image import Unpacker
+from tests.rig.cli import DUMP_ENV, communicate_or_dump
 from tests.rig.containerd import Containerd
 from tests.rig.needs import require_root
 from tests.test_apply import E, listing
@@ -397,7 +398,7 @@ def test_sigterm_mid_unpack_into_containerd_leaves_no_half_snapshot(
                containerd.address, "--namespace", ns]
         proc = subprocess.Popen([*cmd, "unpack", "-j", "2", ref], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "CARGOHOLD_RESERVE": "0"})
+                                env={**os.environ, "CARGOHOLD_RESERVE": "0", **DUMP_ENV})
         with ContainerdStore(containerd.address, ns) as store:
             seen = False
             while proc.poll() is None and not seen:
@@ -405,7 +406,7 @@ def test_sigterm_mid_unpack_into_containerd_leaves_no_half_snapshot(
                 time.sleep(0.002)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=120)
+            err = communicate_or_dump(proc)  # a hang: fails with every thread's stack
             if proc.returncode == 0:
                 continue  # finished before the signal landed: try again
             assert proc.returncode == 130, err
@@ -419,3 +420,4 @@ def test_sigterm_mid_unpack_into_containerd_leaves_no_half_snapshot(
                    for x in check.splitlines()), check
         return
     pytest.fail("the unpack always finished before SIGTERM could stop it")
+

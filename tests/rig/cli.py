@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,25 @@ def run_cli(root: Path, *args: str, check: bool = True,
 def last_json(p: subprocess.CompletedProcess[str]) -> Any:
     """The last JSON line of a command's stdout (its summary with --json)."""
     return json.loads([x for x in p.stdout.splitlines() if x.strip()][-1])
+
+
+#: Environment for a CLI child whose hang a test must be able to diagnose: SIGABRT makes
+#: faulthandler print every thread's stack on stderr (see :func:`communicate_or_dump`).
+DUMP_ENV = {"PYTHONFAULTHANDLER": "1"}
+
+
+def communicate_or_dump(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    """The stderr of ``proc`` (stderr piped, text) once it exits. If it is still running
+    ``timeout`` seconds on: SIGABRT (with :data:`DUMP_ENV` in its environment faulthandler
+    prints all thread stacks on stderr) and an AssertionError "HUNG:" with that stderr."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            err = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = proc.communicate()[1]
+        raise AssertionError(f"HUNG: still running {timeout} s on; its stderr (thread stacks "
+                             f"after SIGABRT):\n{err}") from None
