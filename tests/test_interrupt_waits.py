@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -298,3 +301,80 @@ def test_wait_until_with_a_timeout_gives_up_and_says_so() -> None:
 
     with pytest.raises(ValueError):
         interrupts.wait_until(broken, timeout=60)
+
+
+# ------------------------------------------------ an interrupt inside ``with condition:``
+
+
+class _SignalOnEnter(threading.Condition):
+    """A condition whose ``__enter__`` runs SIGTERM's handler (cargohold's) once its lock
+    is taken, the first ``times`` times the main thread enters it: where a real signal lands
+    when it arrives between the two (``Condition.__enter__`` is Python code)."""
+
+    def __init__(self, times: int = 1) -> None:
+        super().__init__()
+        self.times = times
+
+    def __enter__(self) -> bool:
+        got = super().__enter__()
+        if self.times and threading.current_thread() is threading.main_thread():
+            self.times -= 1
+            interrupts.handle(signal.SIGTERM, None)  # KeyboardInterrupt, unless held
+        return got
+
+
+def _free_for_others(cond: threading.Condition) -> bool:
+    """Whether another thread can take ``cond``'s lock now (without waiting)."""
+    got: list[bool] = []
+
+    def take() -> None:
+        got.append(cond.acquire(blocking=False))
+        if got[0]:
+            cond.release()
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join()
+    return got[0]
+
+
+def test_an_interrupt_inside_a_futures_condition_leaves_it_free() -> None:
+    """The hang after SIGTERM (test_sigterm_mid_unpack_into_containerd...): landing inside
+    ``Future.done()``'s ``with self._condition`` of ``wait_until(fut.done)``, the interrupt
+    left the lock held by the main thread; the worker then finishing the future blocked for
+    good in ``set_exception``, and ``Unpacker.close`` waited for it forever. ``wait_future``
+    takes it with signals held: the interrupt comes right after, the condition free."""
+    fut: Future[int] = Future()
+    fut._condition = _SignalOnEnter()  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.wait_until(fut.done)  # the fault, as it was
+    assert not _free_for_others(fut._condition)  # type: ignore[attr-defined]
+    fut._condition.release()  # type: ignore[attr-defined]  # (taken by this thread)
+
+    fut = Future()
+    fut._condition = _SignalOnEnter()  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.wait_future(fut)
+    assert _free_for_others(fut._condition)  # type: ignore[attr-defined]
+    worker = threading.Thread(target=fut.set_result, args=(7,))
+    worker.start()
+    worker.join()
+    assert interrupts.wait_future(fut) == 7
+
+
+def test_an_interrupt_inside_events_and_queues_of_the_main_thread_leaves_them_free() -> None:
+    """``call_held``: ``Event.set`` and ``Queue.get_nowait`` (the unpacker's cancel, the
+    read-ahead queue) take a condition; the interrupt is raised once it is released."""
+    ev = threading.Event()
+    ev._cond = _SignalOnEnter()  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.call_held(ev.set)
+    assert ev.is_set() and _free_for_others(ev._cond)  # type: ignore[attr-defined]
+
+    q: queue.Queue[int] = queue.Queue()
+    q.put(1)
+    q.not_empty = _SignalOnEnter()  # type: ignore[misc]
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.call_held(q.get_nowait)
+    assert _free_for_others(q.not_empty) and q.empty()
+

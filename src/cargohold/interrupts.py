@@ -4,10 +4,17 @@ The CLI turns both signals into KeyboardInterrupt (:func:`handle`), raised in th
 thread wherever it is. One raised inside ``Condition.wait`` (``Future.result``,
 ``Event.wait``, ``Queue.get``, ``Thread.start``) can leave the condition's lock released,
 and the interrupt then surfaces as "RuntimeError: cannot release un-acquired lock" (exit 1,
-workers left running) instead of exit 130. So the main thread never waits on a condition:
+workers left running) instead of exit 130. One raised inside ``Condition.__enter__`` (Python
+code: the handler runs right after the lock is taken) leaves the lock held by the main
+thread for good, the ``with`` block never entered: the worker that then finishes that
+``Future`` (``set_result``), sets that ``Event`` or puts on that ``Queue`` blocks forever, and
+so does whatever waits for the worker (the pool's shutdown: a hang after SIGTERM). So the
+main thread never waits on a condition, and takes one only with signals held:
 
 - :func:`wait_until` polls (a sleep takes an interrupt cleanly); it is also cargohold's one
   polling wait (with a ``timeout``: a server coming up, a process going away);
+- :func:`wait_future` waits for a ``Future`` that way, its ``done`` and ``result`` (which take
+  its condition) called with signals held (:func:`call_held`);
 - :func:`held` defers a signal arriving during a call that waits inside the standard
   library (``ThreadPoolExecutor.submit`` starts a thread and waits for it to run): it is
   raised when the block ends;
@@ -18,16 +25,28 @@ workers left running) instead of exit 130. So the main thread never waits on a c
 from __future__ import annotations
 
 import _thread
+import functools
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:  # the CLI installs handle() at start-up: keep this module light
     from concurrent.futures import ThreadPoolExecutor
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class FutureLike(Protocol[T_co]):
+    """``concurrent.futures.Future``, or a gRPC call's future."""
+
+    def done(self) -> bool: ...
+
+    def result(self, timeout: float | None = None) -> T_co: ...
 
 #: Polling interval of :func:`wait_until`: from POLL_FIRST doubling up to POLL_SECONDS, so
 #: a short wait (a chunk being read ahead) stays short and a long one costs little CPU.
@@ -100,6 +119,22 @@ def wait_until(done: Callable[[], bool],
     if interrupted is not None:
         raise interrupted
     return reached
+
+
+def call_held(fn: Callable[[], T]) -> T:
+    """``fn()`` with Ctrl-C / SIGTERM held (:func:`held`): for a short call that takes a
+    ``threading.Condition`` in the main thread (``Future.done``, ``Event.set``,
+    ``Queue.get_nowait``...), so that no KeyboardInterrupt leaves its lock taken."""
+    with held():
+        return fn()
+
+
+def wait_future(fut: FutureLike[T], on_interrupt: Callable[[], None] | None = None) -> T:
+    """The result of ``fut`` (its exception raised), waited for as :func:`wait_until` does
+    (see it for ``on_interrupt``); its condition only ever taken with signals held."""
+    wait_until(functools.partial(call_held, fut.done), on_interrupt)
+    with held():
+        return fut.result()  # done: no wait
 
 
 def shutdown(pool: ThreadPoolExecutor, on_interrupt: Callable[[], None] | None = None) -> None:

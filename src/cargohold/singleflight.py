@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar, cast
 
-from cargohold.interrupts import wait_until
+from cargohold.interrupts import call_held, wait_until
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._calls[key]
-            call.done.set()
+            call_held(call.done.set)  # may be the main thread: see cargohold.interrupts
         return value, False
 
     def pending(self, key: str) -> int:

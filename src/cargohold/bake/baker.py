@@ -61,7 +61,7 @@ from cargohold.errors import (
     DigestMismatchError,
     OutOfSpaceError,
 )
-from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.interrupts import held, shutdown, wait_future
 from cargohold.leasing import leased
 from cargohold.maintain.du import disk_usage
 from cargohold.maintain.verify import verify
@@ -501,8 +501,7 @@ class Baker:
                     with held():  # submit waits for the thread it starts: not interruptible
                         futs.append(pool.submit(contextvars.copy_context().run, one, i))
                 for fut in futs:
-                    wait_until(fut.done)  # Ctrl-C / SIGTERM: see cargohold.interrupts
-                    fut.result()
+                    wait_future(fut)  # Ctrl-C / SIGTERM: see cargohold.interrupts
             except BaseException:
                 unpacker.cancel.set()  # running unpacks stop and clean up
                 raise

@@ -22,7 +22,7 @@ from cargohold.bake.sizes import (
 from cargohold.bake.spec import CacheSpec, ImageEntry
 from cargohold.errors import CargoholdError, Interrupted, UnsupportedError
 from cargohold.images.walk import by_platform, image_graph
-from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.interrupts import held, shutdown, wait_future
 from cargohold.oci.chainid import layer_chains
 from cargohold.oci.descriptor import Descriptor, Platform
 from cargohold.oci.digest import Digest, Verifier
@@ -344,9 +344,8 @@ def _resolve_all(
             with held():  # Ctrl-C / SIGTERM: see cargohold.interrupts
                 futs.append(pool.submit(contextvars.copy_context().run, one, entry))
         for entry, fut in zip(entries, futs, strict=True):
-            wait_until(fut.done)
             try:
-                out.append(fut.result())
+                out.append(wait_future(fut))
             except CargoholdError as e:
                 if failures is None:
                     raise

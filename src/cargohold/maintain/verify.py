@@ -51,7 +51,7 @@ from typing import Any
 from cargohold.errors import CargoholdError, NotFoundError
 from cargohold.images.content import check_blob, image_contents
 from cargohold.images.walk import image_graph
-from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.interrupts import held, shutdown, wait_future
 from cargohold.labels import GC_REF_SNAPSHOT, snapshot_gc_label
 from cargohold.leasing import leased
 from cargohold.oci import mediatypes
@@ -174,8 +174,7 @@ class _Checker:
                 with held():
                     futs.append(pool.submit(self._check, d))
             for d, fut in zip(todo, futs, strict=True):
-                wait_until(fut.done)
-                self.cache[str(d.digest)] = fut.result()
+                self.cache[str(d.digest)] = wait_future(fut)
         finally:
             shutdown(pool, lambda: None)  # no check outlives the store
 

@@ -33,7 +33,7 @@ from cargohold.errors import (
     OutOfSpaceError,
 )
 from cargohold.images.walk import by_platform, image_graph, read_blob
-from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.interrupts import held, shutdown, wait_future
 from cargohold.labels import (
     GC_REF_CONTENT,
     LABEL_CRI_MANAGED,
@@ -378,11 +378,10 @@ class Fetcher:
 
     def _wait(self, fut: Future[FetchResult | FetchFailure]) -> FetchResult | FetchFailure:
         try:
-            wait_until(fut.done)
+            return wait_future(fut)  # Ctrl-C / SIGTERM: see cargohold.interrupts
         except KeyboardInterrupt:
             self.abort()
             raise
-        return fut.result()  # done: no wait
 
     def _fetch_one_safe(
         self, ref: Reference, platforms: Sequence[Platform], all_platforms: bool,

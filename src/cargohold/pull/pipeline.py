@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cargohold.errors import CargoholdError, Interrupted
-from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.interrupts import held, shutdown, wait_future, wait_until
 from cargohold.leasing import leased
 from cargohold.oci.descriptor import Platform
 from cargohold.oci.reference import Reference
@@ -273,9 +273,8 @@ class PullPipeline:
                 with held():
                     futs.append((ref, pool.submit(contextvars.copy_context().run, one, ref)))
             for ref, fut in futs:
-                wait_until(fut.done)
                 try:
-                    unpacked[str(ref)] = fut.result()
+                    unpacked[str(ref)] = wait_future(fut)
                 except CargoholdError as e:
                     errors[str(ref)] = e
         except BaseException:

@@ -54,7 +54,7 @@ from cargohold.errors import (
     NotFoundError,
     OutOfSpaceError,
 )
-from cargohold.interrupts import held, shutdown, wait_until
+from cargohold.interrupts import call_held, held, shutdown, wait_future, wait_until
 from cargohold.labels import (
     LABEL_SNAPSHOT_REF,
     LABEL_UNCOMPRESSED,
@@ -309,7 +309,7 @@ class _Job:
     def stop(self, on_interrupt: Callable[[], None]) -> None:
         """Cancel the job and return once none of its tasks runs (none starts afterwards,
         even one queued by a ``submit`` that was interrupted before it returned)."""
-        self.cancel.set()
+        call_held(self.cancel.set)  # Event.set takes a condition (cargohold.interrupts)
         self.tasks.close(on_interrupt)
 
 
@@ -461,7 +461,7 @@ class Unpacker:
             # the tasks are being submitted: a task queued (or a worker started) by a submit
             # that never returned is not among our futures, so wait on the job's own count.
             if isinstance(e, KeyboardInterrupt):
-                self.cancel.set()
+                call_held(self.cancel.set)
             job.stop(self.cancel.set)
             raise
 
@@ -489,7 +489,7 @@ class Unpacker:
             try:
                 out.append(self._wait(fut, job))
             except BaseException as e:
-                job.cancel.set()
+                call_held(job.cancel.set)
                 if first is None or (
                     isinstance(first, Interrupted) and not isinstance(e, Interrupted)
                     and not self.cancel.is_set()
@@ -501,12 +501,14 @@ class Unpacker:
 
     def _wait(self, fut: Future[LayerOutcome], job: _Job) -> LayerOutcome:
         try:
-            wait_until(fut.done)
+            # Not wait_until(fut.done): an interrupt landing inside the future's condition
+            # would leave it held, its worker blocked for good in set_result (a hang).
+            return wait_future(fut)
         except KeyboardInterrupt:
-            self.cancel.set()
-            job.cancel.set()
+            with held():
+                self.cancel.set()
+                job.cancel.set()
             raise
-        return fut.result()  # done: no wait
 
     def _ensure_chain(
         self, job: _Job, i: int, parent: Future[LayerOutcome] | None
@@ -582,7 +584,7 @@ class Unpacker:
                 sn.remove(key)
                 state = STATE_SHARED
         except BaseException:
-            job.cancel.set()  # the image fails: its other layers stop early
+            call_held(job.cancel.set)  # the image fails: its other layers stop early
             self._remove_extract(key)  # the original error matters more: it is raised
             failed = LayerOutcome(i, chain, layer, diff_id, STATE_FAILED,
                                   time.monotonic() - t0, stats)

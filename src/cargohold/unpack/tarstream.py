@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cargohold.errors import InvalidInputError, UnsupportedError
-from cargohold.interrupts import held, wait_until
+from cargohold.interrupts import call_held, held, wait_until
 from cargohold.unpack.confined import show_name
 from cargohold.unpack.decompress import CHUNK, Reader
 
@@ -123,18 +123,21 @@ class _Prefetcher:
 
     def read(self) -> bytes:
         if self._polled:
-            wait_until(lambda: not self._q.empty())  # only this thread takes from the queue
-            item = self._q.get_nowait()
+            # Only this thread takes from the queue. Its condition taken with signals held
+            # (cargohold.interrupts): an interrupt inside would leave it held for good, and
+            # the reader thread blocked in put() -- close() waiting for it forever.
+            wait_until(lambda: not self._q.empty())
+            item = call_held(self._q.get_nowait)
         else:
             item = self._q.get()
         if isinstance(item, BaseException):
             raise item
         if not item:
-            self._q.put(item)  # EOF stays EOF
+            call_held(lambda: self._q.put_nowait(item))  # EOF stays EOF (a free slot: taken)
         return item
 
     def close(self) -> None:
-        self._stop.set()
+        call_held(self._stop.set)
         if self._thread.ident is None:  # never started
             return
         if self._polled:
