@@ -421,3 +421,48 @@ def test_sigterm_mid_unpack_into_containerd_leaves_no_half_snapshot(
         return
     pytest.fail("the unpack always finished before SIGTERM could stop it")
 
+
+#: More main-thread entries into a ``threading.Condition`` with signals deliverable than a
+#: containerd unpack makes (2 once fixed, at the channel's close; before, one per poll of
+#: a layer's future, and per gRPC call: hundreds).
+MAX_ENTRIES = 12
+
+
+def test_sigterm_inside_any_main_thread_condition_of_an_unpack_into_containerd(
+    big60_ctrd: Any, containerd: Containerd
+) -> None:
+    """tests/rig/condenter.py runs SIGTERM's handler inside the N-th ``with condition:``
+    the main thread enters with signals deliverable (the lock taken), for every N until the
+    unpack runs to its end without one: never a hang, exit 130 (0 when it lands after the
+    work, as the store closes), no active snapshot left, and a rerun unpacks the image.
+    The hang after SIGTERM of the test above was there: a layer future's condition left
+    held by the main thread, its worker blocked in ``set_exception``, ``Unpacker.close``
+    waiting for that worker forever."""
+    import subprocess
+    import sys
+
+    require_root("containerd's root")
+    ref = big60_ctrd.text
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CARGOHOLD_RESERVE": "0", **DUMP_ENV}
+    for nth in range(1, MAX_ENTRIES + 1):
+        ns = containerd.unique_namespace(f"enter{nth}")
+        containerd.ctr("content", "fetch", "--plain-http", ref, namespace=ns, timeout=120)
+        cmd = ["--store", "containerd", "--address", containerd.address, "--namespace", ns,
+               "unpack", "-j", "2", ref]
+        proc = subprocess.Popen([sys.executable, "-m", "tests.rig.condenter", str(nth), *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                cwd=repo, env=env)
+        err = communicate_or_dump(proc)  # a hang: fails with every thread's stack
+        with ContainerdStore(containerd.address, ns) as store:
+            assert [i.name for i in store.snapshots.walk() if i.kind != "committed"] == [], err
+        if "condenter: fired" not in err:
+            assert proc.returncode == 0, err  # fewer entries than nth: it ran to the end
+            return
+        assert proc.returncode in (130, 0), err
+        assert "Traceback" not in err, err
+        rerun = subprocess.run([sys.executable, "-m", "cargohold", *cmd], capture_output=True,
+                               text=True, timeout=300, env=env)
+        assert rerun.returncode == 0, rerun.stderr
+    pytest.fail(f"the unpack still entered a condition unheld {MAX_ENTRIES} times in the "
+                "main thread")

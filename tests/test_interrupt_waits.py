@@ -378,3 +378,59 @@ def test_an_interrupt_inside_events_and_queues_of_the_main_thread_leaves_them_fr
         interrupts.call_held(q.get_nowait)
     assert _free_for_others(q.not_empty) and q.empty()
 
+
+class _Call:
+    """A gRPC call's future: without a response, one that runs until cancelled, SIGTERM
+    landing while it runs (in its ``done``, where gRPC takes the call's condition)."""
+
+    def __init__(self, response: object = None) -> None:
+        self.response = response
+        self.cancelled = False
+        self.polls = 0
+
+    def done(self) -> bool:
+        self.polls += 1
+        if self.response is None and self.polls == 2:
+            interrupts.handle(signal.SIGTERM, None)  # KeyboardInterrupt, unless held
+        return self.cancelled or (self.response is not None and self.polls > 3)
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+    def result(self, timeout: float | None = None) -> object:
+        return self.response
+
+
+class _Method:
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.blocking = 0
+
+    def __call__(self, request: object, **kw: object) -> object:
+        self.blocking += 1
+        return "blocking"
+
+    def future(self, request: object, **kw: object) -> _Call:
+        return self.call
+
+
+def test_a_containerd_call_of_the_main_thread_is_polled_and_cancelled_on_interrupt() -> None:
+    """In the main thread a unary call is a future polled with signals held around gRPC's
+    conditions: an interrupt cancels it and is raised once it ended (no call left running,
+    no gRPC lock left taken); other threads make the plain blocking call."""
+    from cargohold.store.containerd.client import ContainerdClient
+
+    with ContainerdClient("/nonexistent.sock", "ns") as client:
+        call = _Call()
+        with pytest.raises(KeyboardInterrupt):
+            client.call(_Method(call), object())
+        assert call.cancelled
+
+        assert client.call(_Method(_Call("answer")), object()) == "answer"
+        method = _Method(_Call("answer"))
+        out: list[object] = []
+        t = threading.Thread(target=lambda: out.append(client.call(method, object())))
+        t.start()
+        t.join()
+        assert out == ["blocking"] and method.blocking == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from cargohold.errors import (
     UnsupportedError,
 )
 from cargohold.filekind import file_kind
+from cargohold.interrupts import call_held, held, wait_future
 from cargohold.store.containerd import api as api_mod
 from cargohold.store.interfaces import active_lease
 
@@ -109,8 +111,9 @@ def map_rpc_error(err: Exception, *, what: str = "", address: str = "") -> Cargo
     """Translate a ``grpc.RpcError`` from containerd into the cargohold error tree."""
     code_fn = getattr(err, "code", None)
     details_fn = getattr(err, "details", None)
-    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
-    details = str(details_fn() if callable(details_fn) else err) or str(code)
+    # (a call's code and details take its condition: see ContainerdClient.call)
+    code = call_held(code_fn) if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details = str(call_held(details_fn) if callable(details_fn) else err) or str(code)
     msg = f"{what}: {details}" if what else details
     sock = address or "the containerd socket"
     if "no space left on device" in details:
@@ -207,19 +210,35 @@ class ContainerdClient:
         return map_rpc_error(err, what=what, address=self.address)
 
     def call(self, method: Callable[..., Any], request: Any, *, what: str = "") -> Any:
-        """A unary call with headers and deadline; errors mapped."""
+        """A unary call with headers and deadline; errors mapped. In the main thread it is
+        started as a future and polled (:func:`cargohold.interrupts.wait_future`; Ctrl-C /
+        SIGTERM cancel it and are raised once it ended): a blocking call takes gRPC's
+        conditions with signals deliverable, and an interrupt landing inside one leaves it
+        held for good -- every other thread's call on the channel then hangs."""
+        md = self.metadata()
         try:
-            return method(request, metadata=self.metadata(), timeout=self.timeout)
+            future = getattr(method, "future", None)
+            if future is not None and threading.current_thread() is threading.main_thread():
+                with held():  # starts the call (and gRPC's thread): no wait
+                    fut = future(request, metadata=md, timeout=self.timeout)
+                try:
+                    return wait_future(fut, fut.cancel)
+                finally:
+                    with held():
+                        del fut  # its __del__ takes its condition too
+            return method(request, metadata=md, timeout=self.timeout)
         except grpc.RpcError as e:
             raise self.error(e, what) from None
 
     def stream(self, method: Callable[..., Any], request: Any, *, what: str = "") -> Iterator[Any]:
         """A server-streaming call; headers are taken now, responses iterated lazily.
 
-        Closing the returned generator early cancels the call.
+        Closing the returned generator early cancels the call. Started with signals held
+        (it takes gRPC's conditions, without waiting), as its cancel is.
         """
         try:
-            responses = method(request, metadata=self.metadata())
+            with held():
+                responses = method(request, metadata=self.metadata())
         except grpc.RpcError as e:
             raise self.error(e, what) from None
         return self._iterate(responses, what)
@@ -230,7 +249,7 @@ class ContainerdClient:
         except grpc.RpcError as e:
             raise self.error(e, what) from None
         finally:
-            responses.cancel()
+            call_held(responses.cancel)
 
     # ------------------------------------------------------------ services
 
