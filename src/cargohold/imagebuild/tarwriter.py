@@ -252,13 +252,9 @@ def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
-def _encode_header(h: _Header, fmt: TarFormat) -> bytes:
-    """The header block(s) of one member: extension headers first, then its own."""
-    if fmt not in FORMATS:
-        raise InvalidInputError(f"unknown tar format {fmt!r} (expected one of {FORMATS})")
-    what = h.name.decode("utf-8", "replace")
-    out: list[bytes] = []
-
+def _number_fields(h: _Header, fmt: TarFormat, what: str, pax: dict[str, bytes]) -> dict[str, bytes]:
+    """The header's numeric fields: octal where they fit, else base-256 (gnu) or a pax
+    record (added to ``pax``; the field then holds 0); InvalidInputError otherwise."""
     numbers = {
         "mode": (h.mode & 0o7777777 if h.raw else h.mode & 0o7777, 8),
         "uid": (h.uid, 8),
@@ -268,7 +264,6 @@ def _encode_header(h: _Header, fmt: TarFormat) -> bytes:
         "devmajor": (h.devmajor, 8),
         "devminor": (h.devminor, 8),
     }
-    pax: dict[str, bytes] = {}
     fields: dict[str, bytes] = {}
     for key, (value, width) in numbers.items():
         if _octal_fits(value, width):
@@ -280,6 +275,17 @@ def _encode_header(h: _Header, fmt: TarFormat) -> bytes:
             fields[key] = _octal(0, width)
         else:
             raise InvalidInputError(f"{what}: {key} {value} does not fit a {fmt} header")
+    return fields
+
+
+def _encode_header(h: _Header, fmt: TarFormat) -> bytes:
+    """The header block(s) of one member: extension headers first, then its own."""
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"unknown tar format {fmt!r} (expected one of {FORMATS})")
+    what = h.name.decode("utf-8", "replace")
+    out: list[bytes] = []
+    pax: dict[str, bytes] = {}
+    fields = _number_fields(h, fmt, what, pax)
 
     name, prefix, linkname = h.name, b"", h.linkname
     if fmt == "pax":

@@ -208,6 +208,57 @@ def _kind_of_type(media_type: str | None) -> str | None:
 # --------------------------------------------------------------------------- parsing
 
 
+def _schema_and_type(obj: dict[str, Any], where: str) -> tuple[str | None, int]:
+    """The body's ``mediaType`` (None when absent) and its ``schemaVersion`` (2: schema 1
+    and other versions are refused)."""
+    body_type = obj.get("mediaType")
+    if body_type is not None and not isinstance(body_type, str):
+        _fail(where, "'mediaType' must be a string")
+    schema = obj.get("schemaVersion")
+    if body_type in mt.SCHEMA1:
+        raise _schema1(where, str(body_type))
+    if (isinstance(schema, int) and not isinstance(schema, bool) and schema == 1) or (
+        "fsLayers" in obj
+    ):
+        raise _schema1(where, "schemaVersion 1")
+    if schema is None:
+        _fail(where, "'schemaVersion' is required")
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        _fail(where, f"'schemaVersion' must be an integer, got {schema!r}")
+    if schema != 2:
+        raise UnsupportedError(f"{where}: schemaVersion {schema} is not supported (only 2)")
+    if body_type and _kind_of_type(body_type) is None:
+        raise UnsupportedError(f"{where}: unsupported media type {body_type!r}")
+    return body_type, schema
+
+
+def _agreed_kind(obj: dict[str, Any], body_type: str | None, media_type: str | None,
+                 given_kind: str | None, where: str) -> str:
+    """``manifest`` or ``index``, on which the body's mediaType, the given media type and
+    the fields present all agree (each where it says anything)."""
+    has_index_fields = "manifests" in obj
+    has_manifest_fields = "config" in obj or "layers" in obj
+    if has_index_fields and has_manifest_fields:
+        _fail(where, "has both 'manifests' (an index) and 'config'/'layers' (a manifest)")
+    shape_kind = "index" if has_index_fields else "manifest" if has_manifest_fields else None
+    claims = [
+        (source, kind)
+        for source, kind in (
+            (f"its mediaType {body_type}", _kind_of_type(body_type)),
+            (f"the given media type {media_type}", given_kind),
+            ("its fields", shape_kind),
+        )
+        if kind is not None
+    ]
+    if not claims:
+        _fail(where, "cannot tell a manifest from an index: no mediaType, 'manifests' or 'config'")
+    kinds = {kind for _, kind in claims}
+    if len(kinds) > 1:
+        said = "; ".join(f"{source} says {kind}" for source, kind in claims)
+        _fail(where, f"conflicting types: {said}")
+    return claims[0][1]
+
+
 def parse_manifest_or_index(
     data: bytes | bytearray | memoryview,
     media_type: str | None = None,
@@ -239,49 +290,8 @@ def parse_manifest_or_index(
 
     obj = _load_object(data, where)
 
-    body_type = obj.get("mediaType")
-    if body_type is not None and not isinstance(body_type, str):
-        _fail(where, "'mediaType' must be a string")
-    schema = obj.get("schemaVersion")
-    if body_type in mt.SCHEMA1:
-        raise _schema1(where, str(body_type))
-    if (isinstance(schema, int) and not isinstance(schema, bool) and schema == 1) or (
-        "fsLayers" in obj
-    ):
-        raise _schema1(where, "schemaVersion 1")
-    if schema is None:
-        _fail(where, "'schemaVersion' is required")
-    if not isinstance(schema, int) or isinstance(schema, bool):
-        _fail(where, f"'schemaVersion' must be an integer, got {schema!r}")
-    if schema != 2:
-        raise UnsupportedError(f"{where}: schemaVersion {schema} is not supported (only 2)")
-    body_kind = _kind_of_type(body_type)
-    if body_type and body_kind is None:
-        raise UnsupportedError(f"{where}: unsupported media type {body_type!r}")
-
-    has_index_fields = "manifests" in obj
-    has_manifest_fields = "config" in obj or "layers" in obj
-    if has_index_fields and has_manifest_fields:
-        _fail(where, "has both 'manifests' (an index) and 'config'/'layers' (a manifest)")
-    shape_kind = "index" if has_index_fields else "manifest" if has_manifest_fields else None
-
-    claims = [
-        (source, kind)
-        for source, kind in (
-            (f"its mediaType {body_type}", body_kind),
-            (f"the given media type {media_type}", given_kind),
-            ("its fields", shape_kind),
-        )
-        if kind is not None
-    ]
-    if not claims:
-        _fail(where, "cannot tell a manifest from an index: no mediaType, 'manifests' or 'config'")
-    kinds = {kind for _, kind in claims}
-    if len(kinds) > 1:
-        said = "; ".join(f"{source} says {kind}" for source, kind in claims)
-        _fail(where, f"conflicting types: {said}")
-    kind = claims[0][1]
-
+    body_type, schema = _schema_and_type(obj, where)
+    kind = _agreed_kind(obj, body_type, media_type, given_kind, where)
     if body_type:
         resolved = body_type
     elif media_type and given_kind == kind:
