@@ -311,6 +311,58 @@ def _view_dir(store: ContainerdStore, key: str, chain: str) -> Path:
     return Path(lower.split("=", 1)[1].split(":")[0])
 
 
+class _CommittedMeanwhile:
+    """The store's snapshotter, but one chain looks absent until the unpacker prepares its
+    extract snapshot: the chain was committed by another unpack (CRI's, `ctr run`'s) between
+    the unpacker's check and its prepare -- the window a concurrent `ctr run` hit in CI."""
+
+    def __init__(self, inner: Any, chain: str) -> None:
+        self.inner = inner
+        self.chain = chain
+        self.prepares = 0
+
+    def stat(self, key: str) -> Any:
+        if key == self.chain and not self.prepares:
+            from cargohold.errors import NotFoundError
+
+            raise NotFoundError(f"snapshot {key}: not found")
+        return self.inner.stat(key)
+
+    def prepare(self, key: str, parent: str, labels: Any = None) -> Any:
+        self.prepares += 1
+        return self.inner.prepare(key, parent, labels=labels)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_chain_committed_by_another_unpack_before_prepare_is_shared(
+    store: ContainerdStore,
+) -> None:
+    """containerd refuses to prepare an extract snapshot whose target chain exists
+    ("target snapshot ...: already exists"); the unpacker then uses the other unpack's
+    chain (state "shared"), as containerd's own unpacker does, instead of failing."""
+    from cargohold.unpack.image import STATE_SHARED, STATE_UNPACKED
+
+    desc, blob, diff_id = _blob([E("d", "dir"), E("d/f", data=os.urandom(64 << 10))])
+    with store.content.writer(f"m-{desc.digest.hex}", total=desc.size,
+                              expected=desc.digest) as w:
+        w.write(blob)
+        w.commit(desc.size, desc.digest)
+    manifest, _ = _image(store, [(desc, diff_id)])
+    with Unpacker(store.content, store.snapshots, store.applier) as unpacker:  # the other unpack
+        first = unpacker.unpack(manifest)
+    assert [o.state for o in first.layers] == [STATE_UNPACKED]
+    chain = first.layers[0].chain_id
+    sn = _CommittedMeanwhile(store.snapshots, chain)
+    with Unpacker(store.content, sn, store.applier) as unpacker:  # type: ignore[arg-type]
+        res = unpacker.unpack(manifest)
+    assert sn.prepares == 1
+    assert [o.state for o in res.layers] == [STATE_SHARED]
+    left = [i.name for i in store.snapshots.walk() if i.kind != "committed"]
+    assert left == []
+
+
 def test_staged_parallel_layers_commit_as_a_chain(containerd: Containerd) -> None:
     """containerd 1.6's overlayfs fixes parents at prepare: cargohold applies the layers of
     an image into parentless stage snapshots at once and moves each into its real snapshot

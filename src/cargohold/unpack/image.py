@@ -560,9 +560,19 @@ class Unpacker:
         stats: ApplyStats | None = None
         try:
             # Inside the try: an interrupt right after the row is written still removes it.
-            mounts = sn.prepare(
-                key, "" if job.standalone else parent_name, labels={LABEL_SNAPSHOT_REF: chain}
-            )
+            try:
+                mounts = sn.prepare(
+                    key, "" if job.standalone else parent_name, labels={LABEL_SNAPSHOT_REF: chain}
+                )
+            except AlreadyExistsError:
+                # containerd refuses an extract snapshot whose target chain exists: another
+                # unpack (CRI's, `ctr run`'s, another cargohold's) committed it since the
+                # check above. Use theirs, as containerd's own unpacker does.
+                if not is_committed(sn, chain):
+                    raise
+                out = LayerOutcome(i, chain, layer, diff_id, STATE_SHARED, time.monotonic() - t0)
+                self.events.layer_done(out)
+                return out
             with self.content.reader(layer.digest) as raw, stored_blob_check(self.content, layer):
                 reader: Any = _Reader(raw, self.cancel, job.cancel,
                                       functools.partial(self.events.layer_progress, layer))
