@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from cargohold.bake.plan import PlanImage, estimate_unpacked
 from cargohold.bake.sizes import (
@@ -34,7 +34,7 @@ from cargohold.oci.manifest import (
 )
 from cargohold.oci.platform import host_platform
 from cargohold.oci.reference import Reference
-from cargohold.pull.fetch import child_labels, source_label
+from cargohold.pull.fetch import Registry, child_labels, source_label
 from cargohold.singleflight import SingleFlight
 from cargohold.store.interfaces import ContentStore, Snapshotter, Store
 
@@ -43,7 +43,6 @@ __all__ = [
     "CatalogImage",
     "Downloaded",
     "Downloads",
-    "RegistryLike",
     "ResolveEvents",
     "resolve_entry",
     "resolve_spec",
@@ -55,16 +54,6 @@ MAX_CONFIG_SIZE = 64 << 20
 
 
 
-class RegistryLike(Protocol):
-    def resolve(self, ref: Reference) -> Descriptor: ...
-
-    def fetch_manifest(self, ref: Reference, desc: Descriptor) -> bytes: ...
-
-    def download_blob(
-        self, ref: Reference, desc: Descriptor, write: Callable[[Any], object]
-    ) -> None: ...
-
-    def abort(self) -> None: ...
 
 
 
@@ -124,7 +113,7 @@ class Downloads:
 
 
 class _Resolver:
-    def __init__(self, registry: RegistryLike, content: ContentStore | None,
+    def __init__(self, registry: Registry, content: ContentStore | None,
                  downloads: Downloads | None = None) -> None:
         self.registry = registry
         self.content = content
@@ -266,7 +255,7 @@ def _has_blob(content: ContentStore | None, digest: str, size: int) -> bool:
 
 def resolve_spec(
     spec: CacheSpec,
-    registry: RegistryLike,
+    registry: Registry,
     *,
     store: Store | None = None,
     default_platforms: Iterable[Platform] = (),
@@ -329,7 +318,7 @@ def resolve_spec(
 def _resolve_all(
     entries: Sequence[ImageEntry],
     one: Callable[[ImageEntry], CatalogImage],
-    registry: RegistryLike,
+    registry: Registry,
     failures: list[tuple[ImageEntry, CargoholdError]] | None,
     jobs: int,
 ) -> list[CatalogImage]:
