@@ -42,3 +42,12 @@ def test_registry_takes_a_port_and_keeps_it_on_restart(tmp_path: Path) -> None:
     missing = devtools("stop-registry", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "no registry was started under" in missing.stderr
+
+
+def test_push_samples_to_a_dead_registry_is_an_error_not_a_traceback() -> None:
+    """A registry that is not there: the unavailable error's message, hint and exit code (7),
+    as from `cargohold` itself (it was a traceback, exit 1)."""
+    r = devtools("push-samples", f"127.0.0.1:{free_port()}", "--big-size", "1000")
+    assert r.returncode == 7, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: connection refused by 127.0.0.1:")

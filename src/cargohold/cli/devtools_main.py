@@ -12,11 +12,13 @@ import contextlib
 import os
 import re
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
 import click
 
+from cargohold.errors import CargoholdError
 from cargohold.interrupts import wait_until
 from cargohold.units import format_size
 
@@ -96,3 +98,13 @@ def push_samples(host: str, big_size: int, workdir: Path | None) -> None:
         pushed = push_specs(demo_specs(big_size), host, workdir or Path(tmp))
     for p in pushed:
         click.echo(f"{p.ref}\t{p.root.digest}\t{format_size(p.compressed)}")
+
+
+def run() -> None:
+    """``python -m cargohold.devtools``: an error of cargohold's tree (a dead registry, say)
+    is its message, hint and exit code on stderr, as for ``cargohold``; never a traceback."""
+    try:
+        main()
+    except CargoholdError as e:
+        click.echo(f"error: {e.message}\nhint: {e.hint_text()}", err=True)
+        sys.exit(e.exit_code)
