@@ -15,9 +15,11 @@ Clients, each on a fresh private containerd (tests/rig/containerd.py), alternati
 first from run to run (``--runs``, default 2); dirty pages are flushed before each:
 
 * ``cargohold --store containerd --address SOCK --namespace NS --no-progress bake SPEC
-  --plain-http --report R``: plan, fetch (4 parallel downloads), CRI's records, verify
-  (blobs this bake downloaded were verified by containerd on commit and are not read again;
-  anything else is re-hashed, from containerd's own files when its root is local), measure;
+  --plain-http --report R``: plan, fetch (4 parallel downloads; large blobs written and
+  hashed into containerd's ingest files, linked into its store and recorded by containerd
+  without a second read), CRI's records, verify (blobs this bake downloaded were hashed as
+  they were written and are not read again; anything else is re-hashed, from containerd's
+  own files when its root is local), measure;
 * ``printf '%s\\n' REFS | xargs -P4 -n1 ctr ... content fetch --plain-http``: AgentBaker's
   loop (blobs + one image record per image; no CRI records, no verification);
 * ``cargohold --root FRESH bake`` into the embedded store, for reference.

@@ -1,12 +1,15 @@
 """Writing blobs straight into containerd's ingest file (store/containerd/ingest.py), against
-the real containerd of tests/rig/containerd.py: containerd still hashes and checks every
-byte on commit."""
+the real containerd of tests/rig/containerd.py: a blob whose bytes hash to the expected
+digest is linked into containerd's store and recorded by containerd without being read
+again; anything else is re-hashed and refused by containerd."""
 
 from __future__ import annotations
 
 import gc
 import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +23,7 @@ from cargohold.oci.digest import Digest
 from cargohold.store.containerd import ContainerdStore, api
 from cargohold.store.containerd.content import DIRECT_ENV, ContainerdContentWriter
 from cargohold.store.containerd.ingest import DIRECT_WRITE_MIN, DirectContentWriter
-from tests.rig.containerd import Containerd
+from tests.rig.containerd import Containerd, start_containerd
 from tests.rig.needs import missing
 
 SIZE = DIRECT_WRITE_MIN + 123_457
@@ -66,6 +69,123 @@ def test_direct_path_used_and_blob_correct(store: ContainerdStore) -> None:
         store.content.status("direct-1")
 
 
+def _blob_file(store: ContainerdStore, dg: Digest) -> Path:
+    root = store.content.local_root()
+    assert root is not None
+    return root / "blobs" / dg.algorithm / dg.hex
+
+
+def test_verified_blob_is_linked_and_recorded_without_containerd_reading_it(
+    store: ContainerdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the link, the ingest's ``data`` is replaced by garbage of the same size: a
+    commit that made containerd re-hash the ingest would refuse it; the linked blob is
+    recorded as it is, read-only, with its labels, and no ingest is left behind."""
+    data, dg = _blob()
+    link = DirectContentWriter._link_blob
+
+    def link_then_spoil(self: DirectContentWriter, expected: Digest) -> Path | None:
+        target = link(self, expected)
+        os.unlink(self.path / "data")
+        (self.path / "data").write_bytes(b"\0" * len(data))
+        return target
+
+    monkeypatch.setattr(DirectContentWriter, "_link_blob", link_then_spoil)
+    with store.content.writer("linked", total=len(data), expected=dg) as w:
+        assert isinstance(w, DirectContentWriter)
+        ingest = w.path
+        w.write(data)
+        assert w.digest() == dg
+        info = w.commit(len(data), dg, {"k": "v"})
+    assert info.digest == dg and info.size == len(data)
+    assert store.content.info(dg).labels == {"k": "v"}
+    assert _read(store, dg) == data
+    mode = stat.S_IMODE(os.stat(_blob_file(store, dg)).st_mode)
+    assert mode & 0o222 == 0, oct(mode)  # read-only, as containerd leaves its blobs
+    assert not ingest.exists()
+    with pytest.raises(NotFoundError):
+        store.content.status("linked")
+
+
+def test_linked_blob_taken_before_the_commit_is_rehashed_from_the_ingest(
+    store: ContainerdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """containerd's GC may remove the linked file (no record names it yet) before the
+    commit: containerd then resumes the ingest, re-hashes ``data`` and commits that."""
+    data, dg = _blob()
+    link = DirectContentWriter._link_blob
+
+    def link_then_lose(self: DirectContentWriter, expected: Digest) -> Path | None:
+        target = link(self, expected)
+        assert target is not None
+        target.unlink()
+        return target
+
+    monkeypatch.setattr(DirectContentWriter, "_link_blob", link_then_lose)
+    with store.content.writer("lost-link", total=len(data), expected=dg) as w:
+        w.write(data)
+        w.commit(len(data), dg)
+    assert _read(store, dg) == data
+    assert _blob_file(store, dg).exists()
+
+
+def test_linked_blob_taken_right_after_the_commit_is_put_back(
+    store: ContainerdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, dg = _blob()
+    settle = DirectContentWriter._settle
+
+    def lose_then_settle(self: DirectContentWriter, target: Path) -> None:
+        target.unlink()
+        settle(self, target)
+
+    monkeypatch.setattr(DirectContentWriter, "_settle", lose_then_settle)
+    with store.content.writer("lost-after", total=len(data), expected=dg) as w:
+        w.write(data)
+        w.commit(len(data), dg)
+    assert _read(store, dg) == data
+
+
+def test_killed_after_the_link_the_rerun_records_the_blob(store: ContainerdStore) -> None:
+    """A process killed between the link and the commit leaves a verified blob file that no
+    record names: the rerun's writer finds it (nothing left to write) and commits it."""
+    data, dg = _blob()
+    w = store.content.writer("killed-linked", total=len(data), expected=dg)
+    assert isinstance(w, DirectContentWriter)
+    w.write(data)
+    assert w._link_blob(dg) == _blob_file(store, dg)
+    del w  # killed: the stream is cancelled, no commit
+    gc.collect()
+    with pytest.raises(NotFoundError):
+        store.content.info(dg)
+    with store.content.writer("killed-linked", total=len(data), expected=dg) as w2:
+        assert w2.offset == len(data)
+        w2.commit(len(data), dg, {"r": "1"})
+    assert store.content.info(dg).labels == {"r": "1"}
+    assert _read(store, dg) == data
+
+
+def test_isolated_sharing_policy_rehashes_the_ingest(tmp_path: Path,
+                                                     containerd_api: api.Api) -> None:
+    """With ``content_sharing_policy = "isolated"`` containerd does not record a blob it
+    was not sent: it re-hashes the ingest, finds the linked file there and records it."""
+    ctrd = start_containerd(tmp_path / "isolated", content_sharing="isolated")
+    try:
+        with ContainerdStore(ctrd.address, "iso") as s:
+            data, dg = _blob()
+            with s.content.writer("iso", total=len(data), expected=dg) as w:
+                assert isinstance(w, DirectContentWriter)
+                w.write(data)
+                info = w.commit(len(data), dg, {"a": "b"})
+            assert info.digest == dg
+            assert s.content.info(dg).labels == {"a": "b"}
+            assert _read(s, dg) == data
+            with pytest.raises(NotFoundError):
+                s.content.status("iso")
+    finally:
+        ctrd.cleanup()
+
+
 def test_small_or_unknown_blobs_use_the_stream(store: ContainerdStore) -> None:
     data, dg = _blob(1000)
     with store.content.writer("small", total=len(data), expected=dg) as w:
@@ -103,7 +223,9 @@ def test_interrupted_direct_ingest_is_resumed(store: ContainerdStore) -> None:
     gc.collect()
     w2 = store.content.writer("resume-direct", total=len(data), expected=dg)
     try:
-        assert w2.offset == half  # containerd re-hashed the prefix in the file
+        assert w2.offset == half
+        assert isinstance(w2, DirectContentWriter)
+        assert w2.digest() == Digest.from_bytes(data[:half])  # the prefix hashed from the file
         w2.write(data[half:])
         w2.commit(len(data), dg)
     finally:
@@ -136,6 +258,7 @@ def test_corrupt_bytes_rejected_at_commit(store: ContainerdStore) -> None:
         store.content.info(dg)
     with pytest.raises(NotFoundError):  # aborted: nothing left to resume
         store.content.status("corrupt-direct")
+    assert not _blob_file(store, dg).exists()  # nothing linked into the store
 
 
 def test_short_ingest_rejected_at_commit(store: ContainerdStore) -> None:

@@ -41,8 +41,11 @@ def _toml_str(value: str | Path) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_config(base: Path, socket: Path, *, cri: bool = False) -> Path:
-    """config.toml (version 2) keeping every path of this containerd under ``base``."""
+def write_config(base: Path, socket: Path, *, cri: bool = False,
+                 content_sharing: str = "shared") -> Path:
+    """config.toml (version 2) keeping every path of this containerd under ``base``;
+    ``content_sharing``: the metadata store's content sharing policy (containerd's default
+    "shared", or "isolated")."""
     disabled = list(DISABLED_PLUGINS)
     if not cri:
         disabled.append(CRI_PLUGIN)
@@ -92,6 +95,9 @@ def write_config(base: Path, socket: Path, *, cri: bool = False) -> Path:
         "  mutation_threshold = 0",
         '  schedule_delay = "0s"',
         '  startup_delay = "10000h"',
+        "",
+        '[plugins."io.containerd.metadata.v1.bolt"]',
+        f"  content_sharing_policy = {_toml_str(content_sharing)}",
     ]
     if cri:
         lines += [
@@ -228,7 +234,8 @@ class Containerd:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
-def start_containerd(base: Path, *, cri: bool = False) -> Containerd:
+def start_containerd(base: Path, *, cri: bool = False,
+                     content_sharing: str = "shared") -> Containerd:
     """Start ``containerd --config <base>/config.toml`` with everything under ``base``.
 
     Skips (fails under CI=true) when containerd is not installed or we are not root.
@@ -245,7 +252,7 @@ def start_containerd(base: Path, *, cri: bool = False) -> Containerd:
     if len(str(socket)) + len(".ttrpc") > _MAX_SOCKET:
         socket_dir = Path(tempfile.mkdtemp(prefix="ctrd-"))
         socket = socket_dir / "containerd.sock"
-    config = write_config(base, socket, cri=cri)
+    config = write_config(base, socket, cri=cri, content_sharing=content_sharing)
     ctrd = Containerd(
         base=base,
         address=str(socket),

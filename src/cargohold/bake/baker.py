@@ -17,8 +17,8 @@ crash, a Ctrl-C or a failed image picks up where the last run stopped:
    pinned on containerd), writing CRI's records on containerd.
 3. **unpack** the pulled images (existing chains are skipped).
 4. **verify** the baked images (blobs that were already in the store re-hashed; those this
-   bake downloaded were verified by the store on commit and are only size-checked; pulled
-   images' chains present).
+   bake downloaded were hashed as they were written, before they were committed, and are
+   only size-checked; pulled images' chains present).
 5. **measure**: the disk the baked images use (content + snapshots, shared bytes once),
    checked against the budget (unpacked sizes were estimated while planning; a bake that
    ends over budget keeps everything and raises :class:`BudgetError`).

@@ -19,9 +19,10 @@ several images share it. Problems (:class:`Problem`, ``kind``):
   run only when the store has a snapshotter (``store.snapshots``) or one is passed, and
   look at that snapshotter's label only.
 
-``trusted``: digests whose bytes this process has just had verified by the store on commit
-(``bake`` passes the blobs its fetch downloaded: containerd and the embedded store hash
-every ingest against its expected digest before committing it); their size is checked but
+``trusted``: digests whose bytes this process has just had verified on commit (``bake``
+passes the blobs its fetch downloaded: every ingest is hashed against its expected digest
+before it is committed -- by the embedded store, by containerd, or by cargohold's direct
+writer before it links a blob into containerd's store); their size is checked but
 they are not read again. Every other blob is re-hashed, ``jobs`` at a time (hashlib hashes
 outside the GIL; on containerd the blob files are read directly when its root is on this
 machine, see ``ContainerdContentStore.reader``).

@@ -228,12 +228,12 @@ class ContainerdContentStore:
     ) -> ContainerdContentWriter | DirectContentWriter:
         """An ingest: over the Write stream, or -- a blob of known size and digest of at
         least :data:`~.ingest.DIRECT_WRITE_MIN` bytes while containerd's root is on this
-        machine -- straight into containerd's ingest file, containerd still hashing and
-        checking every byte on commit (see :mod:`.ingest`)."""
+        machine -- straight into containerd's ingest file, hashed as it is written and
+        linked into containerd's store only when it is the expected blob (see :mod:`.ingest`)."""
         w = ContainerdContentWriter(self, ref, total=total, expected=expected)
         if self.direct and expected is not None and total:
             try:
-                direct = open_direct(self, w, total)
+                direct = open_direct(self, w, total, expected)
             except BaseException:
                 w.abandon()
                 raise

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from cargohold.atomicfile import fsync_dir
 from cargohold.errors import (
     AlreadyExistsError,
     CargoholdError,
@@ -48,6 +49,7 @@ from cargohold.errors import (
     NotFoundError,
     OutOfSpaceError,
 )
+from cargohold.filehash import hash_fd
 from cargohold.oci.digest import ALGORITHMS, Digest
 from cargohold.singleflight import SingleFlight
 from cargohold.store.embedded.leases import EmbeddedLeaseManager, parse_rfc3339
@@ -91,14 +93,6 @@ def _os_error(e: OSError, what: str) -> CargoholdError:
     return CargoholdError(f"{what}: {e}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_small(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -114,22 +108,6 @@ def _read_small(path: Path) -> str | None:
 
 def _rfc3339(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _hash_fd(fd: int, algorithm: str, length: int) -> hashlib._Hash:
-    """Hash the first ``length`` bytes of ``fd`` (positional reads, 1 MiB at a time)."""
-    h = hashlib.new(algorithm)
-    buf = bytearray(min(_CHUNK, max(length, 1)))
-    view = memoryview(buf)
-    pos = 0
-    while pos < length:
-        want = min(len(buf), length - pos)
-        n = os.preadv(fd, [view[:want]], pos)
-        if n <= 0:
-            break
-        h.update(view[:n])
-        pos += n
-    return h
 
 
 def _lock_ingest(path: Path, *, create: bool) -> int | None:
@@ -281,7 +259,7 @@ class EmbeddedContentWriter:
             os.lseek(fd, size, os.SEEK_SET)
         except OSError as e:
             raise _os_error(e, f"truncating ingest {self._ref!r}") from e
-        self._hash = _hash_fd(fd, self._algorithm, size)
+        self._hash = hash_fd(fd, self._algorithm, size)
         self._offset = size
 
     def digest(self) -> Digest:
@@ -300,7 +278,7 @@ class EmbeddedContentWriter:
         if expected.algorithm == self._algorithm:
             got = self.digest()
         else:
-            got = Digest(expected.algorithm, _hash_fd(fd, expected.algorithm, size).hexdigest())
+            got = Digest(expected.algorithm, hash_fd(fd, expected.algorithm, size).hexdigest())
         if got != expected:
             self._drop_quietly()
             raise DigestMismatchError(f"content has digest {got}, expected {expected}")
@@ -317,7 +295,7 @@ class EmbeddedContentWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             created = store._publish(data, target)
             if created:
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
         except OSError as e:
             self.close()  # verified and synced: keep the ingest, a retry commits it
             raise _os_error(e, f"committing {expected}") from e
@@ -569,7 +547,7 @@ class EmbeddedContentStore:
                 os.ftruncate(fd, 0)
                 size = 0
             algorithm = expected.algorithm if expected is not None else "sha256"
-            hasher = _hash_fd(fd, algorithm, size)
+            hasher = hash_fd(fd, algorithm, size)
             os.lseek(fd, size, os.SEEK_SET)
         except OSError as e:
             os.close(fd)
