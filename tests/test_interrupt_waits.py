@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -387,6 +388,10 @@ class _Call:
         self.response = response
         self.cancelled = False
         self.polls = 0
+        self.callbacks: list[Callable[[object], object]] = []
+
+    def add_done_callback(self, fn: Callable[[object], object]) -> None:
+        self.callbacks.append(fn)  # run when the call ends (here: when cancelled)
 
     def done(self) -> bool:
         self.polls += 1
@@ -396,6 +401,8 @@ class _Call:
 
     def cancel(self) -> bool:
         self.cancelled = True
+        for fn in self.callbacks:
+            fn(self)
         return True
 
     def result(self, timeout: float | None = None) -> object:
@@ -434,3 +441,34 @@ def test_a_containerd_call_of_the_main_thread_is_polled_and_cancelled_on_interru
         t.start()
         t.join()
         assert out == ["blocking"] and method.blocking == 1
+
+
+def test_wait_future_is_woken_by_the_futures_callback() -> None:
+    """wait_future registers a done-callback that makes the pause's eventfd readable: the
+    waiting thread's select returns at once instead of sleeping out its poll interval;
+    after the wait the fd is closed and a late callback writes nothing."""
+    w = interrupts._Wakeup()
+    fd = w._fd
+    import select as _select
+
+    assert _select.select([fd], [], [], 0)[0] == []
+    w.set()
+    assert _select.select([fd], [], [], 0)[0] == [fd]
+    w.pause(60)  # readable: returns now
+    w.close()
+    w.set()  # a callback after the wait: nothing written, no error
+
+    fut: Future[int] = Future()
+    added: list[object] = []
+    real_add = fut.add_done_callback
+
+    def spy(fn: Callable[[Future[int]], object]) -> None:
+        added.append(fn)
+        real_add(fn)
+
+    fut.add_done_callback = spy  # type: ignore[method-assign]
+    t = threading.Thread(target=lambda: (time.sleep(0.05), fut.set_result(7)))
+    t.start()
+    assert interrupts.wait_future(fut) == 7
+    t.join()
+    assert len(added) == 1

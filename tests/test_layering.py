@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: Layers, bottom first: module-name prefixes below ``cargohold.`` (the longest prefix wins).
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["errors", "units", "labels", "filekind", "oci", "interrupts", "singleflight",
-              "atomicfile"]),
+              "atomicfile", "filehash"]),
     ("model", ["store.interfaces", "store.gcmark", "bake.plan", "bake.solver", "bake.spec",
                "bake.tomllines", "node.warmorder", "node.labels", "node.niceness",
                "imagebuild", "settings"]),

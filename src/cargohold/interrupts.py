@@ -14,7 +14,10 @@ main thread never waits on a condition, and takes one only with signals held:
 - :func:`wait_until` polls (a sleep takes an interrupt cleanly); it is also cargohold's one
   polling wait (with a ``timeout``: a server coming up, a process going away);
 - :func:`wait_future` waits for a ``Future`` that way, its ``done`` and ``result`` (which take
-  its condition) called with signals held (:func:`call_held`);
+  its condition) called with signals held (:func:`call_held`); its pauses end as soon as the
+  future is done (a done-callback writes to an eventfd that the pause ``select``-s on:
+  ``select`` takes no lock, and a gRPC call of a few milliseconds is not stretched to the
+  next poll);
 - :func:`held` defers a signal arriving during a call that waits inside the standard
   library (``ThreadPoolExecutor.submit`` starts a thread and waits for it to run): it is
   raised when the block ends;
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import _thread
 import functools
+import os
+import select
 import signal
 import sys
 import threading
@@ -48,10 +53,38 @@ class FutureLike(Protocol[T_co]):
 
     def result(self, timeout: float | None = None) -> T_co: ...
 
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
+
+
+class _Wakeup:
+    """An eventfd that a done-callback sets from any thread and a pause of the main thread
+    waits on (``select``: interrupted cleanly by a signal, no lock held)."""
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._lock = threading.Lock()  # set() never writes to a closed (reused) fd number
+
+    def set(self, _: object = None) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.eventfd_write(self._fd, 1)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, less once set."""
+        select.select([self._fd], [], [], seconds)
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
 #: Polling interval of :func:`wait_until`: from POLL_FIRST doubling up to POLL_SECONDS, so
 #: a short wait (a chunk being read ahead) stays short and a long one costs little CPU.
 POLL_FIRST = 0.0001
 POLL_SECONDS = 0.01
+#: Longest pause of :func:`wait_future` (its pauses end when the future is done).
+_WOKEN_PAUSE = 0.25
 
 _held = 0  # depth of held() blocks (main thread only: Python runs signal handlers there)
 _pending = False  # a signal arrived while held
@@ -87,7 +120,8 @@ def held() -> Iterator[None]:
 
 def wait_until(done: Callable[[], bool],
                on_interrupt: Callable[[], None] | None = None, *,
-               timeout: float | None = None, max_pause: float = POLL_SECONDS) -> bool:
+               timeout: float | None = None, max_pause: float = POLL_SECONDS,
+               wakeup: _Wakeup | None = None) -> bool:
     """Return True once ``done()``, polling (pauses from POLL_FIRST doubling up to
     ``max_pause``: raise it for a ``done`` that costs something, e.g. a call to a server).
     With ``timeout`` (seconds), return False when ``done()`` is still false that long after
@@ -95,7 +129,8 @@ def wait_until(done: Callable[[], bool],
     raises end the wait. Without ``on_interrupt`` a KeyboardInterrupt ends the wait; with
     it, an interrupt calls ``on_interrupt`` (to make what is waited for stop), the wait goes
     on, and the interrupt is raised once ``done()``: for waits that must not leave a worker
-    running under a store about to be closed."""
+    running under a store about to be closed. ``wakeup``: set when ``done()`` may have
+    become true; pauses end then (and may be long)."""
     interrupted: BaseException | None = None
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = POLL_FIRST
@@ -107,7 +142,11 @@ def wait_until(done: Callable[[], bool],
                 if left is not None and left <= 0:
                     reached = False
                     break
-                time.sleep(pause if left is None else min(pause, left))
+                nap = pause if left is None else min(pause, left)
+                if wakeup is None:
+                    time.sleep(nap)
+                else:
+                    wakeup.pause(nap)
                 pause = min(pause * 2, max_pause)
             break
         except KeyboardInterrupt as e:
@@ -132,7 +171,13 @@ def call_held(fn: Callable[[], T]) -> T:
 def wait_future(fut: FutureLike[T], on_interrupt: Callable[[], None] | None = None) -> T:
     """The result of ``fut`` (its exception raised), waited for as :func:`wait_until` does
     (see it for ``on_interrupt``); its condition only ever taken with signals held."""
-    wait_until(functools.partial(call_held, fut.done), on_interrupt)
+    wakeup = _Wakeup()
+    try:
+        call_held(functools.partial(fut.add_done_callback, wakeup.set))
+        wait_until(functools.partial(call_held, fut.done), on_interrupt, max_pause=_WOKEN_PAUSE,
+                   wakeup=wakeup)  # fmt: skip
+    finally:
+        call_held(wakeup.close)
     with held():
         return fut.result()  # done: no wait
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -288,9 +289,18 @@ def _num(field: bytes) -> int:
         raise InvalidInputError(f"layer tar: invalid numeric field {field!r}") from None
 
 
+def _octal(field: bytes) -> int:
+    """:func:`_num`, with the common case (plain octal text) inline."""
+    try:
+        return int(field.rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        return _num(field)
+
+
 def _check_checksum(block: bytes) -> None:
-    stored = _num(block[148:156])
-    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
+    field = block[148:156]
+    stored = _octal(field)
+    unsigned = sum(block) - sum(field) + 8 * 32
     if stored == unsigned:
         return
     signed = (
@@ -378,7 +388,7 @@ def entries(src: Source, stats: SkipCounter) -> Iterator[Entry]:
             return
         _check_checksum(block)
         typ = block[156:157]
-        size = _num(block[124:136])
+        size = _octal(block[124:136])
         if size < 0:
             raise InvalidInputError("layer tar: negative entry size")
         if typ in (GNU_LONGNAME, GNU_LONGLINK, PAX, PAX_GLOBAL):
@@ -420,46 +430,56 @@ def entries(src: Source, stats: SkipCounter) -> Iterator[Entry]:
         yield entry
 
 
+#: name, mode, uid, gid, (size, skipped), mtime: the fields every header needs, in one call.
+_HEADER = struct.Struct("100s8s8s8s12x12s")
+
+
 def _header_entry(block: bytes, typ: bytes, size: int) -> Entry:
     """The entry a ustar / GNU header block describes (before long names and PAX apply)."""
+    raw_name, raw_mode, raw_uid, raw_gid, raw_mtime = _HEADER.unpack_from(block)
     magic = block[257:263]
-    name = _cstr(block[0:100])
-    if magic == b"ustar\x00":
+    i = raw_name.find(b"\0")
+    name = raw_name if i < 0 else raw_name[:i]
+    if magic == b"ustar\x00" and block[345]:
         prefix = _cstr(block[345:500])
-        if prefix:
-            name = prefix + b"/" + name
-    mtime_ns = _num(block[136:148]) * 1_000_000_000
+        name = prefix + b"/" + name
+    mtime_ns = _octal(raw_mtime) * 1_000_000_000
     has_atime = magic == b"ustar " and block[345] not in (0, 0x20)  # GNU: atime at 345
     is_dev = typ in (CHR, BLK) and magic.startswith(b"ustar")
     return Entry(
-        name=name,
-        type=typ,
-        mode=_num(block[100:108]),
-        uid=_num(block[108:116]),
-        gid=_num(block[116:124]),
-        size=size,
-        mtime_ns=mtime_ns,
-        atime_ns=_num(block[345:357]) * 1_000_000_000 if has_atime else mtime_ns,
-        has_atime=has_atime,
-        linkname=_cstr(block[157:257]) if typ in (LNK, SYM) else b"",
-        devmajor=_num(block[329:337]) if is_dev else 0,
-        devminor=_num(block[337:345]) if is_dev else 0,
-        xattrs=None,
+        name,
+        typ,
+        _octal(raw_mode),
+        _octal(raw_uid),
+        _octal(raw_gid),
+        size,
+        mtime_ns,
+        _num(block[345:357]) * 1_000_000_000 if has_atime else mtime_ns,
+        has_atime,
+        _cstr(block[157:257]) if typ in (LNK, SYM) else b"",
+        _num(block[329:337]) if is_dev else 0,
+        _num(block[337:345]) if is_dev else 0,
+        None,
     )
 
 
 def _check_entry(e: Entry) -> None:
     """Header values the file system calls would choke on (OverflowError, ValueError)."""
-    what = f"layer tar: entry {show_name(e.name)}"
     if not (0 <= e.uid <= MAX_ID and 0 <= e.gid <= MAX_ID):
-        raise InvalidInputError(f"{what}: uid/gid {e.uid}/{e.gid} out of range")
+        raise InvalidInputError(f"{_what(e)}: uid/gid {e.uid}/{e.gid} out of range")
     if not (e.mtime_ns // 1_000_000_000 in _TIME_RANGE
             and e.atime_ns // 1_000_000_000 in _TIME_RANGE):
-        raise InvalidInputError(f"{what}: time out of range")
+        raise InvalidInputError(f"{_what(e)}: time out of range")
     if not (0 <= e.devmajor <= MAX_DEV and 0 <= e.devminor <= MAX_DEV):
-        raise InvalidInputError(f"{what}: device number {e.devmajor}:{e.devminor} out of range")
+        raise InvalidInputError(
+            f"{_what(e)}: device number {e.devmajor}:{e.devminor} out of range"
+        )
     if e.xattrs and any(b"\0" in k for k in e.xattrs):
-        raise InvalidInputError(f"{what}: an xattr name contains a NUL byte")
+        raise InvalidInputError(f"{_what(e)}: an xattr name contains a NUL byte")
+
+
+def _what(e: Entry) -> str:
+    return f"layer tar: entry {show_name(e.name)}"
 
 
 def _apply_pax(entry: Entry, pax: dict[bytes, bytes]) -> None:
