@@ -31,10 +31,21 @@ from cargohold.errors import (
 )
 from cargohold.oci import mediatypes as mt
 from cargohold.oci.digest import Digest
+from cargohold.unpack import fileprocess
 from cargohold.unpack.apply import apply_layer
 from cargohold.unpack.decompress import open_decompressed
 from cargohold.unpack.layerwriter import ApplyStats, LayerWriter
 from tests.rig.needs import needs_root, require_root
+
+
+@pytest.fixture(autouse=True, params=["inline", "helper"])
+def file_helper(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here twice: small files written by the thread parsing the tar, and (from
+    the first one on, where the target started empty) by the helper process of
+    cargohold.unpack.fileprocess."""
+    monkeypatch.setenv(fileprocess.HELPER_ENV, "always" if request.param == "helper" else "0")
+    return str(request.param)
+
 
 # ---------------------------------------------------------------- building layers
 
@@ -1082,3 +1093,45 @@ def test_interrupt_while_starting_the_read_ahead_thread_stops_it_before_returnin
                     prefetch=True)
     assert not raw.reading
     assert not [t for t in threading.enumerate() if t.name == "layer-read"]
+
+
+def test_a_file_the_helper_cannot_create_fails_the_apply_naming_it(tmp_path: Path,
+                                                                   file_helper: str) -> None:
+    """An error creating a small file (here a name over the file system's 255 bytes) fails
+    the apply with the entry's name, whoever created the files."""
+    long = "d/" + "n" * 300
+    tar = make_tar([E("d", "dir"), E("d/a", data=b"1"), E(long, data=b"2"), E("d/c", data=b"3")])
+    with pytest.raises(CargoholdError) as ei:
+        apply_bytes(tar, tmp_path / "t")
+    assert "n" * 300 in ei.value.message and "File name too long" in ei.value.message
+
+
+def test_an_interrupted_apply_leaves_no_helper_running(tmp_path: Path, file_helper: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the middle of a layer: the helper is killed and reaped before the apply
+    returns (nothing is written once the caller removes the snapshot)."""
+    started: list[fileprocess.FileProcess] = []
+    real = fileprocess.FileProcess.__init__
+
+    def record(self: fileprocess.FileProcess, *, is_root: bool) -> None:
+        real(self, is_root=is_root)
+        started.append(self)
+
+    monkeypatch.setattr(fileprocess.FileProcess, "__init__", record)
+    entries = [E("d", "dir")] + [E(f"d/f{i}", data=b"x" * 100) for i in range(50)]
+    data = make_tar(entries)
+
+    class Cut(io.BytesIO):
+        def read(self, n: int = -1) -> bytes:
+            if self.tell() > len(data) // 2:
+                raise KeyboardInterrupt
+            return super().read(min(n, 4096) if n and n > 0 else 4096)
+
+    (tmp_path / "t").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        apply_layer(Cut(data), tmp_path / "t", mode="flat", diff_id=None, prefetch=False)
+    if file_helper == "helper":
+        assert len(started) == 1
+        assert started[0].proc.returncode is not None  # reaped
+    else:
+        assert started == []

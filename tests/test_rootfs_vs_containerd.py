@@ -331,10 +331,14 @@ def embedded_unpack(ref: str, root: Path, mnt: Path) -> Recorder:
 def cargohold_into_containerd(ctrd: Containerd, ref: str, mnt: Path, *,
                               snapshotter: str = "overlayfs", direct: bool = True) -> Recorder:
     """``cargohold --store containerd pull``: cargohold's applier into containerd's snapshots
-    (``direct``), or containerd's diff service (``CARGOHOLD_CONTAINERD_DIRECT=0``)."""
+    (``direct``; small files written by its helper process), or containerd's diff service
+    (``CARGOHOLD_CONTAINERD_DIRECT=0``)."""
     ns = ctrd.unique_namespace("rootfs-ch")
     env = {"CARGOHOLD_SNAPSHOTTER": snapshotter,
-           "CARGOHOLD_CONTAINERD_DIRECT": "1" if direct else "0"}
+           "CARGOHOLD_CONTAINERD_DIRECT": "1" if direct else "0",
+           # small files by the helper process from the first one (the embedded-store
+           # comparisons keep them on the parsing thread: their layers are small)
+           "CARGOHOLD_FILE_HELPER": "always"}
     out = cargohold("--store", "containerd", "--address", ctrd.address, "--namespace", ns,
                     "--json", "pull", "--plain-http", ref, env=env).stdout
     unpack = json.loads(out.strip().splitlines()[-1])["images"][0]["unpack"][0]

@@ -34,6 +34,7 @@ from cargohold.unpack.copyup import (
     lower_dir_meta,
     set_copied_xattrs,
 )
+from cargohold.unpack.fileprocess import SMALL_FILE, FileProcess, helper_start_after
 
 Mode = Literal["overlay", "flat"]
 
@@ -119,6 +120,27 @@ class LayerWriter:
         self.next_check = 0
         #: Name of the entry being applied (for error messages).
         self.current = b""
+        #: Small new files go to a helper process once the layer has shown many, when the
+        #: target was empty at the start (nothing of a lower layer can be in their way):
+        #: see :mod:`.fileprocess`. Until then they are counted down here.
+        self.helper: FileProcess | None = None
+        after = helper_start_after()
+        self.until_helper = after if after >= 0 and self._target_empty() else -1
+
+    def _target_empty(self) -> bool:
+        with os.scandir(self.tree.root_fd) as it:
+            return next(it, None) is None
+
+    def _settle_files(self) -> None:
+        """Wait for the files handed to the helper (before anything that may touch a path
+        it writes); its first error is raised, naming its entry."""
+        helper = self.helper
+        if helper is not None and helper.pending:
+            try:
+                helper.drain()
+            except OSError:
+                self.current = helper.failed_name
+                raise
 
     # -- bookkeeping
 
@@ -197,6 +219,11 @@ class LayerWriter:
     # -- implicit parents
 
     def _mkdir_implicit(self, parent_fd: int, name: bytes, path: tuple[bytes, ...]) -> None:
+        if self.helper is not None and path in self.helper.pending:
+            self._settle_files()  # a file of this layer is there (as Tree.opendir says)
+            raise InvalidInputError(
+                f"layer: {show_name(path)} is not a directory but the layer puts entries below it"
+            )
         os.mkdir(name, 0o755, dir_fd=parent_fd)
         self.stats.dirs += 1
         self._mark(path)
@@ -225,6 +252,13 @@ class LayerWriter:
     # -- entries
 
     def apply(self, src: tar.Source) -> None:
+        try:
+            self._apply(src)
+        finally:
+            if self.helper is not None:
+                self.helper.close()  # after an error, killed: nothing written once we return
+
+    def _apply(self, src: tar.Source) -> None:
         stats = self.stats
         tree = self.tree
         self._space()
@@ -243,6 +277,7 @@ class LayerWriter:
             if base.startswith(WHITEOUT_PREFIX):
                 if has_data:
                     src.skip(e.size + (-e.size % tar.BLOCK))
+                self._settle_files()
                 self._whiteout(e, parts)
                 continue
             t = e.type
@@ -254,6 +289,14 @@ class LayerWriter:
             assert res is not None
             pfd, presolved = res
             path = (*presolved, base)
+            if path in self.unpacked or t == tar.LNK:
+                self._settle_files()  # written again, or linked to: the helper first
+            elif (self.until_helper >= 0 and t in tar.DATA_TYPES and e.size <= SMALL_FILE
+                  and not e.xattrs and path not in self.whiteout_devs
+                  and self._to_helper()):  # fmt: skip
+                self._helper_file(src, e, pfd, presolved, base)
+                self._mark(path)
+                continue
             if t in tar.DATA_TYPES:
                 self._file(src, e, pfd, base, path)
             elif t in (tar.DIR, tar.GNU_DUMPDIR):
@@ -268,6 +311,7 @@ class LayerWriter:
                 stats.entries_skipped += 1
                 continue
             self._mark(path)
+        self._settle_files()
         self._finish_dirs()
 
     def _file(
@@ -307,6 +351,35 @@ class LayerWriter:
         src.skip(-size % tar.BLOCK)
         self.stats.files += 1
         self.stats.file_bytes += size
+        self._account(size + 4095 & ~4095)
+
+    def _to_helper(self) -> bool:
+        """Whether this small new file goes to the helper (started at the START_AFTER-th)."""
+        if self.helper is not None:
+            return True
+        if self.until_helper > 0:
+            self.until_helper -= 1
+            return False
+        try:
+            self.helper = FileProcess(is_root=self.is_root)
+        except OSError:
+            self.until_helper = -1  # no helper: every file written here
+            return False
+        return True
+
+    def _helper_file(self, src: tar.Source, e: tar.Entry, pfd: int,
+                     presolved: tuple[bytes, ...], name: bytes) -> None:
+        """A small file at a path nothing is at: created by the helper (:mod:`.fileprocess`)."""
+        assert self.helper is not None
+        size = e.size
+        data = src.read(size) if size else b""
+        src.skip(-size % tar.BLOCK)
+        self.helper.add(pfd, presolved, name, data, e.mode & 0o7777, e.uid, e.gid,
+                        e.atime_ns, e.mtime_ns, e.name)  # fmt: skip
+        self.stats.files += 1
+        self.stats.file_bytes += size
+        if not self.is_root:
+            self.stats.ownership_skipped += 1
         self._account(size + 4095 & ~4095)
 
     def _dir(self, e: tar.Entry, pfd: int, name: bytes, path: tuple[bytes, ...]) -> None:
