@@ -573,12 +573,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tmp", default=None, help="parent of the scratch dir [$TMPDIR or /tmp]")
     p.add_argument("--no-fresh-fs", action="store_true",
                    help="work in --tmp itself, not on a fresh loop-mounted ext4 in it")  # fmt: skip
-    p.add_argument("--fresh-fs-gb", type=int, default=16,
-                   help="size of the fresh file system (a sparse file), GiB [16]")  # fmt: skip
+    p.add_argument("--fresh-fs-gb", type=int, default=None,
+                   help="size of the fresh file system (a sparse file), GiB "
+                        "[8 + 4 per run: every sample's tree is kept until the end]")  # fmt: skip
     p.add_argument("--no-containerd-store", action="store_true",
                    help="do not measure `cargohold --store containerd pull`")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = p.parse_args(argv)
+    if args.fresh_fs_gb is None:
+        args.fresh_fs_gb = 8 + 4 * max(args.runs, 1)
     if args.fresh_fs_gb < 1:
         p.error("--fresh-fs-gb must be positive")
     if args.runs < 1 or args.big_mb < 1 or args.small_files < 0 or args.warmup < 0:

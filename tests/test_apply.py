@@ -8,6 +8,7 @@ import io
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -1135,3 +1136,46 @@ def test_an_interrupted_apply_leaves_no_helper_running(tmp_path: Path, file_help
         assert started[0].proc.returncode is not None  # reaped
     else:
         assert started == []
+
+
+def test_the_helper_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    """kill -9 of cargohold mid-layer: the kernel kills its file helper too
+    (PR_SET_PDEATHSIG), so nothing keeps writing into the snapshot it was filling."""
+    # A third process keeps the parent's end of the socket open: the helper sees no end of
+    # stream, only the kernel's SIGKILL can stop it.
+    script = (
+        "import subprocess, sys, time\n"
+        "from cargohold.unpack.fileprocess import FileProcess\n"
+        "h = FileProcess(is_root=False)\n"
+        "k = subprocess.Popen(['sleep', '120'], pass_fds=[h.sock.fileno()])\n"
+        "print(h.proc.pid, k.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        helper, keeper = map(int, parent.stdout.readline().split())
+        os.kill(helper, 0)  # running
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(helper, 0)
+            except ProcessLookupError:
+                break
+            try:
+                with open(f"/proc/{helper}/stat") as f:  # a zombie (not yet reaped) is dead
+                    if f.read().split(") ")[-1].startswith("Z"):
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"helper {helper} still running after its parent was killed")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        with contextlib.suppress(ProcessLookupError, UnboundLocalError):
+            os.kill(keeper, 9)

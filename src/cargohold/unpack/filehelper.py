@@ -1,8 +1,11 @@
 """The helper process of :mod:`cargohold.unpack.fileprocess`: creates the files it is sent.
 
-Run as ``python -I -S filehelper.py FD OWNERS`` (standard library only, so it starts in a
-few milliseconds); FD is its end of a ``SOCK_SEQPACKET`` socket pair, OWNERS ``1`` when files
-get the layer's owners (the parent is root), ``0`` when ownership is left as created. It never resolves a path:
+Run as ``python -I -S filehelper.py FD OWNERS PARENT`` (standard library only, so it starts
+in a few milliseconds); FD is its end of a ``SOCK_SEQPACKET`` socket pair, OWNERS ``1`` when
+files get the layer's owners (the parent is root), ``0`` when ownership is left as created,
+PARENT the parent's pid: the helper asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``), so a killed cargohold leaves no helper writing after it, not even
+the batches still queued on the socket. It never resolves a path:
 it creates single names (no ``/``, never ``.`` or ``..``) with ``O_CREAT | O_EXCL |
 O_NOFOLLOW`` in directory descriptors the parent resolved and passed to it, so it cannot
 write anywhere the parent did not open. Messages (one record each):
@@ -22,6 +25,8 @@ process group): the parent decides, and kills this process when it gives up.
 from __future__ import annotations
 
 import array
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -99,9 +104,21 @@ def serve(sock: socket.socket, is_root: bool) -> None:
             created, failed = 0, None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL when the parent dies; exit now if it already has."""
+    with contextlib.suppress(OSError, AttributeError):  # no prctl: end of stream stops it
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(int(sys.argv[3]))
     sock = socket.socket(fileno=int(sys.argv[1]))
     serve(sock, sys.argv[2] == "1")
 

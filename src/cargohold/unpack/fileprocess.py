@@ -64,7 +64,7 @@ class FileProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(_HELPER), str(theirs.fileno()),
-                 "1" if is_root else "0"],
+                 "1" if is_root else "0", str(os.getpid())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
             )  # fmt: skip
         except BaseException:
