@@ -39,12 +39,22 @@ from cargohold.unpack.layerwriter import ApplyStats, LayerWriter
 from tests.rig.needs import needs_root, require_root
 
 
-@pytest.fixture(autouse=True, params=["inline", "helper"])
+@pytest.fixture(autouse=True, params=["inline", "helper", "helper-behind"])
 def file_helper(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here twice: small files written by the thread parsing the tar, and (from
+    """Every test here three times: small files written by the thread parsing the tar; (from
     the first one on, where the target started empty) by the helper process of
-    cargohold.unpack.fileprocess."""
-    monkeypatch.setenv(fileprocess.HELPER_ENV, "always" if request.param == "helper" else "0")
+    cargohold.unpack.fileprocess; and with the helper "behind" every other batch (its
+    socket full), so that the parsing thread writes those batches itself."""
+    monkeypatch.setenv(fileprocess.HELPER_ENV, "0" if request.param == "inline" else "always")
+    if request.param == "helper-behind":
+        real = fileprocess.FileProcess._try_send
+        turn = [0]
+
+        def every_other(self: fileprocess.FileProcess, payload: bytes | bytearray) -> bool:
+            turn[0] += 1
+            return bool(turn[0] % 2) and real(self, payload)
+
+        monkeypatch.setattr(fileprocess.FileProcess, "_try_send", every_other)
     return str(request.param)
 
 
@@ -1131,7 +1141,7 @@ def test_an_interrupted_apply_leaves_no_helper_running(tmp_path: Path, file_help
     (tmp_path / "t").mkdir()
     with pytest.raises(KeyboardInterrupt):
         apply_layer(Cut(data), tmp_path / "t", mode="flat", diff_id=None, prefetch=False)
-    if file_helper == "helper":
+    if file_helper != "inline":
         assert len(started) == 1
         assert started[0].proc.returncode is not None  # reaped
     else:
@@ -1179,3 +1189,19 @@ def test_the_helper_dies_with_a_killed_parent(tmp_path: Path) -> None:
             parent.wait()
         with contextlib.suppress(ProcessLookupError, UnboundLocalError):
             os.kill(keeper, 9)
+
+
+def test_a_batch_written_by_the_parser_names_its_failed_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the helper behind (its socket full), the parsing thread writes the batch itself;
+    an error there names the entry too."""
+    monkeypatch.setenv(fileprocess.HELPER_ENV, "always")
+    monkeypatch.setattr(fileprocess.FileProcess, "_try_send", lambda self, payload: False)
+    long = "e/" + "m" * 300
+    tar = make_tar([E("d", "dir"), E("d/a", data=b"1"), E("e", "dir"), E(long, data=b"2"),
+                    E("f", "dir"), E("f/c", data=b"3")])
+    with pytest.raises(CargoholdError) as ei:
+        apply_bytes(tar, tmp_path / "t")
+    assert "m" * 300 in ei.value.message and "File name too long" in ei.value.message
+    assert (tmp_path / "t/d/a").read_bytes() == b"1"  # the batch before it, written here

@@ -40,8 +40,9 @@ MAX_MESSAGE = 1 << 20
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _create(dir_fd: int, name: bytes, mode: int, uid: int, gid: int, atime: int, mtime: int,
-            data: memoryview, is_root: bool) -> None:
+def create_file(dir_fd: int, name: bytes, mode: int, uid: int, gid: int, atime: int, mtime: int,
+            data: bytes | memoryview, is_root: bool) -> None:
+    """Create ``name`` in ``dir_fd`` with ``data``, its mode, owner (as root) and times."""
     fd = os.open(name, _FLAGS, mode & 0o777, dir_fd=dir_fd)
     try:
         done = 0
@@ -90,7 +91,7 @@ def serve(sock: socket.socket, is_root: bool) -> None:
                 pos += dlen
                 if failed is None:
                     try:
-                        _create(dir_fd, name, mode, uid, gid, atime, mtime, data, is_root)
+                        create_file(dir_fd, name, mode, uid, gid, atime, mtime, data, is_root)
                     except OSError as e:
                         failed = (e.errno or 0, created, str(e))
                     else:

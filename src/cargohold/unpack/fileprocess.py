@@ -12,7 +12,8 @@ never resolves a path, so containment stays the writer's (:mod:`.confined`).
 :class:`~cargohold.unpack.layerwriter.LayerWriter` decides what goes there: only a file
 whose path is new in a target that was empty when the layer started (nothing can be in its
 way), and only once a layer has shown many small files (:data:`START_AFTER`: a few-file
-layer does not pay a process start). Before any entry that may touch a path still being
+layer does not pay a process start). When the helper is behind (its socket is full), the
+writer creates the batch itself instead of waiting: the two share the work. Before any entry that may touch a path still being
 written -- a whiteout, a hardlink, anything at a path the layer already wrote -- and at the
 end, it calls :meth:`FileProcess.drain`, which waits for the helper and raises its first
 error as an ``OSError`` (the entry's name in :attr:`FileProcess.failed_name`). On any
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from cargohold.errors import CargoholdError
 from cargohold.interrupts import call_held
-from cargohold.unpack.filehelper import ERROR, FILE, MAX_MESSAGE
+from cargohold.unpack.filehelper import ERROR, FILE, MAX_MESSAGE, create_file
 
 __all__ = ["HELPER_ENV", "SMALL_FILE", "START_AFTER", "FileProcess", "helper_start_after"]
 
@@ -44,6 +45,8 @@ START_AFTER = 256
 #: A batch is sent when it would grow past this many bytes.
 BATCH_BYTES = 128 << 10
 _HELPER = Path(__file__).with_name("filehelper.py")
+#: name, data, mode, uid, gid, atime ns, mtime ns, entry name.
+_File = tuple[bytes, bytes, int, int, int, int, int, bytes]
 
 
 def helper_start_after() -> int:
@@ -73,46 +76,93 @@ class FileProcess:
         finally:
             theirs.close()
         self.sock = ours
+        self.is_root = is_root
+        #: The directory of the open batch: its resolved path and a descriptor of ours.
         self._dir: tuple[bytes, ...] | None = None
+        self._dir_fd = -1
+        #: The directory the helper was last sent (its own descriptor).
+        self._helper_dir: tuple[bytes, ...] | None = None
         self._buf = bytearray(b"F")
-        #: Entry names of the files sent since the last drain (an error's index names one).
+        self._batch: list[_File] = []
+        #: Entry names of the files the helper was sent since the last drain (its error's
+        #: index names one).
         self._names: list[bytes] = []
-        #: Paths sent and not yet known to be written (cleared by drain).
+        #: Paths queued and not yet known to be written (cleared by drain).
         self.pending: set[tuple[bytes, ...]] = set()
-        #: The entry whose creation failed (set when drain raises its error).
+        #: The entry whose creation failed (set when drain or add raises its error).
         self.failed_name = b""
+        #: Files written here because the helper was behind.
+        self.written_here = 0
 
     def add(self, dir_fd: int, dir_path: tuple[bytes, ...], name: bytes, data: bytes,
             mode: int, uid: int, gid: int, atime_ns: int, mtime_ns: int,
             entry: bytes) -> None:  # fmt: skip
-        """Queue a new file ``name`` in the directory ``dir_fd`` (resolved ``dir_path``)."""
+        """Queue a new file ``name`` in the directory ``dir_fd`` (resolved ``dir_path``; the
+        descriptor is duplicated, the caller may close its own). An error writing a batch
+        here (see :meth:`_flush`) is raised as an ``OSError``, ``failed_name`` naming it."""
         if dir_path != self._dir:
             self._flush()
-            self._send_msg(b"D", dir_fd)
-            self._dir = dir_path
+            self._set_dir(os.dup(dir_fd), dir_path)
         rec = FILE.pack(len(name), mode, uid, gid, atime_ns, mtime_ns, len(data))
         if len(self._buf) + len(rec) + len(name) + len(data) > BATCH_BYTES:
             self._flush()
         self._buf += rec
         self._buf += name
         self._buf += data
-        self._names.append(entry)
+        self._batch.append((name, data, mode, uid, gid, atime_ns, mtime_ns, entry))
         self.pending.add((*dir_path, name))
 
-    def _send_msg(self, payload: bytes | bytearray, fd: int = -1) -> None:
-        try:
-            if fd >= 0:
-                self.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                               array.array("i", [fd]))])  # fmt: skip
-            else:
-                self.sock.send(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            raise self._died() from None
+    def _set_dir(self, fd: int, path: tuple[bytes, ...] | None) -> None:
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+        self._dir_fd, self._dir = fd, path
 
     def _flush(self) -> None:
-        if len(self._buf) > 1:
-            buf, self._buf = self._buf, bytearray(b"F")
-            self._send_msg(buf)
+        """Hand the open batch to the helper, or -- when the helper is behind (its socket
+        is full) -- write it here: the two share the work instead of this thread waiting."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        buf, self._buf = self._buf, bytearray(b"F")
+        if self._try_send_dir() and self._try_send(buf):
+            self._names += [f[7] for f in batch]
+            return
+        for name, data, mode, uid, gid, atime, mtime, entry in batch:
+            try:
+                create_file(self._dir_fd, name, mode, uid, gid, atime, mtime, data,
+                            self.is_root)  # fmt: skip
+            except OSError:
+                self.failed_name = entry
+                raise
+            self.written_here += 1
+
+    def _try_send_dir(self) -> bool:
+        if self._helper_dir == self._dir:
+            return True
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [self._dir_fd]))]
+        try:
+            self.sock.sendmsg([b"D"], fds, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died() from None
+        self._helper_dir = self._dir
+        return True
+
+    def _try_send(self, payload: bytes | bytearray) -> bool:
+        try:
+            self.sock.send(payload, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died() from None
+        return True
+
+    def _send(self, payload: bytes) -> None:
+        try:
+            self.sock.send(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died() from None
 
     def _died(self) -> CargoholdError:
         code = self.proc.poll()
@@ -122,7 +172,7 @@ class FileProcess:
         """Send what is batched, wait until the helper has written it; its first error is
         raised (``failed_name`` then names the entry)."""
         self._flush()
-        self._send_msg(b"S")
+        self._send(b"S")
         try:
             reply = self.sock.recv(MAX_MESSAGE)
         except ConnectionResetError:
@@ -141,7 +191,8 @@ class FileProcess:
         """End the helper: after a drain it has nothing left and exits at end of stream;
         otherwise (an error, an interrupt) it is killed. Reaped either way: nothing is
         written once this returns."""
-        clean = not self.pending and len(self._buf) == 1
+        clean = not self.pending and not self._batch
+        self._set_dir(-1, None)
         self.sock.close()
         if not clean:
             self.proc.kill()

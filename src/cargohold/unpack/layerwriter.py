@@ -374,8 +374,12 @@ class LayerWriter:
         size = e.size
         data = src.read(size) if size else b""
         src.skip(-size % tar.BLOCK)
-        self.helper.add(pfd, presolved, name, data, e.mode & 0o7777, e.uid, e.gid,
-                        e.atime_ns, e.mtime_ns, e.name)  # fmt: skip
+        try:
+            self.helper.add(pfd, presolved, name, data, e.mode & 0o7777, e.uid, e.gid,
+                            e.atime_ns, e.mtime_ns, e.name)  # fmt: skip
+        except OSError:
+            self.current = self.helper.failed_name  # a batch written here (helper behind)
+            raise
         self.stats.files += 1
         self.stats.file_bytes += size
         if not self.is_root:
