@@ -75,6 +75,13 @@ def clean_name(name: bytes) -> tuple[bytes, ...]:
     return tuple(parts)
 
 
+def not_a_directory(path: tuple[bytes, ...]) -> InvalidInputError:
+    """The error for entries put below ``path``, which is not a directory."""
+    return InvalidInputError(
+        f"layer: {show_name(path)} is not a directory but the layer puts entries below it"
+    )
+
+
 def show_name(name: bytes | tuple[bytes, ...]) -> str:
     if isinstance(name, tuple):
         name = b"/".join(name)
@@ -176,10 +183,7 @@ class Tree:
                     cache[key] = fd
                     continue
                 if not stat.S_ISLNK(st.st_mode):
-                    raise InvalidInputError(
-                        f"layer: {show_name(key)} is not a directory but the layer puts entries "
-                        "below it"
-                    ) from None
+                    raise not_a_directory(key) from None
                 if not follow:
                     return None
                 links += 1

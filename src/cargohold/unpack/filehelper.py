@@ -48,15 +48,21 @@ def create_file(dir_fd: int, name: bytes, mode: int, uid: int, gid: int, atime: 
         done = 0
         while done < len(data):
             done += os.write(fd, data[done:])
-        st = os.fstat(fd)
-        if is_root and (st.st_uid, st.st_gid) != (uid, gid):
-            os.fchown(fd, uid, gid)  # clears setuid/setgid: chmod after
-            os.fchmod(fd, mode)
-        elif stat.S_IMODE(st.st_mode) != mode:
-            os.fchmod(fd, mode)
+        set_owner_and_mode(fd, mode, uid, gid, is_root)
         os.utime(fd, ns=(atime, mtime))
     finally:
         os.close(fd)
+
+
+def set_owner_and_mode(fd: int, mode: int, uid: int, gid: int, chown: bool) -> None:
+    """Give the new file ``fd`` its owner (``chown``: as root) and permission bits, each only
+    where creating it did not already (chown and chmod each cost an inode update)."""
+    st = os.fstat(fd)
+    if chown and (st.st_uid, st.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)  # clears setuid/setgid: chmod after
+        os.fchmod(fd, mode)
+    elif stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def serve(sock: socket.socket, is_root: bool) -> None:

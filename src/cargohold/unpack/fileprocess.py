@@ -91,8 +91,6 @@ class FileProcess:
         self.pending: set[tuple[bytes, ...]] = set()
         #: The entry whose creation failed (set when drain or add raises its error).
         self.failed_name = b""
-        #: Files written here because the helper was behind.
-        self.written_here = 0
 
     def add(self, dir_fd: int, dir_path: tuple[bytes, ...], name: bytes, data: bytes,
             mode: int, uid: int, gid: int, atime_ns: int, mtime_ns: int,
@@ -134,7 +132,6 @@ class FileProcess:
             except OSError:
                 self.failed_name = entry
                 raise
-            self.written_here += 1
 
     def _try_send_dir(self) -> bool:
         if self._helper_dir == self._dir:
@@ -191,7 +188,7 @@ class FileProcess:
         """End the helper: after a drain it has nothing left and exits at end of stream;
         otherwise (an error, an interrupt) it is killed. Reaped either way: nothing is
         written once this returns."""
-        clean = not self.pending and not self._batch
+        clean = not self.pending  # (every queued file is pending until a drain)
         self._set_dir(-1, None)
         self.sock.close()
         if not clean:

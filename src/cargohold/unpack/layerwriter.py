@@ -24,7 +24,7 @@ from cargohold.errors import (
 )
 from cargohold.oci.digest import Digest
 from cargohold.unpack import tarstream as tar
-from cargohold.unpack.confined import DIR_FLAGS, Tree, clean_name, show_name
+from cargohold.unpack.confined import DIR_FLAGS, Tree, clean_name, not_a_directory, show_name
 from cargohold.unpack.copyup import (
     OPAQUE_XATTR,
     SKIPPABLE_XATTR_ERRNOS,
@@ -34,6 +34,7 @@ from cargohold.unpack.copyup import (
     lower_dir_meta,
     set_copied_xattrs,
 )
+from cargohold.unpack.filehelper import set_owner_and_mode
 from cargohold.unpack.fileprocess import SMALL_FILE, FileProcess, helper_start_after
 
 Mode = Literal["overlay", "flat"]
@@ -221,9 +222,7 @@ class LayerWriter:
     def _mkdir_implicit(self, parent_fd: int, name: bytes, path: tuple[bytes, ...]) -> None:
         if self.helper is not None and path in self.helper.pending:
             self._settle_files()  # a file of this layer is there (as Tree.opendir says)
-            raise InvalidInputError(
-                f"layer: {show_name(path)} is not a directory but the layer puts entries below it"
-            )
+            raise not_a_directory(path)
         os.mkdir(name, 0o755, dir_fd=parent_fd)
         self.stats.dirs += 1
         self._mark(path)
@@ -334,12 +333,7 @@ class LayerWriter:
             if size:
                 src.copy_to(fd, size)
             if self.is_root and not e.xattrs:
-                st = os.fstat(fd)
-                if (st.st_uid, st.st_gid) != (e.uid, e.gid):
-                    os.fchown(fd, e.uid, e.gid)  # clears setuid/setgid: chmod after
-                    os.fchmod(fd, want)
-                elif stat.S_IMODE(st.st_mode) != want:
-                    os.fchmod(fd, want)
+                set_owner_and_mode(fd, want, e.uid, e.gid, chown=True)
             else:
                 self._chown(e, fd, name, pfd)
                 if e.xattrs:

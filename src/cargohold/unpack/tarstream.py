@@ -273,15 +273,15 @@ class Source:
 
 def _num(field: bytes) -> int:
     """A numeric header field: octal text, or GNU base-256 when the high bit is set."""
+    try:  # the common case first (a base-256 field is not ASCII: int() refuses it)
+        return int(field.rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        pass
     if field[:1] and field[0] & 0x80:
         n = int.from_bytes(field[1:], "big")
         if field[0] == 0xFF:
             n -= 1 << (8 * (len(field) - 1))
         return n
-    try:
-        return int(field.rstrip(b"\0 ") or b"0", 8)
-    except ValueError:
-        pass
     text = field.split(b"\0", 1)[0].strip()  # text, then a NUL and garbage
     try:
         return int(text or b"0", 8)
@@ -289,17 +289,9 @@ def _num(field: bytes) -> int:
         raise InvalidInputError(f"layer tar: invalid numeric field {field!r}") from None
 
 
-def _octal(field: bytes) -> int:
-    """:func:`_num`, with the common case (plain octal text) inline."""
-    try:
-        return int(field.rstrip(b"\0 ") or b"0", 8)
-    except ValueError:
-        return _num(field)
-
-
 def _check_checksum(block: bytes) -> None:
     field = block[148:156]
-    stored = _octal(field)
+    stored = _num(field)
     unsigned = sum(block) - sum(field) + 8 * 32
     if stored == unsigned:
         return
@@ -388,7 +380,7 @@ def entries(src: Source, stats: SkipCounter) -> Iterator[Entry]:
             return
         _check_checksum(block)
         typ = block[156:157]
-        size = _octal(block[124:136])
+        size = _num(block[124:136])
         if size < 0:
             raise InvalidInputError("layer tar: negative entry size")
         if typ in (GNU_LONGNAME, GNU_LONGLINK, PAX, PAX_GLOBAL):
@@ -438,20 +430,19 @@ def _header_entry(block: bytes, typ: bytes, size: int) -> Entry:
     """The entry a ustar / GNU header block describes (before long names and PAX apply)."""
     raw_name, raw_mode, raw_uid, raw_gid, raw_mtime = _HEADER.unpack_from(block)
     magic = block[257:263]
-    i = raw_name.find(b"\0")
-    name = raw_name if i < 0 else raw_name[:i]
+    name = _cstr(raw_name)
     if magic == b"ustar\x00" and block[345]:
         prefix = _cstr(block[345:500])
         name = prefix + b"/" + name
-    mtime_ns = _octal(raw_mtime) * 1_000_000_000
+    mtime_ns = _num(raw_mtime) * 1_000_000_000
     has_atime = magic == b"ustar " and block[345] not in (0, 0x20)  # GNU: atime at 345
     is_dev = typ in (CHR, BLK) and magic.startswith(b"ustar")
     return Entry(
         name,
         typ,
-        _octal(raw_mode),
-        _octal(raw_uid),
-        _octal(raw_gid),
+        _num(raw_mode),
+        _num(raw_uid),
+        _num(raw_gid),
         size,
         mtime_ns,
         _num(block[345:357]) * 1_000_000_000 if has_atime else mtime_ns,
